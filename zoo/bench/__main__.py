@@ -1,0 +1,35 @@
+"""python -m zoo.bench {ops,speed,recall} ...  (each command's --help says more)."""
+import argparse
+import importlib
+import sys
+
+# command -> module with add_arguments(parser) and run(args)
+COMMANDS = {
+    "ops": ("zoo.bench.ops", "time each kernel against its reference and its peers (fwd, fwd+bwd, GB/s, HBM floor)"),
+    "speed": ("zoo.bench.speed", "LM training / prefill / decode tokens per second and peak memory against length"),
+    "recall": ("zoo.bench.recall", "MQAR recall against state size, one line per mixer"),
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m zoo.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    modules = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue  # a command whose module is not written yet is simply not offered
+        modules[name] = module
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return modules[args.command].run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
