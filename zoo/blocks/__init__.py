@@ -1,0 +1,3 @@
+"""Sequence mixers and MLPs; importing this package registers every block under its config name."""
+from zoo.blocks.base import Cache, Mixer
+from zoo.blocks.registry import MIXERS, MLPS, build_mixer, build_mlp, register_mixer, register_mlp

@@ -1,0 +1,56 @@
+"""The mixer contract every block honours (see README "Adding a mixer").
+
+- ``Mixer(d_model, layer_idx=0, backend="auto", **hyper)``; hyperparameters are plain keyword arguments.
+- ``forward(x, cache=None) -> y`` with x, y of shape (batch, seq, d_model); causal.
+- ``allocate_cache(batch_size, device, dtype) -> Cache``; ``forward(x, cache)`` then prefills (any length) or
+  decodes (length 1) and updates the cache in place. Decoding token by token equals the parallel forward.
+- ``state_size(seq_len) -> int``: the numbers per sequence held to decode the next token after ``seq_len``
+  tokens. It equals ``cache.numel_per_sequence()`` after those tokens (the generic tests check this).
+"""
+import torch
+from torch import nn
+
+
+class Cache(dict):
+    """A layer's decoding state: named tensors with the batch dimension first, plus ``seen`` tokens so far.
+
+    Only tensors count towards the state; ``seen`` is bookkeeping (positions for rotary, ring offsets).
+    """
+
+    def __init__(self, **tensors: torch.Tensor):
+        super().__init__(**tensors)
+        self.seen = 0
+
+    def numel_per_sequence(self) -> int:
+        return sum(t[0].numel() for t in self.values() if isinstance(t, torch.Tensor))
+
+
+class Mixer(nn.Module):
+    """Base class: holds d_model/layer_idx/backend and validates them; subclasses implement the rest."""
+
+    def __init__(self, d_model: int, layer_idx: int = 0, backend: str = "auto"):
+        super().__init__()
+        require_positive_int("d_model", d_model, type(self).__name__)
+        from ops._backend import BACKENDS  # ops is light to import; this only names the choices
+        if backend not in BACKENDS:
+            raise ValueError(f"{type(self).__name__}: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.d_model, self.layer_idx, self.backend = d_model, layer_idx, backend
+
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def allocate_cache(self, batch_size: int, device=None, dtype=None) -> Cache:
+        raise NotImplementedError
+
+    def state_size(self, seq_len: int) -> int:
+        raise NotImplementedError
+
+
+def require_positive_int(name: str, value, owner: str):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
+
+
+def require_choice(name: str, value, choices, owner: str):
+    if value not in choices:
+        raise ValueError(f"{owner}: {name}={value!r} is not one of {', '.join(map(repr, choices))}")

@@ -1,0 +1,35 @@
+"""Config names -> block classes. ``@register_mixer("name")`` on a class makes it usable as model=name."""
+from torch import nn
+
+MIXERS: dict[str, type[nn.Module]] = {}
+MLPS: dict[str, type[nn.Module]] = {}
+
+
+def register_mixer(name: str):
+    def add(cls):
+        if name in MIXERS and MIXERS[name] is not cls:
+            raise ValueError(f"mixer name {name!r} is already taken by {MIXERS[name].__name__}")
+        MIXERS[name] = cls
+        return cls
+    return add
+
+
+def register_mlp(name: str):
+    def add(cls):
+        MLPS[name] = cls
+        return cls
+    return add
+
+
+def _lookup(table: dict, kind: str, name: str):
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r}; known {kind}s: {', '.join(sorted(table))}")
+    return table[name]
+
+
+def build_mixer(name: str, d_model: int, layer_idx: int = 0, **hyper) -> nn.Module:
+    return _lookup(MIXERS, "mixer", name)(d_model, layer_idx=layer_idx, **hyper)
+
+
+def build_mlp(name: str, d_model: int, **hyper) -> nn.Module:
+    return _lookup(MLPS, "mlp", name)(d_model, **hyper)
