@@ -1,3 +1,8 @@
 """Sequence mixers and MLPs; importing this package registers every block under its config name."""
 from zoo.blocks.base import Cache, Mixer
 from zoo.blocks.registry import MIXERS, MLPS, build_mixer, build_mlp, register_mixer, register_mlp
+
+# each family module registers its classes on import
+from zoo.blocks.attention import Attention
+from zoo.blocks.mlp import GeluMLP, SwiGLU
+from zoo.blocks.short_conv import ShortConv

@@ -28,12 +28,15 @@ class Cache(dict):
 class Mixer(nn.Module):
     """Base class: holds d_model/layer_idx/backend and validates them; subclasses implement the rest."""
 
+    # the backends a block offers; a block without a CUDA-package path leaves "cuda" out
+    backends: tuple[str, ...] = ("auto", "reference", "triton", "cuda")
+
     def __init__(self, d_model: int, layer_idx: int = 0, backend: str = "auto"):
         super().__init__()
         require_positive_int("d_model", d_model, type(self).__name__)
-        from ops._backend import BACKENDS  # ops is light to import; this only names the choices
-        if backend not in BACKENDS:
-            raise ValueError(f"{type(self).__name__}: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if backend not in self.backends:
+            raise ValueError(f"{type(self).__name__}: backend {backend!r} is not offered; choose one of "
+                             f"{', '.join(self.backends)}")
         self.d_model, self.layer_idx, self.backend = d_model, layer_idx, backend
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:

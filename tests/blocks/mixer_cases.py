@@ -1,0 +1,27 @@
+"""Which constructions of each registered mixer the generic contract tests run.
+
+A mixer registered later is tested with its defaults (plus d_model) without touching this file; list extra
+hyperparameter sets here when a block has modes the defaults do not reach (e.g. attention's window).
+"""
+import zoo.blocks  # noqa: F401  (registers every block)
+from zoo.blocks.registry import MIXERS
+
+D_MODEL = 32
+
+EXTRA_CASES = {
+    "attention": [{"num_heads": 2}, {"num_heads": 4, "window": 5}, {"num_heads": 2, "rotary": False}],
+    "short_conv": [{"kernel_size": 4}],
+}
+
+
+def mixer_cases() -> list[tuple[str, dict]]:
+    cases = []
+    for name in sorted(MIXERS):
+        cases.append((name, {}))
+        cases += [(name, hyper) for hyper in EXTRA_CASES.get(name, [])]
+    return cases
+
+
+def case_id(case) -> str:
+    name, hyper = case
+    return name + "".join(f"-{k}={v}" for k, v in hyper.items())

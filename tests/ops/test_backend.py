@@ -1,0 +1,33 @@
+import pytest
+import torch
+
+from ops._backend import resolve_backend
+
+
+def test_auto_is_the_reference_on_cpu():
+    assert resolve_backend("auto", torch.device("cpu"), "op") == "reference"
+
+
+def test_reference_is_always_available():
+    assert resolve_backend("reference", torch.device("cpu"), "op") == "reference"
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        resolve_backend("triton", torch.device("cpu"), "op")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_backend("triton", torch.device("cpu"), "op") == "triton"
+
+
+def test_cuda_backend_needs_cuda_and_the_package():
+    with pytest.raises(ValueError, match="no CUDA-package backend"):
+        resolve_backend("cuda", torch.device("cpu"), "op")
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        resolve_backend("cuda", torch.device("cpu"), "op", cuda_package="some_package")
+
+
+def test_unknown_backend_lists_the_choices():
+    with pytest.raises(ValueError, match="auto, reference, triton, cuda"):
+        resolve_backend("fast", torch.device("cpu"), "op")

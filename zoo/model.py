@@ -1,0 +1,125 @@
+"""The common LM trunk every mixer plugs into.
+
+embed -> n_layers x [norm -> mixer -> +residual, (norm -> mlp -> +residual)] -> norm -> tied head
+
+``layers`` is a list of mixer specs (``{"name": ..., **hyper}``) cycled over the depth: one spec gives a
+uniform stack, several give a hybrid (zoology's [short_conv, mixer] pairing, BASED's conv / linear attention /
+sliding window interleave, "attention every k-th layer").
+"""
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+import zoo.blocks  # noqa: F401  (registers every block)
+from zoo.blocks.base import Cache, require_choice, require_positive_int
+from zoo.blocks.registry import build_mixer, build_mlp
+
+NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
+# parameters that write into the residual stream; rescaled by 1/sqrt(number of residual branches)
+RESIDUAL_OUTPUT_NAMES = ("out_proj.weight", "down_proj.weight")
+
+
+def _spec(spec, what: str) -> dict:
+    if isinstance(spec, str):
+        return {"name": spec}
+    if isinstance(spec, Mapping) and "name" in spec:
+        return dict(spec)
+    raise ValueError(f"{what} must be a name or a mapping with a 'name' key, got {spec!r}")
+
+
+class Layer(nn.Module):
+    def __init__(self, d_model: int, layer_idx: int, mixer: dict, mlp: dict | None, norm: str):
+        super().__init__()
+        self.mixer_norm = NORMS[norm](d_model)
+        self.mixer = build_mixer(d_model=d_model, layer_idx=layer_idx, **mixer)
+        self.mlp_norm = NORMS[norm](d_model) if mlp else None
+        self.mlp = build_mlp(d_model=d_model, **mlp) if mlp else None
+
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, **mlp_inputs) -> torch.Tensor:
+        x = x + self.mixer(self.mixer_norm(x), cache=cache)
+        if self.mlp is not None:
+            # mlp_inputs lets an MLP take per-sequence extras (e.g. a memory path) without changing the trunk
+            x = x + self.mlp(self.mlp_norm(x), **mlp_inputs)
+        return x
+
+
+class LM(nn.Module):
+    def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2,
+                 layers: Sequence = ({"name": "attention"},), mlp=None, norm: str = "layernorm",
+                 backend: str | None = None, init_std: float = 0.02):
+        super().__init__()
+        require_positive_int("vocab_size", vocab_size, "LM")
+        require_positive_int("d_model", d_model, "LM")
+        require_positive_int("n_layers", n_layers, "LM")
+        require_choice("norm", norm, tuple(NORMS), "LM")
+        if isinstance(layers, (str, Mapping)):
+            layers = [layers]
+        specs = [_spec(s, "each entry of layers") for s in layers]
+        if not specs:
+            raise ValueError("LM: layers must name at least one mixer")
+        if backend is not None:  # one switch for every layer, unless a spec sets its own
+            specs = [{"backend": backend, **s} for s in specs]
+        mlp = _spec(mlp, "mlp") if mlp else None
+        self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
+        self.embedding = nn.Embedding(vocab_size, d_model)
+        self.layers = nn.ModuleList(
+            Layer(d_model, i, specs[i % len(specs)], mlp, norm) for i in range(n_layers))
+        self.final_norm = NORMS[norm](d_model)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        self.head.weight = self.embedding.weight  # tied
+        self._init_weights(init_std, branches=n_layers * (2 if mlp else 1))
+
+    def _init_weights(self, std: float, branches: int):
+        nn.init.normal_(self.embedding.weight, std=std)
+        # GPT-2 / mamba-ssm: keep the residual stream's variance independent of depth
+        for name, param in self.named_parameters():
+            if name.endswith(RESIDUAL_OUTPUT_NAMES):
+                with torch.no_grad():
+                    param.div_(math.sqrt(branches))
+
+    def forward(self, input_ids: torch.Tensor, caches: list[Cache] | None = None, **mlp_inputs) -> torch.Tensor:
+        """input_ids (batch, seq) -> logits (batch, seq, vocab). With caches, prefill/decode and update them."""
+        x = self.embedding(input_ids)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cache=None if caches is None else caches[i], **mlp_inputs)
+        return self.head(self.final_norm(x))
+
+    def allocate_cache(self, batch_size: int, device=None, dtype=None) -> list[Cache]:
+        return [layer.mixer.allocate_cache(batch_size, device=device, dtype=dtype) for layer in self.layers]
+
+    def state_size(self, seq_len: int) -> int:
+        """Numbers per sequence that all mixers keep to decode the next token after seq_len tokens."""
+        return sum(layer.mixer.state_size(seq_len) for layer in self.layers)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Prefill the prompt through every layer's cache, then decode one token at a time.
+
+        temperature 0 is greedy. Returns (batch, prompt + max_new_tokens) token ids.
+        """
+        require_positive_int("max_new_tokens", max_new_tokens, "LM.generate")
+        caches = self.allocate_cache(input_ids.shape[0], device=input_ids.device)
+        logits = self(input_ids, caches=caches)[:, -1]
+        tokens = [input_ids]
+        for step in range(max_new_tokens):
+            next_token = _sample(logits, temperature, top_k, generator)
+            tokens.append(next_token)
+            if step + 1 < max_new_tokens:
+                logits = self(next_token, caches=caches)[:, -1]
+        return torch.cat(tokens, dim=1)
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)

@@ -1,0 +1,67 @@
+"""Datasets for recall tasks: every batch comes from one segment (one length), so no padding is needed."""
+import torch
+from torch.utils.data import Dataset, Sampler
+
+
+class SegmentedDataset(Dataset):
+    """Concatenation of segments, each a pair of (inputs, labels) tensors of one sequence length."""
+
+    def __init__(self, parts: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.parts = parts
+        self.offsets = [0]
+        for inputs, _ in parts:
+            self.offsets.append(self.offsets[-1] + len(inputs))
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, index: int) -> dict:
+        part = next(i for i in range(len(self.parts)) if index < self.offsets[i + 1])
+        inputs, labels = self.parts[part]
+        row = index - self.offsets[part]
+        return {"input_ids": inputs[row], "labels": labels[row]}
+
+    def __getitems__(self, indices: list[int]) -> dict:
+        """Batched fetch (DataLoader uses it when present): one gather per batch instead of per example."""
+        part = next(i for i in range(len(self.parts)) if indices[0] < self.offsets[i + 1])
+        rows = torch.as_tensor(indices) - self.offsets[part]
+        inputs, labels = self.parts[part]
+        return {"input_ids": inputs[rows], "labels": labels[rows]}
+
+
+class SegmentBatchSampler(Sampler[list[int]]):
+    """Shuffled batches that never mix segments; reshuffled each epoch from a seeded generator."""
+
+    def __init__(self, offsets: list[int], batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
+        self.offsets, self.batch_size, self.shuffle, self.seed, self.drop_last = offsets, batch_size, shuffle, seed, drop_last
+        self.epoch = 0
+
+    def _batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        batches = []
+        for start, stop in zip(self.offsets[:-1], self.offsets[1:]):
+            order = torch.randperm(stop - start, generator=generator) if self.shuffle else torch.arange(stop - start)
+            for i in range(0, stop - start, self.batch_size):
+                chunk = order[i:i + self.batch_size]
+                if self.drop_last and len(chunk) < self.batch_size:
+                    continue
+                batches.append((chunk + start).tolist())
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+        return batches
+
+    def __iter__(self):
+        batches = self._batches()
+        self.epoch += 1
+        return iter(batches)
+
+    def __len__(self) -> int:
+        sizes = [stop - start for start, stop in zip(self.offsets[:-1], self.offsets[1:])]
+        if self.drop_last:
+            return sum(size // self.batch_size for size in sizes)
+        return sum(-(-size // self.batch_size) for size in sizes)
+
+
+def collate_batch(batch: dict) -> dict:
+    """__getitems__ already returns a stacked batch, so collation has nothing left to do."""
+    return batch

@@ -1,0 +1,47 @@
+"""MQAR as a LightningDataModule: train segments for fitting, test segments for validation and the final test."""
+import lightning as L
+from torch.utils.data import DataLoader
+
+from zoo.tasks.data import SegmentBatchSampler, SegmentedDataset, collate_batch
+from zoo.tasks.mqar import Segment, check_config, generate_segments, make_segments
+
+
+class MQARDataModule(L.LightningDataModule):
+    """Train and test sets are drawn from disjoint seeds (2*seed and 2*seed + 1), each segment from its own."""
+
+    def __init__(self, vocab_size: int, train_segments, test_segments, batch_size: int = 64, seed: int = 0,
+                 power_a: float = 0.01, random_non_queries: bool = True, num_workers: int = 0, name: str = "mqar"):
+        super().__init__()
+        self.vocab_size, self.batch_size, self.seed = vocab_size, batch_size, seed
+        self.power_a, self.random_non_queries, self.num_workers = power_a, random_non_queries, num_workers
+        self.train_segments: list[Segment] = make_segments(train_segments)
+        self.test_segments: list[Segment] = make_segments(test_segments)
+        if not self.train_segments or not self.test_segments:
+            raise ValueError("MQAR: train_segments and test_segments must each hold at least one [L, kv, n] entry")
+        for segment in self.train_segments + self.test_segments:  # fail at once, before any model is built
+            check_config(vocab_size, segment.input_seq_len, segment.num_kv_pairs)
+        self.train_set = None
+        self.test_sets = None
+
+    @property
+    def slice_keys(self) -> list[str]:
+        return [segment.slice_key for segment in self.test_segments]
+
+    def setup(self, stage: str | None = None):
+        if self.train_set is None and stage in (None, "fit"):
+            drawn = generate_segments(self.vocab_size, self.train_segments, 2 * self.seed, self.power_a, self.random_non_queries)
+            self.train_set = SegmentedDataset([(inputs, labels) for _, inputs, labels in drawn])
+        if self.test_sets is None:
+            drawn = generate_segments(self.vocab_size, self.test_segments, 2 * self.seed + 1, self.power_a, self.random_non_queries)
+            self.test_sets = [SegmentedDataset([(inputs, labels)]) for _, inputs, labels in drawn]
+
+    def train_dataloader(self):
+        sampler = SegmentBatchSampler(self.train_set.offsets, self.batch_size, shuffle=True, seed=self.seed)
+        return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=collate_batch, num_workers=self.num_workers)
+
+    def _eval_loaders(self):
+        return [DataLoader(data, batch_sampler=SegmentBatchSampler(data.offsets, self.batch_size, shuffle=False),
+                           collate_fn=collate_batch, num_workers=self.num_workers) for data in self.test_sets]
+
+    val_dataloader = _eval_loaders
+    test_dataloader = _eval_loaders

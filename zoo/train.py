@@ -1,0 +1,53 @@
+"""Build everything a run needs from a config, fit, test, and report accuracy per slice."""
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from zoo.bench.report import format_table
+from zoo.lit import LitLM
+from zoo.model import LM
+from zoo.tasks import build_task
+
+
+def build(cfg: DictConfig):
+    """(datamodule, LitLM) from a train config; raises ValueError on any bad name or impossible setting."""
+    task = OmegaConf.to_container(cfg.task, resolve=True)
+    datamodule = build_task(task.pop("name"), **task)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = LM(vocab_size=datamodule.vocab_size, **OmegaConf.to_container(cfg.model, resolve=True))
+    lit = LitLM(model, datamodule.slice_keys, **OmegaConf.to_container(cfg.optim, resolve=True))
+    return datamodule, lit
+
+
+def train(cfg: DictConfig, output_dir: Path) -> dict:
+    datamodule, lit = build(cfg)
+    trainer_options = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer = L.Trainer(logger=CSVLogger(str(output_dir), name="logs"), default_root_dir=str(output_dir),
+                        **trainer_options)
+    trainer.fit(lit, datamodule=datamodule)
+    trainer.test(lit, datamodule=datamodule, verbose=False)
+    model = lit.model
+    rows = [{"slice": segment.slice_key, "input_seq_len": segment.input_seq_len,
+             "num_kv_pairs": segment.num_kv_pairs, "accuracy": lit.test_results[segment.slice_key],
+             "state_size": model.state_size(segment.input_seq_len)}
+            for segment in datamodule.test_segments]
+    result = {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "task": OmegaConf.to_container(cfg.task, resolve=True),
+        "optim": OmegaConf.to_container(cfg.optim, resolve=True),
+        "num_parameters": model.num_parameters(),
+        "mean_accuracy": sum(r["accuracy"] for r in rows) / len(rows),
+        "slices": rows,
+    }
+    if trainer.is_global_zero:
+        (output_dir / "test_accuracy.json").write_text(json.dumps(result, indent=2))
+        if cfg.get("print_test_table", True):
+            print(f"\nTest accuracy per slice ({model.num_parameters():,} parameters), written to "
+                  f"{os.path.relpath(output_dir / 'test_accuracy.json')}:")
+            print(format_table(rows, ["slice", "input_seq_len", "num_kv_pairs", "state_size", "accuracy"]))
+            print(f"mean accuracy {result['mean_accuracy']:.4f}")
+    return result
