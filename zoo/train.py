@@ -1,6 +1,8 @@
 """Build everything a run needs from a config, fit, test, and report accuracy per slice."""
 import json
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -11,6 +13,15 @@ from zoo.bench.report import format_table
 from zoo.lit import LitLM
 from zoo.model import LM
 from zoo.tasks import build_task
+
+
+def quiet_lightning():
+    """Keep the console to what a user acts on: the progress bar and the result table."""
+    # batches are slices of in-memory tensors: worker processes would only add start-up time
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    # Hydra's root handler would print every Lightning info line a second time
+    logging.getLogger("lightning.pytorch").propagate = False
 
 
 def build(cfg: DictConfig):
@@ -24,6 +35,7 @@ def build(cfg: DictConfig):
 
 
 def train(cfg: DictConfig, output_dir: Path) -> dict:
+    quiet_lightning()
     datamodule, lit = build(cfg)
     trainer_options = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer = L.Trainer(logger=CSVLogger(str(output_dir), name="logs"), default_root_dir=str(output_dir),
