@@ -125,6 +125,11 @@ def _backward_kernel(X, G, H, H0, DH, DHT, DX, DG, DH0, T, D,
         tl.store(DH0 + pid_b * D + cols, (a0 * carry).to(DH0.dtype.element_ty), mask=col_ok)
 
 
+def _new_buffer(like: torch.Tensor, *shape, dtype=None) -> torch.Tensor:
+    """Uninitialised output buffer (tests swap in NaN-filled ones to expose entries a kernel forgot to write)."""
+    return torch.empty(shape or like.shape, dtype=dtype or like.dtype, device=like.device)
+
+
 def _grid(meta, batch, width):
     return (triton.cdiv(width, meta["BLOCK_D"]), batch)
 
@@ -136,8 +141,8 @@ class _LinearRecurrence(torch.autograd.Function):
         if initial_state is not None:
             initial_state = initial_state.contiguous()
         batch, length, width = values.shape
-        h = torch.empty_like(values)
-        final_state = values.new_empty(batch, width, dtype=torch.float32) if output_final_state else None
+        h = _new_buffer(values)
+        final_state = _new_buffer(values, batch, width, dtype=torch.float32) if output_final_state else None
         _forward_kernel[lambda meta: _grid(meta, batch, width)](
             values, g, initial_state, h, final_state, length, width,
             LOG_VALUES=log_values, HAS_H0=initial_state is not None, STORE_FINAL=output_final_state)
@@ -150,9 +155,9 @@ class _LinearRecurrence(torch.autograd.Function):
         values, g, h, initial_state = ctx.saved_tensors
         batch, length, width = values.shape
         grad_h = grad_h.contiguous() if grad_h is not None else torch.zeros_like(h)
-        grad_values = torch.empty_like(values)
-        grad_g = torch.empty_like(g)
-        grad_initial = torch.empty_like(initial_state) if initial_state is not None else None
+        grad_values = _new_buffer(values)
+        grad_g = _new_buffer(g)
+        grad_initial = _new_buffer(initial_state) if initial_state is not None else None
         _backward_kernel[lambda meta: _grid(meta, batch, width)](
             values, g, h, initial_state, grad_h,
             grad_final.contiguous() if grad_final is not None else None,
