@@ -150,3 +150,24 @@ def test_same_semantics_as_fla_chunk_hgrn():
     theirs = [h, final, *torch.autograd.grad(loss, leaves)]
     for name, actual, want in zip(["h", "final_state", "dx", "dg", "dh0"], ours, theirs):
         assert_close(f"vs fla {name}", actual, want.float(), torch.float32, scale=10)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
+def test_log_form_with_extreme_gates_stays_finite(backend):
+    """Saturated gates (log-coefficients from -200 to exactly 0) and values spanning e^-500 .. e^5 over 300 steps."""
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    gen = torch.Generator().manual_seed(0)
+    log_coeffs = -F.softplus(200 * torch.randn(2, 300, 3, generator=gen))
+    log_coeffs[:, ::7] = 0.0  # a gate that keeps everything
+    log_values = 250 * torch.rand(2, 300, 3, generator=gen) - 245 - 250 * (torch.rand(2, 300, 3, generator=gen) > 0.5)
+    h0 = torch.rand(2, 3, generator=gen)
+    got = outputs_and_grads("log", backend, *(t.to(device) for t in (log_values, log_coeffs, h0)))
+    expected_h, expected_final = sequential_loop(log_coeffs.exp(), log_values.exp(), h0)
+    for name, tensor in zip(["h", "final_state", "d log_values", "d log_coeffs", "d initial_state"], got):
+        assert torch.isfinite(tensor).all(), f"{backend}: non-finite {name}"
+    assert_close(f"{backend} h", got[0].cpu(), expected_h, torch.float32)
+    assert_close(f"{backend} final_state", got[1].cpu(), expected_final, torch.float32)
+    if backend == "triton":
+        reference = outputs_and_grads("log", "reference", log_values, log_coeffs, h0)
+        for name, actual, want in zip(["d log_values", "d log_coeffs", "d initial_state"], got[2:], reference[2:]):
+            assert_close(f"triton {name}", actual.cpu(), want, torch.float32)
