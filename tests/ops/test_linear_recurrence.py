@@ -154,12 +154,12 @@ def test_same_semantics_as_fla_chunk_hgrn():
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
 def test_log_form_with_extreme_gates_stays_finite(backend):
-    """Saturated gates (log-coefficients from -200 to exactly 0) and values spanning e^-500 .. e^5 over 300 steps."""
+    """Saturated gates (log-coefficients from about -600 to exactly 0) and values spanning e^-495 .. e^5 over 160 steps."""
     device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
     gen = torch.Generator().manual_seed(0)
-    log_coeffs = -F.softplus(200 * torch.randn(2, 300, 3, generator=gen))
+    log_coeffs = -F.softplus(200 * torch.randn(2, 160, 3, generator=gen))
     log_coeffs[:, ::7] = 0.0  # a gate that keeps everything
-    log_values = 250 * torch.rand(2, 300, 3, generator=gen) - 245 - 250 * (torch.rand(2, 300, 3, generator=gen) > 0.5)
+    log_values = 250 * torch.rand(2, 160, 3, generator=gen) - 245 - 250 * (torch.rand(2, 160, 3, generator=gen) > 0.5)
     h0 = torch.rand(2, 3, generator=gen)
     got = outputs_and_grads("log", backend, *(t.to(device) for t in (log_values, log_coeffs, h0)))
     expected_h, expected_final = sequential_loop(log_coeffs.exp(), log_values.exp(), h0)
