@@ -7,7 +7,8 @@
 the form minGRU / minLSTM produce (gates and candidate values are computed as logs for stability).
 
 Both return ``(h, final_state)``: h (batch, T, D) in the dtype of ``x`` / ``log_values``, final_state
-(batch, D) float32 when ``output_final_state`` else None. ``initial_state`` is h_{-1} of shape (batch, D) in
+(batch, D) float32 (float64 for float64 inputs; the Triton kernel computes in float32) when
+``output_final_state`` else None. ``initial_state`` is h_{-1} of shape (batch, D) in
 LINEAR space for both forms (any real value; zeros when None), so a final state can be fed back as the next
 call's initial state. All inputs get gradients.
 """

@@ -45,11 +45,12 @@ class _MinimalRNN(Mixer):
         self.out_proj = nn.Linear(self.d_hidden, d_model, bias=False)
 
     def log_coeffs_and_values(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log a_t, log b_t) of h_t = a_t h_{t-1} + b_t from the float32 input projection."""
+        """(log a_t, log b_t) of h_t = a_t h_{t-1} + b_t from the input projection (float32 or float64)."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        log_coeffs, log_values = self.log_coeffs_and_values(self.in_proj(x).float())
+        projected = self.in_proj(x)
+        log_coeffs, log_values = self.log_coeffs_and_values(projected.to(torch.promote_types(projected.dtype, torch.float32)))
         if cache is None:
             h, _ = log_linear_recurrence(log_coeffs, log_values, backend=self.backend)
         elif x.shape[1] == 1:  # decode: one O(d_hidden) step
