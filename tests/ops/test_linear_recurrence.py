@@ -126,7 +126,7 @@ def test_triton_matches_reference(shape, form, dtype, with_initial_state, monkey
 @needs_triton
 def test_triton_gradients_without_final_state_output():
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    values, decays, h0 = make_inputs((2, 40, 20), "linear", torch.float32, True)
+    values, decays, h0 = make_inputs((1, 40, 20), "linear", torch.float32, True)
     results = []
     for backend in ("triton", "reference"):
         leaves = [t.clone().to(device).requires_grad_() for t in (values, decays, h0)]
@@ -179,7 +179,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 import ops.linear_recurrence.triton as kernels
 
-flags = dict(LOG_VALUES=True, HAS_H0=True, BLOCK_T=64, BLOCK_D=32)
+flags = dict(LOG_VALUES=True, HAS_H0=True, BLOCK_T=64, BLOCK_D=32)  # one of the autotuned configs
 forward = {"X": "*fp32", "G": "*fp32", "H0": "*fp32", "H": "*fp32", "HT": "*fp32", "T": "i32", "D": "i32",
            **{name: "constexpr" for name in ("LOG_VALUES", "HAS_H0", "STORE_FINAL", "BLOCK_T", "BLOCK_D")}}
 backward = {"X": "*bf16", "G": "*bf16", "H": "*bf16", "H0": "*bf16", "DH": "*bf16", "DHT": "*fp32", "DX": "*bf16",
