@@ -1,8 +1,8 @@
 """Sequence ops: one folder per op, each with a pure-PyTorch ``reference.py`` (the definition) and a fused
 ``triton.py`` kernel (plus adapters to CUDA packages when they are installed).
 
-The public functions dispatch on ``backend`` ("auto" | "reference" | "triton" | "cuda"). They are imported
-lazily so that ``import ops`` never pulls in Triton or an optional CUDA package.
+The public functions dispatch on ``backend`` ("auto" | "reference" | "triton" | "cuda"). Each op's package
+``__init__`` is light (Triton and CUDA packages are imported only when a backend needs them).
 """
 import importlib
 
@@ -17,8 +17,15 @@ _PUBLIC = {
 
 __all__ = sorted(_PUBLIC)
 
-
-def __getattr__(name):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'ops' has no attribute {name!r}; public ops: {', '.join(__all__)}")
+# An op's function shares its name with its folder, and importing a subpackage binds the package to that
+# name on ``ops``. Importing every op package here, then binding the functions, settles the name once: later
+# imports of ``ops.<op>.<module>`` find the package in sys.modules and leave the attribute alone. Reach an op's
+# modules with ``from ops.<op> import reference`` (``import ops.<op>.reference as r`` would look the module up
+# through the function).
+for _name, _module in _PUBLIC.items():
+    try:
+        globals()[_name] = getattr(importlib.import_module(_module), _name)
+    except ModuleNotFoundError as _missing:
+        if _missing.name != _module:
+            raise
+del _name, _module

@@ -12,9 +12,6 @@ Both return ``(h, final_state)``: h (batch, T, D) in the dtype of ``x`` / ``log_
 LINEAR space for both forms (any real value; zeros when None), so a final state can be fed back as the next
 call's initial state. All inputs get gradients.
 """
-import sys
-import types
-
 import torch
 
 from ops._backend import resolve_backend
@@ -54,16 +51,3 @@ def log_linear_recurrence(log_coeffs: torch.Tensor, log_values: torch.Tensor,
     else:
         from ops.linear_recurrence.reference import log_linear_recurrence_reference as run
     return run(log_coeffs, log_values, initial_state, output_final_state)
-
-
-class _CallablePackage(types.ModuleType):
-    """Importing this subpackage binds ``ops.linear_recurrence`` to the package itself (Python sets a package's
-    submodules as its attributes), which would shadow the public function that ``ops.__getattr__`` serves under
-    the same name. Calling the package therefore calls the function, so ``ops.linear_recurrence(x, g)`` works
-    whatever was imported first."""
-
-    def __call__(self, *args, **kwargs):
-        return linear_recurrence(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage

@@ -109,7 +109,7 @@ needs_triton = pytest.mark.skipif(not triton_importable(), reason="triton is not
 @pytest.mark.parametrize("form", ["linear", "log"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_triton_matches_reference(shape, form, dtype, with_initial_state, monkeypatch):
-    import ops.linear_recurrence.triton as kernel
+    from ops.linear_recurrence import triton as kernel
     monkeypatch.setattr(kernel, "_new_buffer", lambda like, *shape, dtype=None: torch.full(
         shape or like.shape, float("nan"), dtype=dtype or like.dtype, device=like.device))
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -177,7 +177,7 @@ COMPILE_FOR_HOPPER = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-import ops.linear_recurrence.triton as kernels
+from ops.linear_recurrence import triton as kernels
 
 flags = dict(LOG_VALUES=True, HAS_H0=True, BLOCK_T=64, BLOCK_D=32)  # one of the autotuned configs
 forward = {"X": "*fp32", "G": "*fp32", "H0": "*fp32", "H": "*fp32", "HT": "*fp32", "T": "i32", "D": "i32",

@@ -35,6 +35,7 @@ class _MinimalRNN(Mixer):
     """Shared body: input projection -> log gates -> diagonal recurrence -> output projection."""
 
     n_gates = 1
+    backends = ("auto", "reference", "triton")  # fla (the peer) is Triton itself: no CUDA-package path
 
     def __init__(self, d_model: int, layer_idx: int = 0, backend: str = "auto", expand: int = 1):
         super().__init__(d_model, layer_idx, backend)
