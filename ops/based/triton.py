@@ -1,0 +1,280 @@
+"""Fused Triton kernels for BASED Taylor linear attention, forward and backward (see reference.py).
+
+Design (flash-attention style tiling of the Taylor scores; K = feature dim is small, 16 in BASED):
+- forward: one program per (query tile of BT rows, batch*head). It walks the key tiles before the query tile
+  without masks, then the diagonal tiles with the causal mask; scores s = scale q.k^T on the tensor cores,
+  A = 1 + s + s^2/2 in fp32 registers, the row sums z and A v accumulated in fp32. The normalisation is fused:
+  o = A v / (z + eps) is written once in the input dtype, and g = 1/(z + eps) (fp32, B*H*T numbers) is kept
+  for the backward. Inputs are read in their (B, T, H, D) layout through strides: no transposes, no copies.
+- backward: with g and dz_t = -g_t (do_t . o_t) (a small row-wise pre-pass), dA[t, s] = g_t do_t.v_s + dz_t,
+  dS = dA (1 + s), dq = scale dS k, dk = scale dS^T q, dv = (A g)^T do. One program per (tile i, batch*head)
+  computes dq of query tile i (walking keys 0..i) and dk, dv of key tile i (walking queries i..end): the two
+  walks together cover every tile of the sequence once, so every program does the same work (no tail
+  imbalance along the causal triangle) and there are no atomics: each output element is written by one program.
+- fp32 inputs use IEEE fp32 dot products (no TF32) so they match the reference to 2e-4.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ops._backend import triton_interpreting
+
+# Set by tests: fill fresh output buffers with NaN so that any entry a kernel forgets to write shows up.
+FILL_FRESH_BUFFERS_WITH_NAN = False
+
+# (BT, BS, num_warps, num_stages): tile of rows a program owns, tile of the inner walk. Chosen for the H100 at
+# K=16, V=64 without measurements yet; a GPU session should tune them (BT % BS == 0 is required).
+FORWARD_BLOCKS = (128, 64, 8, 2)
+BACKWARD_BLOCKS = (64, 64, 4, 2)
+
+
+def _fresh(shape, dtype, device) -> torch.Tensor:
+    if FILL_FRESH_BUFFERS_WITH_NAN:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+@triton.jit
+def _mm(a, b, PRECISION: tl.constexpr):
+    """tl.dot with fp32 accumulation. PRECISION "upcast" is for the CPU interpreter, whose bf16 tl.dot multiplies
+    raw bit patterns (triton-lang/triton#11584): the operands go to fp32 first, which is exact for bf16/fp16, so
+    the products are the ones a tensor core forms."""
+    if PRECISION == "upcast":
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=PRECISION)
+
+
+@triton.jit
+def _taylor(s):
+    return 1.0 + s + 0.5 * s * s
+
+
+@triton.jit
+def _based_fwd_kernel(
+    q, k, v, o, g,
+    stride_qb, stride_qt, stride_qh, stride_vb, stride_vt, stride_vh,
+    T, H, scale, eps,
+    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BT: tl.constexpr, BS: tl.constexpr, USE_NORM: tl.constexpr, PRECISION: tl.constexpr,
+):
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    q += i_b * stride_qb + i_h * stride_qh
+    k += i_b * stride_qb + i_h * stride_qh
+    v += i_b * stride_vb + i_h * stride_vh
+    o += i_b * stride_vb + i_h * stride_vh
+
+    rows = i_t * BT + tl.arange(0, BT)
+    cols_k, cols_v = tl.arange(0, BK), tl.arange(0, BV)
+    in_k, in_v = cols_k < K, cols_v < V
+    b_q = tl.load(q + rows[:, None] * stride_qt + cols_k[None, :], mask=(rows[:, None] < T) & in_k[None, :], other=0.0)
+    acc = tl.zeros([BT, BV], dtype=tl.float32)
+    z = tl.zeros([BT], dtype=tl.float32)
+
+    # key tiles strictly before this query tile: every pair is causal, every key exists
+    for start in range(0, i_t * BT, BS):
+        keys = start + tl.arange(0, BS)
+        b_k = tl.load(k + keys[:, None] * stride_qt + cols_k[None, :], mask=in_k[None, :], other=0.0)
+        b_v = tl.load(v + keys[:, None] * stride_vt + cols_v[None, :], mask=in_v[None, :], other=0.0)
+        a = _taylor(_mm(b_q, tl.trans(b_k), PRECISION) * scale)
+        z += tl.sum(a, axis=1)
+        acc += _mm(a.to(b_v.dtype), b_v, PRECISION)
+
+    # the diagonal tiles: causal mask (it also drops keys past T for every stored row)
+    for start in range(i_t * BT, tl.minimum(i_t * BT + BT, T), BS):
+        keys = start + tl.arange(0, BS)
+        b_k = tl.load(k + keys[:, None] * stride_qt + cols_k[None, :], mask=(keys[:, None] < T) & in_k[None, :], other=0.0)
+        b_v = tl.load(v + keys[:, None] * stride_vt + cols_v[None, :], mask=(keys[:, None] < T) & in_v[None, :], other=0.0)
+        a = _taylor(_mm(b_q, tl.trans(b_k), PRECISION) * scale)
+        a = tl.where(rows[:, None] >= keys[None, :], a, 0.0)
+        z += tl.sum(a, axis=1)
+        acc += _mm(a.to(b_v.dtype), b_v, PRECISION)
+
+    if USE_NORM:
+        b_g = 1.0 / (z + eps)
+        acc = acc * b_g[:, None]
+        tl.store(g + i_bh * T + rows, b_g, mask=rows < T)
+    tl.store(o + rows[:, None] * stride_vt + cols_v[None, :], acc.to(o.dtype.element_ty),
+             mask=(rows[:, None] < T) & in_v[None, :])
+
+
+@triton.jit
+def _based_bwd_prepass_kernel(
+    o, do, g, dz, stride_vb, stride_vt, stride_vh, T, H,
+    V: tl.constexpr, BV: tl.constexpr, BT: tl.constexpr,
+):
+    """dz_t = -g_t (do_t . o_t): the gradient reaching the normaliser z_t (o is the normalised output)."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    base = i_b * stride_vb + i_h * stride_vh
+    rows = i_t * BT + tl.arange(0, BT)
+    cols = tl.arange(0, BV)
+    mask = (rows[:, None] < T) & (cols[None, :] < V)
+    b_o = tl.load(o + base + rows[:, None] * stride_vt + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    b_do = tl.load(do + base + rows[:, None] * stride_vt + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    b_g = tl.load(g + i_bh * T + rows, mask=rows < T, other=0.0)
+    tl.store(dz + i_bh * T + rows, -b_g * tl.sum(b_o * b_do, axis=1), mask=rows < T)
+
+
+@triton.jit
+def _dq_tile(b_q, b_do, b_g, b_dz, b_k, b_v, scale, USE_NORM: tl.constexpr, PRECISION: tl.constexpr):
+    """dS for a (query rows, key cols) tile, and the unscaled dq contribution dS k."""
+    s = _mm(b_q, tl.trans(b_k), PRECISION) * scale
+    da = _mm(b_do, tl.trans(b_v), PRECISION)
+    if USE_NORM:
+        da = da * b_g[:, None] + b_dz[:, None]
+    return da * (1.0 + s)
+
+
+@triton.jit
+def _based_bwd_kernel(
+    q, k, v, do, g, dz, dq, dk, dv,
+    stride_qb, stride_qt, stride_qh, stride_vb, stride_vt, stride_vh,
+    T, H, scale,
+    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BT: tl.constexpr, BS: tl.constexpr, USE_NORM: tl.constexpr, PRECISION: tl.constexpr,
+):
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    qk_base = i_b * stride_qb + i_h * stride_qh
+    v_base = i_b * stride_vb + i_h * stride_vh
+    q += qk_base
+    k += qk_base
+    dq += qk_base
+    dk += qk_base
+    v += v_base
+    do += v_base
+    dv += v_base
+    g += i_bh * T
+    dz += i_bh * T
+
+    own = i_t * BT + tl.arange(0, BT)
+    cols_k, cols_v = tl.arange(0, BK), tl.arange(0, BV)
+    in_k, in_v = cols_k < K, cols_v < V
+    own_qk = (own[:, None] < T) & in_k[None, :]
+    own_v = (own[:, None] < T) & in_v[None, :]
+
+    # ---- dq of the query rows of tile i_t: walk keys 0 .. end of the tile
+    b_q = tl.load(q + own[:, None] * stride_qt + cols_k[None, :], mask=own_qk, other=0.0)
+    b_do = tl.load(do + own[:, None] * stride_vt + cols_v[None, :], mask=own_v, other=0.0).to(b_q.dtype)
+    b_g = tl.zeros([BT], dtype=tl.float32)
+    b_dz = tl.zeros([BT], dtype=tl.float32)
+    if USE_NORM:
+        b_g = tl.load(g + own, mask=own < T, other=0.0)
+        b_dz = tl.load(dz + own, mask=own < T, other=0.0)
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+    for start in range(0, i_t * BT, BS):
+        keys = start + tl.arange(0, BS)
+        b_k = tl.load(k + keys[:, None] * stride_qt + cols_k[None, :], mask=in_k[None, :], other=0.0)
+        b_v = tl.load(v + keys[:, None] * stride_vt + cols_v[None, :], mask=in_v[None, :], other=0.0)
+        ds = _dq_tile(b_q, b_do, b_g, b_dz, b_k, b_v, scale, USE_NORM, PRECISION)
+        b_dq += _mm(ds.to(b_k.dtype), b_k, PRECISION)
+    for start in range(i_t * BT, tl.minimum(i_t * BT + BT, T), BS):
+        keys = start + tl.arange(0, BS)
+        b_k = tl.load(k + keys[:, None] * stride_qt + cols_k[None, :], mask=(keys[:, None] < T) & in_k[None, :], other=0.0)
+        b_v = tl.load(v + keys[:, None] * stride_vt + cols_v[None, :], mask=(keys[:, None] < T) & in_v[None, :], other=0.0)
+        ds = _dq_tile(b_q, b_do, b_g, b_dz, b_k, b_v, scale, USE_NORM, PRECISION)
+        ds = tl.where(own[:, None] >= keys[None, :], ds, 0.0)
+        b_dq += _mm(ds.to(b_k.dtype), b_k, PRECISION)
+    tl.store(dq + own[:, None] * stride_qt + cols_k[None, :], (b_dq * scale).to(dq.dtype.element_ty), mask=own_qk)
+
+    # ---- dk, dv of the key rows of tile i_t: walk queries from the tile to the end. Query rows past T load
+    # as zeros with g = dz = 0, so they add nothing.
+    b_k = tl.load(k + own[:, None] * stride_qt + cols_k[None, :], mask=own_qk, other=0.0)
+    b_v = tl.load(v + own[:, None] * stride_vt + cols_v[None, :], mask=own_v, other=0.0)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dv = tl.zeros([BT, BV], dtype=tl.float32)
+    diagonal_end = i_t * BT + BT
+    for start in range(i_t * BT, T, BS):
+        queries = start + tl.arange(0, BS)
+        in_t = queries < T
+        b_qs = tl.load(q + queries[:, None] * stride_qt + cols_k[None, :], mask=in_t[:, None] & in_k[None, :], other=0.0)
+        b_dos = tl.load(do + queries[:, None] * stride_vt + cols_v[None, :], mask=in_t[:, None] & in_v[None, :],
+                        other=0.0).to(b_qs.dtype)
+        s = _mm(b_k, tl.trans(b_qs), PRECISION) * scale  # [keys, queries]
+        a = _taylor(s)
+        da = _mm(b_v, tl.trans(b_dos), PRECISION)
+        if USE_NORM:
+            b_gs = tl.load(g + queries, mask=in_t, other=0.0)
+            b_dzs = tl.load(dz + queries, mask=in_t, other=0.0)
+            a = a * b_gs[None, :]
+            da = da * b_gs[None, :] + b_dzs[None, :]
+        ds = da * (1.0 + s)
+        if start < diagonal_end:
+            causal = own[:, None] <= queries[None, :]
+            a = tl.where(causal, a, 0.0)
+            ds = tl.where(causal, ds, 0.0)
+        b_dv += _mm(a.to(b_dos.dtype), b_dos, PRECISION)
+        b_dk += _mm(ds.to(b_qs.dtype), b_qs, PRECISION)
+    tl.store(dk + own[:, None] * stride_qt + cols_k[None, :], (b_dk * scale).to(dk.dtype.element_ty), mask=own_qk)
+    tl.store(dv + own[:, None] * stride_vt + cols_v[None, :], b_dv.to(dv.dtype.element_ty), mask=own_v)
+
+
+def _widths(K: int, V: int) -> tuple[int, int]:
+    return max(16, triton.next_power_of_2(K)), max(16, triton.next_power_of_2(V))
+
+
+def _precision(dtype: torch.dtype) -> str:
+    if triton_interpreting():
+        return "upcast"
+    return "ieee" if dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit operands
+
+
+class BasedAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, scale, use_norm, eps, forward_blocks, backward_blocks):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        BK, BV = _widths(K, V)
+        BT, BS, warps, stages = forward_blocks
+        o = _fresh(v.shape, q.dtype, q.device)
+        g = _fresh((B, H, T), torch.float32, q.device) if use_norm else o  # o: an unused placeholder
+        _based_fwd_kernel[(triton.cdiv(T, BT), B * H)](
+            q, k, v, o, g,
+            q.stride(0), q.stride(1), q.stride(2), v.stride(0), v.stride(1), v.stride(2),
+            T, H, scale, eps,
+            K=K, V=V, BK=BK, BV=BV, BT=BT, BS=BS, USE_NORM=use_norm, PRECISION=_precision(q.dtype),
+            num_warps=warps, num_stages=stages,
+        )
+        ctx.save_for_backward(q, k, v, o, g)
+        ctx.scale, ctx.use_norm, ctx.backward_blocks = scale, use_norm, backward_blocks
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, g = ctx.saved_tensors
+        do = do.contiguous()
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        BK, BV = _widths(K, V)
+        BT, BS, warps, stages = ctx.backward_blocks
+        dz = g
+        if ctx.use_norm:
+            dz = _fresh((B, H, T), torch.float32, q.device)
+            _based_bwd_prepass_kernel[(triton.cdiv(T, BT), B * H)](
+                o, do, g, dz, o.stride(0), o.stride(1), o.stride(2), T, H, V=V, BV=BV, BT=BT,
+            )
+        dq = _fresh(q.shape, q.dtype, q.device)
+        dk = _fresh(k.shape, k.dtype, k.device)
+        dv = _fresh(v.shape, v.dtype, v.device)
+        _based_bwd_kernel[(triton.cdiv(T, BT), B * H)](
+            q, k, v, do, g, dz, dq, dk, dv,
+            q.stride(0), q.stride(1), q.stride(2), v.stride(0), v.stride(1), v.stride(2),
+            T, H, ctx.scale,
+            K=K, V=V, BK=BK, BV=BV, BT=BT, BS=BS, USE_NORM=ctx.use_norm, PRECISION=_precision(q.dtype),
+            num_warps=warps, num_stages=stages,
+        )
+        return dq, dk, dv, None, None, None, None, None
+
+
+def based_attention_triton(q, k, v, scale: float, use_norm: bool = True, eps: float = 1e-6,
+                           forward_blocks=None, backward_blocks=None) -> torch.Tensor:
+    """Fused BASED attention; q, k (B, T, H, K), v (B, T, H, V), one dtype. Block sizes are for tests/tuning."""
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"based_attention (triton): q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    for blocks in (forward_blocks, backward_blocks):
+        if blocks is not None and blocks[0] % blocks[1]:
+            raise ValueError(f"based_attention (triton): row tile {blocks[0]} must be a multiple of walk tile {blocks[1]}")
+    return BasedAttentionFunction.apply(q, k, v, float(scale), bool(use_norm), float(eps),
+                                        tuple(forward_blocks or FORWARD_BLOCKS), tuple(backward_blocks or BACKWARD_BLOCKS))
