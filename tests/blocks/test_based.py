@@ -102,3 +102,18 @@ def test_triton_block_matches_reference_block():
     assert_close("y", outs[0], outs[1], torch.float32)
     for i, (a, e) in enumerate(zip(*grads)):
         assert_close(f"grad {i}", a, e, torch.float32)
+
+
+@pytest.mark.parametrize("config", ["based", "conv_based"])
+def test_model_configs_build_the_linear_attention_layers(config):
+    from pathlib import Path
+
+    import yaml
+    spec = yaml.safe_load((Path(__file__).parents[2] / "configs" / "model" / f"{config}.yaml").read_text())
+    names = [layer["name"] for layer in spec["layers"]]
+    assert "short_conv" in names and "based_linear_attention" in names
+    for i, layer in enumerate(spec["layers"]):
+        if layer["name"] == "based_linear_attention":
+            hyper = {key: value for key, value in layer.items() if key != "name"}
+            block = build_mixer("based_linear_attention", spec["d_model"], layer_idx=i, **hyper)
+            assert block.head_dim * block.num_heads == spec["d_model"]
