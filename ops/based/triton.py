@@ -50,6 +50,20 @@ def _taylor(s):
 
 
 @triton.jit
+def _fwd_tile(b_q, k, v, rows, start, T, scale, stride_qt, stride_vt, cols_k, cols_v, in_k, in_v,
+              BS: tl.constexpr, DIAGONAL: tl.constexpr, PRECISION: tl.constexpr):
+    """Row sums of A and A v for one key tile. Off the diagonal every pair is causal and every key exists."""
+    keys = start + tl.arange(0, BS)
+    key_ok = keys < T if DIAGONAL else keys >= 0
+    b_k = tl.load(k + keys[:, None] * stride_qt + cols_k[None, :], mask=key_ok[:, None] & in_k[None, :], other=0.0)
+    b_v = tl.load(v + keys[:, None] * stride_vt + cols_v[None, :], mask=key_ok[:, None] & in_v[None, :], other=0.0)
+    a = _taylor(_mm(b_q, tl.trans(b_k), PRECISION) * scale)
+    if DIAGONAL:  # the causal mask also drops keys past T for every row that is stored
+        a = tl.where(rows[:, None] >= keys[None, :], a, 0.0)
+    return tl.sum(a, axis=1), _mm(a.to(b_v.dtype), b_v, PRECISION)
+
+
+@triton.jit
 def _based_fwd_kernel(
     q, k, v, o, g,
     stride_qb, stride_qt, stride_qh, stride_vb, stride_vt, stride_vh,
@@ -57,8 +71,10 @@ def _based_fwd_kernel(
     K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     BT: tl.constexpr, BS: tl.constexpr, USE_NORM: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
+    # the last query tiles walk the most keys: launch them first so the short ones fill the tail
+    i_t = tl.num_programs(0) - 1 - tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b, i_h = (i_bh // H).to(tl.int64), (i_bh % H).to(tl.int64)
     q += i_b * stride_qb + i_h * stride_qh
     k += i_b * stride_qb + i_h * stride_qh
     v += i_b * stride_vb + i_h * stride_vh
@@ -70,25 +86,16 @@ def _based_fwd_kernel(
     b_q = tl.load(q + rows[:, None] * stride_qt + cols_k[None, :], mask=(rows[:, None] < T) & in_k[None, :], other=0.0)
     acc = tl.zeros([BT, BV], dtype=tl.float32)
     z = tl.zeros([BT], dtype=tl.float32)
-
-    # key tiles strictly before this query tile: every pair is causal, every key exists
     for start in range(0, i_t * BT, BS):
-        keys = start + tl.arange(0, BS)
-        b_k = tl.load(k + keys[:, None] * stride_qt + cols_k[None, :], mask=in_k[None, :], other=0.0)
-        b_v = tl.load(v + keys[:, None] * stride_vt + cols_v[None, :], mask=in_v[None, :], other=0.0)
-        a = _taylor(_mm(b_q, tl.trans(b_k), PRECISION) * scale)
-        z += tl.sum(a, axis=1)
-        acc += _mm(a.to(b_v.dtype), b_v, PRECISION)
-
-    # the diagonal tiles: causal mask (it also drops keys past T for every stored row)
+        dz, dacc = _fwd_tile(b_q, k, v, rows, start, T, scale, stride_qt, stride_vt, cols_k, cols_v, in_k, in_v,
+                             BS, False, PRECISION)
+        z += dz
+        acc += dacc
     for start in range(i_t * BT, tl.minimum(i_t * BT + BT, T), BS):
-        keys = start + tl.arange(0, BS)
-        b_k = tl.load(k + keys[:, None] * stride_qt + cols_k[None, :], mask=(keys[:, None] < T) & in_k[None, :], other=0.0)
-        b_v = tl.load(v + keys[:, None] * stride_vt + cols_v[None, :], mask=(keys[:, None] < T) & in_v[None, :], other=0.0)
-        a = _taylor(_mm(b_q, tl.trans(b_k), PRECISION) * scale)
-        a = tl.where(rows[:, None] >= keys[None, :], a, 0.0)
-        z += tl.sum(a, axis=1)
-        acc += _mm(a.to(b_v.dtype), b_v, PRECISION)
+        dz, dacc = _fwd_tile(b_q, k, v, rows, start, T, scale, stride_qt, stride_vt, cols_k, cols_v, in_k, in_v,
+                             BS, True, PRECISION)
+        z += dz
+        acc += dacc
 
     if USE_NORM:
         b_g = 1.0 / (z + eps)
@@ -105,7 +112,7 @@ def _based_bwd_prepass_kernel(
 ):
     """dz_t = -g_t (do_t . o_t): the gradient reaching the normaliser z_t (o is the normalised output)."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
+    i_b, i_h = (i_bh // H).to(tl.int64), (i_bh % H).to(tl.int64)
     base = i_b * stride_vb + i_h * stride_vh
     rows = i_t * BT + tl.arange(0, BT)
     cols = tl.arange(0, BV)
@@ -117,13 +124,47 @@ def _based_bwd_prepass_kernel(
 
 
 @triton.jit
-def _dq_tile(b_q, b_do, b_g, b_dz, b_k, b_v, scale, USE_NORM: tl.constexpr, PRECISION: tl.constexpr):
-    """dS for a (query rows, key cols) tile, and the unscaled dq contribution dS k."""
+def _dq_tile(b_q, b_do, b_g, b_dz, k, v, rows, start, T, scale, stride_qt, stride_vt, cols_k, cols_v, in_k, in_v,
+             BS: tl.constexpr, DIAGONAL: tl.constexpr, USE_NORM: tl.constexpr, PRECISION: tl.constexpr):
+    """dS k (unscaled) for the query rows against one key tile."""
+    keys = start + tl.arange(0, BS)
+    key_ok = keys < T if DIAGONAL else keys >= 0
+    b_k = tl.load(k + keys[:, None] * stride_qt + cols_k[None, :], mask=key_ok[:, None] & in_k[None, :], other=0.0)
+    b_v = tl.load(v + keys[:, None] * stride_vt + cols_v[None, :], mask=key_ok[:, None] & in_v[None, :], other=0.0)
     s = _mm(b_q, tl.trans(b_k), PRECISION) * scale
     da = _mm(b_do, tl.trans(b_v), PRECISION)
     if USE_NORM:
         da = da * b_g[:, None] + b_dz[:, None]
-    return da * (1.0 + s)
+    ds = da * (1.0 + s)
+    if DIAGONAL:
+        ds = tl.where(rows[:, None] >= keys[None, :], ds, 0.0)
+    return _mm(ds.to(b_k.dtype), b_k, PRECISION)
+
+
+@triton.jit
+def _dkdv_tile(b_k, b_v, q, do, g, dz, rows, start, T, scale, stride_qt, stride_vt, cols_k, cols_v, in_k, in_v,
+               BS: tl.constexpr, DIAGONAL: tl.constexpr, USE_NORM: tl.constexpr, PRECISION: tl.constexpr):
+    """dS^T q (unscaled) and (A g)^T do for the key rows against one query tile. Query rows past T load as zeros
+    with g = dz = 0, so they add nothing."""
+    queries = start + tl.arange(0, BS)
+    in_t = queries < T
+    b_q = tl.load(q + queries[:, None] * stride_qt + cols_k[None, :], mask=in_t[:, None] & in_k[None, :], other=0.0)
+    b_do = tl.load(do + queries[:, None] * stride_vt + cols_v[None, :], mask=in_t[:, None] & in_v[None, :],
+                   other=0.0).to(b_q.dtype)
+    s = _mm(b_k, tl.trans(b_q), PRECISION) * scale  # [keys, queries]
+    a = _taylor(s)
+    da = _mm(b_v, tl.trans(b_do), PRECISION)
+    if USE_NORM:
+        b_g = tl.load(g + queries, mask=in_t, other=0.0)
+        b_dz = tl.load(dz + queries, mask=in_t, other=0.0)
+        a = a * b_g[None, :]
+        da = da * b_g[None, :] + b_dz[None, :]
+    ds = da * (1.0 + s)
+    if DIAGONAL:
+        causal = rows[:, None] <= queries[None, :]
+        a = tl.where(causal, a, 0.0)
+        ds = tl.where(causal, ds, 0.0)
+    return _mm(ds.to(b_q.dtype), b_q, PRECISION), _mm(a.to(b_do.dtype), b_do, PRECISION)
 
 
 @triton.jit
@@ -135,7 +176,7 @@ def _based_bwd_kernel(
     BT: tl.constexpr, BS: tl.constexpr, USE_NORM: tl.constexpr, PRECISION: tl.constexpr,
 ):
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
+    i_b, i_h = (i_bh // H).to(tl.int64), (i_bh % H).to(tl.int64)
     qk_base = i_b * stride_qb + i_h * stride_qh
     v_base = i_b * stride_vb + i_h * stride_vh
     q += qk_base
@@ -148,66 +189,47 @@ def _based_bwd_kernel(
     g += i_bh * T
     dz += i_bh * T
 
-    own = i_t * BT + tl.arange(0, BT)
+    rows = i_t * BT + tl.arange(0, BT)
     cols_k, cols_v = tl.arange(0, BK), tl.arange(0, BV)
     in_k, in_v = cols_k < K, cols_v < V
-    own_qk = (own[:, None] < T) & in_k[None, :]
-    own_v = (own[:, None] < T) & in_v[None, :]
+    rows_qk = (rows[:, None] < T) & in_k[None, :]
+    rows_v = (rows[:, None] < T) & in_v[None, :]
+    tile_end = i_t * BT + BT
 
-    # ---- dq of the query rows of tile i_t: walk keys 0 .. end of the tile
-    b_q = tl.load(q + own[:, None] * stride_qt + cols_k[None, :], mask=own_qk, other=0.0)
-    b_do = tl.load(do + own[:, None] * stride_vt + cols_v[None, :], mask=own_v, other=0.0).to(b_q.dtype)
+    # dq of the query rows of tile i_t: walk the keys up to the end of the tile
+    b_q = tl.load(q + rows[:, None] * stride_qt + cols_k[None, :], mask=rows_qk, other=0.0)
+    b_do = tl.load(do + rows[:, None] * stride_vt + cols_v[None, :], mask=rows_v, other=0.0).to(b_q.dtype)
     b_g = tl.zeros([BT], dtype=tl.float32)
     b_dz = tl.zeros([BT], dtype=tl.float32)
     if USE_NORM:
-        b_g = tl.load(g + own, mask=own < T, other=0.0)
-        b_dz = tl.load(dz + own, mask=own < T, other=0.0)
+        b_g = tl.load(g + rows, mask=rows < T, other=0.0)
+        b_dz = tl.load(dz + rows, mask=rows < T, other=0.0)
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     for start in range(0, i_t * BT, BS):
-        keys = start + tl.arange(0, BS)
-        b_k = tl.load(k + keys[:, None] * stride_qt + cols_k[None, :], mask=in_k[None, :], other=0.0)
-        b_v = tl.load(v + keys[:, None] * stride_vt + cols_v[None, :], mask=in_v[None, :], other=0.0)
-        ds = _dq_tile(b_q, b_do, b_g, b_dz, b_k, b_v, scale, USE_NORM, PRECISION)
-        b_dq += _mm(ds.to(b_k.dtype), b_k, PRECISION)
-    for start in range(i_t * BT, tl.minimum(i_t * BT + BT, T), BS):
-        keys = start + tl.arange(0, BS)
-        b_k = tl.load(k + keys[:, None] * stride_qt + cols_k[None, :], mask=(keys[:, None] < T) & in_k[None, :], other=0.0)
-        b_v = tl.load(v + keys[:, None] * stride_vt + cols_v[None, :], mask=(keys[:, None] < T) & in_v[None, :], other=0.0)
-        ds = _dq_tile(b_q, b_do, b_g, b_dz, b_k, b_v, scale, USE_NORM, PRECISION)
-        ds = tl.where(own[:, None] >= keys[None, :], ds, 0.0)
-        b_dq += _mm(ds.to(b_k.dtype), b_k, PRECISION)
-    tl.store(dq + own[:, None] * stride_qt + cols_k[None, :], (b_dq * scale).to(dq.dtype.element_ty), mask=own_qk)
+        b_dq += _dq_tile(b_q, b_do, b_g, b_dz, k, v, rows, start, T, scale, stride_qt, stride_vt,
+                         cols_k, cols_v, in_k, in_v, BS, False, USE_NORM, PRECISION)
+    for start in range(i_t * BT, tl.minimum(tile_end, T), BS):
+        b_dq += _dq_tile(b_q, b_do, b_g, b_dz, k, v, rows, start, T, scale, stride_qt, stride_vt,
+                         cols_k, cols_v, in_k, in_v, BS, True, USE_NORM, PRECISION)
+    tl.store(dq + rows[:, None] * stride_qt + cols_k[None, :], (b_dq * scale).to(dq.dtype.element_ty), mask=rows_qk)
 
-    # ---- dk, dv of the key rows of tile i_t: walk queries from the tile to the end. Query rows past T load
-    # as zeros with g = dz = 0, so they add nothing.
-    b_k = tl.load(k + own[:, None] * stride_qt + cols_k[None, :], mask=own_qk, other=0.0)
-    b_v = tl.load(v + own[:, None] * stride_vt + cols_v[None, :], mask=own_v, other=0.0)
+    # dk, dv of the key rows of tile i_t: walk the queries from the tile to the end
+    b_k = tl.load(k + rows[:, None] * stride_qt + cols_k[None, :], mask=rows_qk, other=0.0)
+    b_v = tl.load(v + rows[:, None] * stride_vt + cols_v[None, :], mask=rows_v, other=0.0)
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
     b_dv = tl.zeros([BT, BV], dtype=tl.float32)
-    diagonal_end = i_t * BT + BT
-    for start in range(i_t * BT, T, BS):
-        queries = start + tl.arange(0, BS)
-        in_t = queries < T
-        b_qs = tl.load(q + queries[:, None] * stride_qt + cols_k[None, :], mask=in_t[:, None] & in_k[None, :], other=0.0)
-        b_dos = tl.load(do + queries[:, None] * stride_vt + cols_v[None, :], mask=in_t[:, None] & in_v[None, :],
-                        other=0.0).to(b_qs.dtype)
-        s = _mm(b_k, tl.trans(b_qs), PRECISION) * scale  # [keys, queries]
-        a = _taylor(s)
-        da = _mm(b_v, tl.trans(b_dos), PRECISION)
-        if USE_NORM:
-            b_gs = tl.load(g + queries, mask=in_t, other=0.0)
-            b_dzs = tl.load(dz + queries, mask=in_t, other=0.0)
-            a = a * b_gs[None, :]
-            da = da * b_gs[None, :] + b_dzs[None, :]
-        ds = da * (1.0 + s)
-        if start < diagonal_end:
-            causal = own[:, None] <= queries[None, :]
-            a = tl.where(causal, a, 0.0)
-            ds = tl.where(causal, ds, 0.0)
-        b_dv += _mm(a.to(b_dos.dtype), b_dos, PRECISION)
-        b_dk += _mm(ds.to(b_qs.dtype), b_qs, PRECISION)
-    tl.store(dk + own[:, None] * stride_qt + cols_k[None, :], (b_dk * scale).to(dk.dtype.element_ty), mask=own_qk)
-    tl.store(dv + own[:, None] * stride_vt + cols_v[None, :], b_dv.to(dv.dtype.element_ty), mask=own_v)
+    for start in range(i_t * BT, tl.minimum(tile_end, T), BS):
+        ddk, ddv = _dkdv_tile(b_k, b_v, q, do, g, dz, rows, start, T, scale, stride_qt, stride_vt,
+                              cols_k, cols_v, in_k, in_v, BS, True, USE_NORM, PRECISION)
+        b_dk += ddk
+        b_dv += ddv
+    for start in range(tile_end, T, BS):
+        ddk, ddv = _dkdv_tile(b_k, b_v, q, do, g, dz, rows, start, T, scale, stride_qt, stride_vt,
+                              cols_k, cols_v, in_k, in_v, BS, False, USE_NORM, PRECISION)
+        b_dk += ddk
+        b_dv += ddv
+    tl.store(dk + rows[:, None] * stride_qt + cols_k[None, :], (b_dk * scale).to(dk.dtype.element_ty), mask=rows_qk)
+    tl.store(dv + rows[:, None] * stride_vt + cols_v[None, :], b_dv.to(dv.dtype.element_ty), mask=rows_v)
 
 
 def _widths(K: int, V: int) -> tuple[int, int]:
