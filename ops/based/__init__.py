@@ -10,6 +10,7 @@ from ops.based.reference import DEFAULT_EPS, based_attention_chunked
 # what the fused kernel handles in one tile per row; larger widths fall back to the reference under "auto"
 TRITON_MAX_FEATURE_DIM = 128
 TRITON_MAX_HEAD_DIM = 256
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def based_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
@@ -23,12 +24,14 @@ def based_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: fl
         raise ValueError(f"based_attention: expected q, k (B, T, H, K) and v (B, T, H, V), got q {tuple(q.shape)}, "
                          f"k {tuple(k.shape)}, v {tuple(v.shape)}")
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    fits = q.shape[-1] <= TRITON_MAX_FEATURE_DIM and v.shape[-1] <= TRITON_MAX_HEAD_DIM
+    fits = (q.shape[-1] <= TRITON_MAX_FEATURE_DIM and v.shape[-1] <= TRITON_MAX_HEAD_DIM
+            and q.dtype == k.dtype == v.dtype and q.dtype in TRITON_DTYPES)
     chosen = resolve_backend(backend, q.device, "based_attention")
     if chosen == "triton" and not fits:
         if backend == "triton":
-            raise ValueError(f"based_attention: backend='triton' supports feature dim <= {TRITON_MAX_FEATURE_DIM} "
-                             f"and head dim <= {TRITON_MAX_HEAD_DIM}, got {q.shape[-1]} and {v.shape[-1]}")
+            raise ValueError(f"based_attention: backend='triton' supports feature dim <= {TRITON_MAX_FEATURE_DIM}, "
+                             f"head dim <= {TRITON_MAX_HEAD_DIM} and one dtype among float32, bfloat16, float16; "
+                             f"got {q.shape[-1]}, {v.shape[-1]} and {q.dtype}, {k.dtype}, {v.dtype}")
         chosen = "reference"
     if chosen == "triton":
         from ops.based.triton import based_attention_triton

@@ -22,10 +22,12 @@ from ops._backend import triton_interpreting
 # Set by tests: fill fresh output buffers with NaN so that any entry a kernel forgets to write shows up.
 FILL_FRESH_BUFFERS_WITH_NAN = False
 
-# (BT, BS, num_warps, num_stages): tile of rows a program owns, tile of the inner walk. Chosen for the H100 at
-# K=16, V=64 without measurements yet; a GPU session should tune them (BT % BS == 0 is required).
-FORWARD_BLOCKS = (128, 64, 8, 2)
-BACKWARD_BLOCKS = (64, 64, 4, 2)
+# (BT, BS, num_warps, num_stages): tile of rows a program owns, tile of the inner walk (BT % BS == 0). Not timed
+# yet: chosen from ptxas's register report for sm_90 at K=16, V=64 (no GPU in the session that wrote them): the
+# 16-bit picks use wgmma with no spills (forward 127 registers at 8 warps, backward 236); fp32 (IEEE dots, no tensor
+# cores) needs smaller tiles to stay out of local memory. A GPU session should time the alternatives.
+FORWARD_BLOCKS = {"16bit": (128, 64, 8, 2), "fp32": (64, 32, 4, 2)}
+BACKWARD_BLOCKS = {"16bit": (64, 64, 8, 2), "fp32": (32, 32, 4, 2)}
 
 
 def _fresh(shape, dtype, device) -> torch.Tensor:
@@ -298,5 +300,7 @@ def based_attention_triton(q, k, v, scale: float, use_norm: bool = True, eps: fl
     for blocks in (forward_blocks, backward_blocks):
         if blocks is not None and blocks[0] % blocks[1]:
             raise ValueError(f"based_attention (triton): row tile {blocks[0]} must be a multiple of walk tile {blocks[1]}")
+    kind = "fp32" if q.dtype == torch.float32 else "16bit"
     return BasedAttentionFunction.apply(q, k, v, float(scale), bool(use_norm), float(eps),
-                                        tuple(forward_blocks or FORWARD_BLOCKS), tuple(backward_blocks or BACKWARD_BLOCKS))
+                                        tuple(forward_blocks or FORWARD_BLOCKS[kind]),
+                                        tuple(backward_blocks or BACKWARD_BLOCKS[kind]))

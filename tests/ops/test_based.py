@@ -13,7 +13,7 @@ from ops.based.reference import (
 )
 from ops.testing import assert_close
 
-DTYPES = [torch.float32, torch.bfloat16]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
 def _inputs(B, T, H, K, V, dtype=torch.float32, seed=0):
@@ -123,6 +123,11 @@ def test_public_op_dispatch_and_defaults():
         ops.based_attention(q, k, v[:, :10])
     with pytest.raises(ValueError, match="unknown backend"):
         ops.based_attention(q, k, v, backend="fast")
+    if importlib.util.find_spec("triton") is not None:
+        with pytest.raises(ValueError, match="feature dim <= 128"):
+            ops.based_attention(q.double(), k.double(), v.double(), backend="triton")
+    assert_close("auto falls back for float64", ops.based_attention(q.double(), k.double(), v.double(), 0.25).float(),
+                 expected, torch.float32)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fla parity needs CUDA")
