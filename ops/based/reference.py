@@ -14,6 +14,7 @@ Three forms of the same function:
   chunks the state sum phi(k) v^T over the packed Taylor features; takes and returns that state.
 - ``based_step``: one token of recurrent decoding, O(1) in the number of tokens seen.
 """
+import functools
 import math
 
 import torch
@@ -41,10 +42,18 @@ def taylor_feature_map(x: torch.Tensor, scale: float | None = None) -> torch.Ten
     d = x.shape[-1]
     scale = default_scale(d) if scale is None else scale
     x = x.float()
-    rows, cols = torch.triu_indices(d, d, device=x.device)
-    weight = torch.where(rows == cols, 2 ** -0.5, 1.0).to(x.dtype) * scale
-    second = x[..., rows] * x[..., cols] * weight
+    rows, cols, weight = _upper_triangle(d, x.device)
+    second = x[..., rows] * x[..., cols] * (weight * scale)
     return torch.cat([torch.ones_like(x[..., :1]), x * math.sqrt(scale), second], dim=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def _upper_triangle(d: int, device: torch.device):
+    """Index pairs i <= j of the d x d outer product and their weights (1/sqrt(2) on the diagonal, 1 off it);
+    cached because decoding builds features for one token at a time."""
+    rows, cols = torch.triu_indices(d, d, device=device)
+    weight = torch.where(rows == cols, 2 ** -0.5, 1.0).to(device=device, dtype=torch.float32)
+    return rows, cols, weight
 
 
 def _taylor_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:

@@ -27,6 +27,9 @@ class BasedLinearAttention(Mixer):
                  num_heads: int = 1, eps: float = 1e-6):
         super().__init__(d_model, layer_idx, backend)
         owner = type(self).__name__
+        if backend == "cuda":
+            raise ValueError(f"{owner}: backend='cuda' is not available (no CUDA package implements BASED); "
+                             "choose auto, reference or triton")
         require_positive_int("feature_dim", feature_dim, owner)
         require_positive_int("num_heads", num_heads, owner)
         if d_model % num_heads:
