@@ -6,6 +6,7 @@ Design (flash-attention style tiling of the Taylor scores; K = feature dim is sm
   A = 1 + s + s^2/2 in fp32 registers, the row sums z and A v accumulated in fp32. The normalisation is fused:
   o = A v / (z + eps) is written once in the input dtype, and g = 1/(z + eps) (fp32, B*H*T numbers) is kept
   for the backward. Inputs are read in their (B, T, H, D) layout through strides: no transposes, no copies.
+  The longest query tiles (the last ones) are launched first so that short ones fill the tail of the grid.
 - backward: with g and dz_t = -g_t (do_t . o_t) (a small row-wise pre-pass), dA[t, s] = g_t do_t.v_s + dz_t,
   dS = dA (1 + s), dq = scale dS k, dk = scale dS^T q, dv = (A g)^T do. One program per (tile i, batch*head)
   computes dq of query tile i (walking keys 0..i) and dk, dv of key tile i (walking queries i..end): the two
@@ -299,7 +300,8 @@ def based_attention_triton(q, k, v, scale: float, use_norm: bool = True, eps: fl
         raise ValueError(f"based_attention (triton): q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     for blocks in (forward_blocks, backward_blocks):
         if blocks is not None and blocks[0] % blocks[1]:
-            raise ValueError(f"based_attention (triton): row tile {blocks[0]} must be a multiple of walk tile {blocks[1]}")
+            raise ValueError(f"based_attention (triton): row tile {blocks[0]} must be a multiple of "
+                             f"walk tile {blocks[1]}")
     kind = "fp32" if q.dtype == torch.float32 else "16bit"
     return BasedAttentionFunction.apply(q, k, v, float(scale), bool(use_norm), float(eps),
                                         tuple(forward_blocks or FORWARD_BLOCKS[kind]),

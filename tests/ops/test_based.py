@@ -48,7 +48,8 @@ def test_chunked_matches_quadratic_with_grads(T, use_norm):
     inputs = _inputs(2, T, 3, 4, 6, seed=T)
     grad_out = torch.randn(2, T, 3, 6, generator=torch.Generator().manual_seed(1))
     expected = _grads(lambda q, k, v: based_attention_quadratic(q, k, v, use_norm=use_norm), inputs, grad_out)
-    actual = _grads(lambda q, k, v: based_attention_chunked(q, k, v, use_norm=use_norm, chunk_size=16), inputs, grad_out)
+    actual = _grads(lambda q, k, v: based_attention_chunked(q, k, v, use_norm=use_norm, chunk_size=16),
+                    inputs, grad_out)
     for name, a, e in zip(("o", "dq", "dk", "dv"), actual, expected):
         if T == 1 and use_norm and name in ("dq", "dk"):  # o_0 = v_0 A/(A + eps): dq, dk are O(eps)
             assert a.abs().max() < 1e-4 and e.abs().max() < 1e-4, (name, a.abs().max(), e.abs().max())
@@ -98,8 +99,9 @@ def test_triton_matches_quadratic_reference(shape, dtype, use_norm, monkeypatch)
     grad_out = torch.randn(B, T, H, V, generator=torch.Generator().manual_seed(7))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     scale = K ** -0.5
-    actual = _grads(lambda q, k, v: kernels.based_attention_triton(q, k, v, scale, use_norm, 1e-6, fwd_blocks, bwd_blocks),
-                    [x.to(device) for x in inputs], grad_out.to(device))
+    def fused(q, k, v):
+        return kernels.based_attention_triton(q, k, v, scale, use_norm, 1e-6, fwd_blocks, bwd_blocks)
+    actual = _grads(fused, [x.to(device) for x in inputs], grad_out.to(device))
     # the fp32 reference on the same (rounded) inputs
     expected = _grads(lambda q, k, v: based_attention_quadratic(q, k, v, scale, use_norm),
                       [x.float() for x in inputs], grad_out)
