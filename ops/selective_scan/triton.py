@@ -1,0 +1,309 @@
+"""Fused Triton selective scan: forward and backward, for variable B/C ((batch, N, L) or (batch, G, N, L)).
+
+One program owns (one batch row, BLOCK_D channels) and walks the sequence in chunks of BLOCK_L steps. Inside
+a chunk the recurrence h_t = a_t h_{t-1} + x_t runs as a parallel associative scan over a
+(BLOCK_D, BLOCK_L, N) register tile in float32; the state is carried between chunks in registers, so u,
+delta, z, B, C are read once and the output written once. The forward also stores the state entering every
+chunk (float32, batch x dim x chunks x N) so that the backward can recompute each chunk's states locally.
+
+The backward walks the chunks in reverse. With lambda_t = dL/dh_t it runs the reverse scan
+lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t (a_{t+1} read directly from delta at t+1, so no register shift),
+and uses a_t h_{t-1} = h_t - x_t to get the decay gradient without keeping h_{t-1}. dB and dC are summed over
+channels in registers and added into float32 buffers with atomics (several channel blocks share them).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ops.selective_scan.reference import _check_real
+
+
+@triton.jit
+def _combine(a_left, x_left, a_right, x_right):
+    # composition of h -> a_left h + x_left followed by h -> a_right h + x_right
+    return a_left * a_right, a_right * x_left + x_right
+
+
+@triton.jit
+def _delta_at(delta_ptr, bias, offsets, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Discretised delta (float32) and the pre-softplus value; 0 where masked (decay 1, no input)."""
+    raw = tl.load(delta_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        raw = raw + bias[:, None]
+    dt = raw
+    if SOFTPLUS:
+        dt = tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
+    return tl.where(mask, dt, 0.0), raw
+
+
+@triton.jit
+def _load_bc(ptr, batch_id, group, n, t, n_mask, t_mask, DIM_N, L, G, GROUPED: tl.constexpr):
+    """B or C for this chunk as float32, shaped to broadcast against (BLOCK_D, BLOCK_L, BLOCK_N)."""
+    if GROUPED:
+        base = (batch_id * G + group) * DIM_N * L
+        offs = base[:, None, None] + n[None, None, :] * L + t[None, :, None]
+        mask = (group[:, None, None] >= 0) & t_mask[None, :, None] & n_mask[None, None, :]
+        return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    offs = batch_id * DIM_N * L + n[None, :] * L + t[:, None]
+    mask = t_mask[:, None] & n_mask[None, :]
+    return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)[None, :, :]
+
+
+@triton.jit
+def _scan_fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
+    out_ptr, last_ptr, ckpt_ptr,
+    DIM, L, N, G, CH_PER_GROUP, N_CHUNKS,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, SAVE_CKPT: tl.constexpr, GROUPED: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_d, batch_id = tl.program_id(0), tl.program_id(1)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    t_local = tl.arange(0, BLOCK_L)
+    d_mask, n_mask = d < DIM, n < N
+    dn_mask = d_mask[:, None] & n_mask[None, :]
+    group = tl.where(d_mask, d // CH_PER_GROUP, -1)
+
+    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
+    state_offs = (batch_id * DIM + d[:, None]) * N + n[None, :]
+    if HAS_H0:
+        h = tl.load(h0_ptr + state_offs, mask=dn_mask, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    if HAS_D:
+        skip = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    row = (batch_id * DIM + d) * L
+    is_last = (t_local == BLOCK_L - 1)[None, :, None]
+
+    for k in range(0, N_CHUNKS):
+        if SAVE_CKPT:
+            ckpt_offs = ((batch_id * DIM + d[:, None]) * N_CHUNKS + k) * N + n[None, :]
+            tl.store(ckpt_ptr + ckpt_offs, h, mask=dn_mask)
+        t = k * BLOCK_L + t_local
+        t_mask = t < L
+        offs = row[:, None] + t[None, :]
+        mask = d_mask[:, None] & t_mask[None, :]
+        u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dt, _ = _delta_at(delta_ptr, bias, offs, mask, HAS_BIAS, SOFTPLUS)
+        Bt = _load_bc(B_ptr, batch_id, group, n, t, n_mask, t_mask, N, L, G, GROUPED)
+        Ct = _load_bc(C_ptr, batch_id, group, n, t, n_mask, t_mask, N, L, G, GROUPED)
+
+        decay = tl.exp(dt[:, :, None] * A[:, None, :])
+        inp = (dt * u)[:, :, None] * Bt
+        decay_cum, inp_cum = tl.associative_scan((decay, inp), 1, _combine)
+        hs = inp_cum + decay_cum * h[:, None, :]
+        y = tl.sum(hs * Ct, axis=2)
+        if HAS_D:
+            y += skip[:, None] * u
+        if HAS_Z:
+            zz = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+        h = tl.sum(tl.where(is_last, hs, 0.0), axis=1)  # padded steps pass the state through unchanged
+
+    tl.store(last_ptr + state_offs, h, mask=dn_mask)
+
+
+@triton.jit
+def _scan_bwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, ckpt_ptr, g_out_ptr, g_last_ptr,
+    g_u_ptr, g_delta_ptr, g_z_ptr, g_A_ptr, g_B_ptr, g_C_ptr, g_D_ptr, g_bias_ptr, g_h0_ptr,
+    DIM, L, N, G, CH_PER_GROUP, N_CHUNKS,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_G_LAST: tl.constexpr, HAS_H0: tl.constexpr, GROUPED: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_d, batch_id = tl.program_id(0), tl.program_id(1)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    t_local = tl.arange(0, BLOCK_L)
+    d_mask, n_mask = d < DIM, n < N
+    dn_mask = d_mask[:, None] & n_mask[None, :]
+    group = tl.where(d_mask, d // CH_PER_GROUP, -1)
+
+    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
+    state_offs = (batch_id * DIM + d[:, None]) * N + n[None, :]
+    if HAS_G_LAST:
+        lam = tl.load(g_last_ptr + state_offs, mask=dn_mask, other=0.0).to(tl.float32)
+    else:
+        lam = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    skip = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_D:
+        skip = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    row = (batch_id * DIM + d) * L
+    is_first = (t_local == 0)[None, :, None]
+    g_A_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    g_D_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    g_bias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+
+    for kk in range(0, N_CHUNKS):
+        k = N_CHUNKS - 1 - kk
+        ckpt_offs = ((batch_id * DIM + d[:, None]) * N_CHUNKS + k) * N + n[None, :]
+        h_in = tl.load(ckpt_ptr + ckpt_offs, mask=dn_mask, other=0.0)
+        t = k * BLOCK_L + t_local
+        t_mask = t < L
+        offs = row[:, None] + t[None, :]
+        mask = d_mask[:, None] & t_mask[None, :]
+        next_mask = d_mask[:, None] & (t + 1 < L)[None, :]
+        u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dt, raw = _delta_at(delta_ptr, bias, offs, mask, HAS_BIAS, SOFTPLUS)
+        dt_next, _ = _delta_at(delta_ptr, bias, offs + 1, next_mask, HAS_BIAS, SOFTPLUS)
+        g_out = tl.load(g_out_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        Bt = _load_bc(B_ptr, batch_id, group, n, t, n_mask, t_mask, N, L, G, GROUPED)
+        Ct = _load_bc(C_ptr, batch_id, group, n, t, n_mask, t_mask, N, L, G, GROUPED)
+
+        # recompute this chunk's states from the checkpoint
+        A3 = A[:, None, :]
+        decay = tl.exp(dt[:, :, None] * A3)
+        inp = (dt * u)[:, :, None] * Bt
+        decay_cum, inp_cum = tl.associative_scan((decay, inp), 1, _combine)
+        hs = inp_cum + decay_cum * h_in[:, None, :]
+
+        g_y = g_out
+        if HAS_Z:
+            zz = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            y = tl.sum(hs * Ct, axis=2) + skip[:, None] * u
+            sig = tl.sigmoid(zz)
+            g_z = g_out * y * sig * (1.0 + zz * (1.0 - sig))
+            tl.store(g_z_ptr + offs, g_z.to(g_z_ptr.dtype.element_ty), mask=mask)
+            g_y = g_out * zz * sig
+
+        # lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t, from the end of the chunk with the later chunks' carry
+        decay_next = tl.exp(dt_next[:, :, None] * A3)
+        decay_rev, lam_local = tl.associative_scan((decay_next, g_y[:, :, None] * Ct), 1, _combine, reverse=True)
+        lam_t = lam_local + decay_rev * lam[:, None, :]
+
+        decayed_prev = hs - inp  # a_t h_{t-1}
+        g_dt = tl.sum(lam_t * (decayed_prev * A3 + u[:, :, None] * Bt), axis=2)
+        g_u = tl.sum(lam_t * Bt, axis=2) * dt + g_y * skip[:, None]
+        g_A_acc += tl.sum(lam_t * decayed_prev * dt[:, :, None], axis=1)
+        g_D_acc += tl.sum(g_y * u, axis=1)
+        if SOFTPLUS:
+            g_dt = tl.where(raw <= 20.0, g_dt * tl.sigmoid(raw), g_dt)
+        g_dt = tl.where(mask, g_dt, 0.0)
+        g_bias_acc += tl.sum(g_dt, axis=1)
+        tl.store(g_u_ptr + offs, g_u.to(g_u_ptr.dtype.element_ty), mask=mask)
+        tl.store(g_delta_ptr + offs, g_dt.to(g_delta_ptr.dtype.element_ty), mask=mask)
+
+        g_inp = lam_t * (dt * u)[:, :, None]   # d/dB
+        g_hC = hs * g_y[:, :, None]            # d/dC
+        if GROUPED:
+            base = (batch_id * G + group) * N * L
+            bc_offs = base[:, None, None] + n[None, None, :] * L + t[None, :, None]
+            bc_mask = mask[:, :, None] & n_mask[None, None, :]
+            tl.atomic_add(g_B_ptr + bc_offs, g_inp, mask=bc_mask)
+            tl.atomic_add(g_C_ptr + bc_offs, g_hC, mask=bc_mask)
+        else:
+            bc_offs = batch_id * N * L + n[None, :] * L + t[:, None]
+            bc_mask = t_mask[:, None] & n_mask[None, :]
+            tl.atomic_add(g_B_ptr + bc_offs, tl.sum(g_inp, axis=0), mask=bc_mask)
+            tl.atomic_add(g_C_ptr + bc_offs, tl.sum(g_hC, axis=0), mask=bc_mask)
+        lam = tl.sum(tl.where(is_first, lam_t, 0.0), axis=1)  # lambda at this chunk's first step
+
+    tl.store(g_A_ptr + state_offs, g_A_acc, mask=dn_mask)
+    tl.store(g_D_ptr + batch_id * DIM + d, g_D_acc, mask=d_mask)
+    tl.store(g_bias_ptr + batch_id * DIM + d, g_bias_acc, mask=d_mask)
+    if HAS_H0:
+        # dL/dh_{-1} = a_0 lambda_0
+        first = (batch_id * DIM + d) * L
+        dt0, _ = _delta_at(delta_ptr, bias, first[:, None], d_mask[:, None], HAS_BIAS, SOFTPLUS)
+        tl.store(g_h0_ptr + state_offs, tl.exp(dt0 * A) * lam, mask=dn_mask)
+
+
+def _blocks(n_state: int, budget: int):
+    """Tile sizes: BLOCK_D * BLOCK_L * BLOCK_N float32 entries per live tile kept near ``budget``."""
+    block_n = triton.next_power_of_2(n_state)
+    block_l = 32 if block_n <= 16 else 16
+    block_d = max(1, min(16, budget // (block_l * block_n)))
+    return block_d, block_l, block_n
+
+
+def _as_grouped(X):
+    return X[:, None] if X.dim() == 3 else X  # (batch, N, L) -> (batch, 1, N, L)
+
+
+class SelectiveScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+        batch, dim, length = u.shape
+        n_state = A.shape[1]
+        b_shape, c_shape = B.shape, C.shape
+        u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()
+        D = D.contiguous() if D is not None else None
+        delta_bias = delta_bias.contiguous() if delta_bias is not None else None
+        B, C = _as_grouped(B).contiguous(), _as_grouped(C).contiguous()
+        groups = B.shape[1]
+        if dim % groups:
+            raise ValueError(f"selective_scan: dim {dim} is not divisible by the number of B/C groups {groups}")
+        z = z.contiguous() if z is not None else None
+        h0 = initial_state.float().contiguous() if initial_state is not None else None
+        block_d, block_l, block_n = _blocks(n_state, 4096)
+        n_chunks = triton.cdiv(length, block_l)
+        save = any(ctx.needs_input_grad)
+        out = torch.empty_like(u)
+        last = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32)
+        ckpt = torch.empty(batch, dim, n_chunks, n_state, device=u.device, dtype=torch.float32) if save else last
+        grid = (triton.cdiv(dim, block_d), batch)
+        _scan_fwd_kernel[grid](
+            u, delta, A, B, C, D, z, delta_bias, h0, out, last, ckpt,
+            dim, length, n_state, groups, dim // groups, n_chunks,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, SAVE_CKPT=save, GROUPED=groups > 1,
+            BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_N=block_n, num_warps=4,
+        )
+        if save:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
+            ctx.delta_softplus, ctx.block_l = bool(delta_softplus), block_l
+            ctx.b_shape, ctx.c_shape = b_shape, c_shape
+            ctx.h0_dtype = initial_state.dtype if initial_state is not None else None
+        return out, last
+
+    @staticmethod
+    def backward(ctx, g_out, g_last):
+        u, delta, A, B, C, D, z, delta_bias, ckpt = ctx.saved_tensors
+        batch, dim, length = u.shape
+        n_state, groups = A.shape[1], B.shape[1]
+        n_chunks = ckpt.shape[2]
+        block_d, _, block_n = _blocks(n_state, 2048)
+        block_l = ctx.block_l  # the checkpoints fix the chunk length
+        g_u, g_delta = torch.empty_like(u), torch.empty_like(delta)
+        g_z = torch.empty_like(z) if z is not None else None
+        g_A = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32)
+        g_B = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
+        g_C = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
+        g_D = torch.empty(batch, dim, device=u.device, dtype=torch.float32)
+        g_bias = torch.empty(batch, dim, device=u.device, dtype=torch.float32)
+        g_h0 = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32) if ctx.h0_dtype is not None else None
+        grid = (triton.cdiv(dim, block_d), batch)
+        _scan_bwd_kernel[grid](
+            u, delta, A, B, C, D, z, delta_bias, ckpt, g_out.contiguous(),
+            g_last.contiguous() if g_last is not None else None,
+            g_u, g_delta, g_z, g_A, g_B, g_C, g_D, g_bias, g_h0,
+            dim, length, n_state, groups, dim // groups, n_chunks,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=ctx.delta_softplus, HAS_G_LAST=g_last is not None, HAS_H0=ctx.h0_dtype is not None, GROUPED=groups > 1,
+            BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_N=block_n, num_warps=4,
+        )
+        return (g_u, g_delta, g_A.sum(0).to(A.dtype),
+                g_B.to(B.dtype).view(ctx.b_shape), g_C.to(C.dtype).view(ctx.c_shape),
+                g_D.sum(0).to(D.dtype) if D is not None else None, g_z,
+                g_bias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None, None,
+                g_h0.to(ctx.h0_dtype) if g_h0 is not None else None)
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, initial_state=None):
+    """Triton selective scan for variable B/C; same arguments and results as the reference."""
+    _check_real(A)
+    if B.dim() < 3 or C.dim() < 3:
+        raise ValueError("selective_scan (triton): B and C must vary with time, (batch, N, L) or (batch, G, N, L)")
+    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    return (out, last) if return_last_state else out
