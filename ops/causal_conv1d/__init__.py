@@ -1,0 +1,22 @@
+"""Depthwise causal conv1d: ``causal_conv1d(x, weight, ...)`` following causal_conv1d's ``causal_conv1d_fn``."""
+from ops._backend import resolve_backend
+
+
+def causal_conv1d(x, weight, bias=None, initial_states=None, return_final_states=False, activation=None,
+                  backend="auto"):
+    """x (batch, dim, L), weight (dim, W), bias (dim,), activation None | "silu" | "swish".
+
+    initial_states (batch, dim, W - 1): the inputs before x (prefill continuation). With return_final_states,
+    returns (out, final_states (batch, dim, W - 1)), the last W - 1 inputs, ready to continue from.
+    backend: "cuda" uses the causal_conv1d package; every other choice runs the reference, whose depthwise
+    F.conv1d is already a single cuDNN call on GPU (there is no Triton kernel for this op).
+    """
+    which = resolve_backend(backend, x.device, "causal_conv1d", cuda_package="causal_conv1d")
+    if which == "cuda":
+        from ops.causal_conv1d.cuda import causal_conv1d as cuda_conv
+        return cuda_conv(x, weight, bias, initial_states, return_final_states, activation)
+    from ops.causal_conv1d.reference import causal_conv1d as reference_conv
+    return reference_conv(x, weight, bias, initial_states, return_final_states, activation)
+
+
+__all__ = ["causal_conv1d"]
