@@ -41,9 +41,10 @@ def expand_bc(X: torch.Tensor, dim: int, length: int) -> torch.Tensor:
 
 
 def discretize_delta(delta: torch.Tensor, delta_bias=None, delta_softplus: bool = False) -> torch.Tensor:
+    """delta (batch, dim, ...) -> float32 softplus(delta + delta_bias[dim]) (bias and softplus optional)."""
     delta = delta.float()
     if delta_bias is not None:
-        delta = delta + delta_bias.float()[..., None]
+        delta = delta + delta_bias.float().view(-1, *([1] * (delta.dim() - 2)))
     return F.softplus(delta) if delta_softplus else delta
 
 

@@ -18,7 +18,7 @@ def conv_module_output(x, weight, bias, activation):
 @pytest.mark.parametrize("width", [2, 4])
 @pytest.mark.parametrize("activation", [None, "silu"])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_matches_conv1d_module(width, activation, with_bias):
+def test_matches_padded_conv1d(width, activation, with_bias):
     g = torch.Generator().manual_seed(0)
     x, weight = torch.randn(2, 5, 11, generator=g), torch.randn(5, width, generator=g)
     bias = torch.randn(5, generator=g) if with_bias else None
@@ -26,7 +26,7 @@ def test_matches_conv1d_module(width, activation, with_bias):
     assert_close("out", out, conv_module_output(x, weight, bias, activation), torch.float32)
 
 
-def test_gradients_match_conv1d_module():
+def test_gradients_match_padded_conv1d():
     g = torch.Generator().manual_seed(1)
     x, weight, bias = torch.randn(2, 3, 9, generator=g), torch.randn(3, 4, generator=g), torch.randn(3, generator=g)
     mine = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
