@@ -1,4 +1,6 @@
 """Depthwise causal conv1d: ``causal_conv1d(x, weight, ...)`` following causal_conv1d's ``causal_conv1d_fn``."""
+import sys
+
 from ops._backend import resolve_backend
 
 
@@ -20,3 +22,14 @@ def causal_conv1d(x, weight, bias=None, initial_states=None, return_final_states
 
 
 __all__ = ["causal_conv1d"]
+
+
+class _CallableModule(type(sys)):
+    """Importing this subpackage binds ops.causal_conv1d to the module, shadowing ops/__init__'s lazy function of the
+    same name; calling the module calls the function, so ``ops.causal_conv1d(...)`` works in any import order."""
+
+    def __call__(self, *args, **kwargs):
+        return causal_conv1d(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

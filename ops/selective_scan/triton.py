@@ -218,8 +218,17 @@ def _scan_bwd_kernel(
         tl.store(g_h0_ptr + state_offs, tl.exp(dt0 * A) * lam, mask=dn_mask)
 
 
-# (BLOCK_D, BLOCK_L) forced by tests: the interpreter's scan costs per tile entry, so tiny tiles keep CPU tests fast
+# Test hooks. _TEST_TILES forces (BLOCK_D, BLOCK_L): the interpreter's scan costs per tile entry, so tiny tiles
+# keep CPU tests fast. _NAN_FILL fills fresh output buffers with NaN, so an unwritten entry fails the comparison.
 _TEST_TILES = None
+_NAN_FILL = False
+
+
+def _fresh(shape, like, dtype=None):
+    dtype = dtype or like.dtype
+    if _NAN_FILL:
+        return torch.full(shape, float("nan"), device=like.device, dtype=dtype)
+    return torch.empty(shape, device=like.device, dtype=dtype)
 
 
 def _blocks(n_state: int, budget: int):
@@ -254,9 +263,9 @@ class SelectiveScanFn(torch.autograd.Function):
         block_d, block_l, block_n = _blocks(n_state, 4096)
         n_chunks = triton.cdiv(length, block_l)
         save = any(ctx.needs_input_grad)
-        out = torch.empty_like(u)
-        last = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32)
-        ckpt = torch.empty(batch, dim, n_chunks, n_state, device=u.device, dtype=torch.float32) if save else last
+        out = _fresh(u.shape, u)
+        last = _fresh((batch, dim, n_state), u, torch.float32)
+        ckpt = _fresh((batch, dim, n_chunks, n_state), u, torch.float32) if save else last
         grid = (triton.cdiv(dim, block_d), batch)
         _scan_fwd_kernel[grid](
             u, delta, A, B, C, D, z, delta_bias, h0, out, last, ckpt,
@@ -280,14 +289,14 @@ class SelectiveScanFn(torch.autograd.Function):
         n_chunks = ckpt.shape[2]
         block_d, _, block_n = _blocks(n_state, 2048)
         block_l = ctx.block_l  # the checkpoints fix the chunk length
-        g_u, g_delta = torch.empty_like(u), torch.empty_like(delta)
-        g_z = torch.empty_like(z) if z is not None else None
-        g_A = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32)
+        g_u, g_delta = _fresh(u.shape, u), _fresh(delta.shape, delta)
+        g_z = _fresh(z.shape, z) if z is not None else None
+        g_A = _fresh((batch, dim, n_state), u, torch.float32)
         g_B = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
         g_C = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
-        g_D = torch.empty(batch, dim, device=u.device, dtype=torch.float32)
-        g_bias = torch.empty(batch, dim, device=u.device, dtype=torch.float32)
-        g_h0 = torch.empty(batch, dim, n_state, device=u.device, dtype=torch.float32) if ctx.h0_dtype is not None else None
+        g_D = _fresh((batch, dim), u, torch.float32)
+        g_bias = _fresh((batch, dim), u, torch.float32)
+        g_h0 = _fresh((batch, dim, n_state), u, torch.float32) if ctx.h0_dtype is not None else None
         grid = (triton.cdiv(dim, block_d), batch)
         _scan_bwd_kernel[grid](
             u, delta, A, B, C, D, z, delta_bias, ckpt, g_out.contiguous(),

@@ -53,6 +53,12 @@ def test_continuation_and_steps_equal_one_pass(split):
     assert_close("prefill + continuation + steps", pieces, full, torch.float32)
 
 
+def test_public_name_in_ops_dispatches():
+    import ops
+    x, weight = torch.randn(1, 2, 5), torch.randn(2, 3)
+    torch.testing.assert_close(ops.causal_conv1d(x, weight, activation="silu"), conv_module_output(x, weight, None, "silu"))
+
+
 def test_bad_activation_is_rejected():
     with pytest.raises(ValueError, match="relu"):
         causal_conv1d(torch.zeros(1, 2, 3), torch.zeros(2, 2), activation="relu")
