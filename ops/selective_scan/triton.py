@@ -247,7 +247,7 @@ def _as_grouped(X):
 
 class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save):
         batch, dim, length = u.shape
         n_state = A.shape[1]
         b_shape, c_shape = B.shape, C.shape
@@ -262,7 +262,6 @@ class SelectiveScanFn(torch.autograd.Function):
         h0 = initial_state.float().contiguous() if initial_state is not None else None
         block_d, block_l, block_n = _blocks(n_state, 4096)
         n_chunks = triton.cdiv(length, block_l)
-        save = any(ctx.needs_input_grad)
         out = _fresh(u.shape, u)
         last = _fresh((batch, dim, n_state), u, torch.float32)
         ckpt = _fresh((batch, dim, n_chunks, n_state), u, torch.float32) if save else last
@@ -311,7 +310,7 @@ class SelectiveScanFn(torch.autograd.Function):
                 g_B.to(B.dtype).view(ctx.b_shape), g_C.to(C.dtype).view(ctx.c_shape),
                 g_D.sum(0).to(D.dtype) if D is not None else None, g_z,
                 g_bias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None, None,
-                g_h0.to(ctx.h0_dtype) if g_h0 is not None else None)
+                g_h0.to(ctx.h0_dtype) if g_h0 is not None else None, None)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -320,5 +319,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     _check_real(A)
     if B.dim() < 3 or C.dim() < 3:
         raise ValueError("selective_scan (triton): B and C must vary with time, (batch, N, L) or (batch, G, N, L)")
-    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    # chunk checkpoints are written only when a backward can follow (not in inference)
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
+    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save)
     return (out, last) if return_last_state else out

@@ -48,6 +48,7 @@ def test_continuation_and_steps_equal_one_pass(split):
     assert state.shape == (2, 4, 3)
     mid, state = causal_conv1d(x[..., split:9], weight, bias, initial_states=state, return_final_states=True,
                                activation="silu")
+    assert mid.shape[-1] == 9 - split
     steps = [causal_conv1d_step(state, x[..., t], weight, bias, activation="silu") for t in range(9, 12)]
     pieces = torch.cat([head, mid, torch.stack(steps, -1)], -1)
     assert_close("prefill + continuation + steps", pieces, full, torch.float32)
@@ -57,6 +58,14 @@ def test_public_name_in_ops_dispatches():
     import ops
     x, weight = torch.randn(1, 2, 5), torch.randn(2, 3)
     torch.testing.assert_close(ops.causal_conv1d(x, weight, activation="silu"), conv_module_output(x, weight, None, "silu"))
+
+
+def test_final_states_out_is_filled_in_place():
+    x, weight = torch.randn(2, 3, 6), torch.randn(3, 4)
+    buffer = torch.full((2, 3, 3), float("nan"))
+    _, final = causal_conv1d(x, weight, return_final_states=True, final_states_out=buffer)
+    assert final is buffer
+    torch.testing.assert_close(buffer, x[..., -3:])
 
 
 def test_bad_activation_is_rejected():
