@@ -39,14 +39,16 @@ def _delta_at(delta_ptr, bias, offsets, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: 
 @triton.jit
 def _load_bc(ptr, batch_id, group, n, t, n_mask, t_mask, DIM_N, L, G, GROUPED: tl.constexpr):
     """B or C for this chunk as float32, shaped to broadcast against (BLOCK_D, BLOCK_L, BLOCK_N)."""
-    if GROUPED:
+    if GROUPED:  # one row of B per channel, read from its group
         base = (batch_id * G + group) * DIM_N * L
         offs = base[:, None, None] + n[None, None, :] * L + t[None, :, None]
         mask = (group[:, None, None] >= 0) & t_mask[None, :, None] & n_mask[None, None, :]
-        return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    offs = batch_id * DIM_N * L + n[None, :] * L + t[:, None]
-    mask = t_mask[:, None] & n_mask[None, :]
-    return tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)[None, :, :]
+        values = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:  # one B shared by all channels
+        offs = batch_id * DIM_N * L + n[None, :] * L + t[:, None]
+        mask = t_mask[:, None] & n_mask[None, :]
+        values = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)[None, :, :]
+    return values
 
 
 @triton.jit
