@@ -220,6 +220,11 @@ def _scan_bwd_kernel(
         tl.store(g_h0_ptr + state_offs, tl.exp(dt0 * A) * lam, mask=dn_mask)
 
 
+# Launch shapes. Chosen offline from ptxas reports for sm_90 (no spills, fewest registers among those tried), not
+# from timings: none were taken yet. The forward and the backward must share BLOCK_L (the checkpoint stride).
+FWD_TILE_BUDGET, FWD_WARPS = 4096, 8
+BWD_TILE_BUDGET, BWD_WARPS = 2048, 8
+
 # Test hooks. _TEST_TILES forces (BLOCK_D, BLOCK_L): the interpreter's scan costs per tile entry, so tiny tiles
 # keep CPU tests fast. _NAN_FILL fills fresh output buffers with NaN, so an unwritten entry fails the comparison.
 _TEST_TILES = None
@@ -262,7 +267,7 @@ class SelectiveScanFn(torch.autograd.Function):
             raise ValueError(f"selective_scan: dim {dim} is not divisible by the number of B/C groups {groups}")
         z = z.contiguous() if z is not None else None
         h0 = initial_state.float().contiguous() if initial_state is not None else None
-        block_d, block_l, block_n = _blocks(n_state, 4096)
+        block_d, block_l, block_n = _blocks(n_state, FWD_TILE_BUDGET)
         n_chunks = triton.cdiv(length, block_l)
         out = _fresh(u.shape, u)
         last = _fresh((batch, dim, n_state), u, torch.float32)
@@ -273,7 +278,7 @@ class SelectiveScanFn(torch.autograd.Function):
             dim, length, n_state, groups, dim // groups, n_chunks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, SAVE_CKPT=save, GROUPED=groups > 1,
-            BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_N=block_n, num_warps=4,
+            BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_N=block_n, num_warps=FWD_WARPS,
         )
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, ckpt)
@@ -288,7 +293,7 @@ class SelectiveScanFn(torch.autograd.Function):
         batch, dim, length = u.shape
         n_state, groups = A.shape[1], B.shape[1]
         n_chunks = ckpt.shape[2]
-        block_d, _, block_n = _blocks(n_state, 2048)
+        block_d, _, block_n = _blocks(n_state, BWD_TILE_BUDGET)
         block_l = ctx.block_l  # the checkpoints fix the chunk length
         g_u, g_delta = _fresh(u.shape, u), _fresh(delta.shape, delta)
         g_z = _fresh(z.shape, z) if z is not None else None
@@ -306,7 +311,7 @@ class SelectiveScanFn(torch.autograd.Function):
             dim, length, n_state, groups, dim // groups, n_chunks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=ctx.delta_softplus, HAS_G_LAST=g_last is not None, HAS_H0=ctx.h0_dtype is not None, GROUPED=groups > 1,
-            BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_N=block_n, num_warps=4,
+            BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_N=block_n, num_warps=BWD_WARPS,
         )
         return (g_u, g_delta, g_A.sum(0).to(A.dtype),
                 g_B.to(B.dtype).view(ctx.b_shape), g_C.to(C.dtype).view(ctx.c_shape),
