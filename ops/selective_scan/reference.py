@@ -76,6 +76,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     u32, A32 = u.float(), A.float()
     B4, C4 = expand_bc(B, dim, length), expand_bc(C, dim, length)          # (b|1, d|1, L|1, N)
 
+    if length == 0:
+        state = initial_state.float() if initial_state is not None else u32.new_zeros(batch, dim, A.shape[1])
+        return (u.new_zeros(u.shape), state) if return_last_state else u.new_zeros(u.shape)
+    chunk_size = min(chunk_size, length)  # no padding beyond one chunk for short sequences
     n_chunks = -(-length // chunk_size)
     pad = n_chunks * chunk_size - length
     # padded steps have delta = 0: decay 1 and no input, so the state passes through unchanged

@@ -87,6 +87,13 @@ def test_reference_matches_sequential_loop(bc, with_h0):
             assert_close(f"last state {bc} chunk={chunk_size}", last, expected_last, torch.float32)
 
 
+def test_reference_empty_sequence_keeps_the_state():
+    inputs = make_inputs(1, 3, 0, 2, with_h0=True)
+    out, last = reference_scan(**inputs, return_last_state=True)
+    assert out.shape == (1, 3, 0)
+    torch.testing.assert_close(last, inputs["initial_state"])
+
+
 def test_reference_gradients_match_sequential_loop():
     inputs = make_inputs(2, 4, 19, 3, bc="variable", with_h0=True)
     mine, theirs = leaves(inputs), leaves(inputs)
