@@ -326,6 +326,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     _check_real(A)
     if B.dim() < 3 or C.dim() < 3:
         raise ValueError("selective_scan (triton): B and C must vary with time, (batch, N, L) or (batch, G, N, L)")
+    if max(u.numel(), u.shape[0] * u.shape[1] * A.shape[1] * triton.cdiv(u.shape[2], 16)) >= 2 ** 31:
+        # offsets are 32-bit to spare registers; beyond this, split the batch
+        raise ValueError(f"selective_scan (triton): u of shape {tuple(u.shape)} is too large for 32-bit offsets; "
+                         "split the batch")
     # chunk checkpoints are written only when a backward can follow (not in inference)
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))

@@ -81,7 +81,7 @@ def test_reference_matches_sequential_loop(bc, with_h0):
     inputs = make_inputs(2, 6, 37, 5, bc=bc, with_h0=with_h0)
     for softplus in (False, True):
         expected, expected_last = sequential_scan(**inputs, delta_softplus=softplus)
-        for chunk_size in (8, 64):  # several chunks, ragged last chunk; and one chunk longer than L
+        for chunk_size in (8, 64):  # several chunks with a ragged last one; and a single chunk
             out, last = reference_scan(**inputs, delta_softplus=softplus, return_last_state=True, chunk_size=chunk_size)
             assert_close(f"out {bc} softplus={softplus} chunk={chunk_size}", out, expected, torch.float32)
             assert_close(f"last state {bc} chunk={chunk_size}", last, expected_last, torch.float32)
