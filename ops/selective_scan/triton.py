@@ -10,6 +10,11 @@ The backward walks the chunks in reverse. With lambda_t = dL/dh_t it runs the re
 lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t (a_{t+1} read directly from delta at t+1, so no register shift),
 and uses a_t h_{t-1} = h_t - x_t to get the decay gradient without keeping h_{t-1}. dB and dC are summed over
 channels in registers and added into float32 buffers with atomics (several channel blocks share them).
+
+Scope: real A only; time-invariant B/C ((dim, N)) are left to the reference by ``ops.selective_scan``.
+Not yet timed on a GPU. The per-chunk checkpoints cost batch*dim*(L/BLOCK_L)*N*4 bytes written and read again
+(~50 MB at B8 D1536 L2048 N16, ~400 MB at N64): checkpointing every few chunks and recomputing inside the
+backward is the first thing to try if fwd+bwd is memory-bound there.
 """
 import torch
 import triton
