@@ -23,7 +23,7 @@ FWD_POINTERS = dict(u_ptr="*bf16", delta_ptr="*bf16", A_ptr="*fp32", B_ptr="*bf1
                     ckpt_ptr="*fp32")
 BWD_POINTERS = dict(FWD_POINTERS, g_out_ptr="*bf16", g_last_ptr="*fp32", g_u_ptr="*bf16", g_delta_ptr="*bf16",
                     g_z_ptr="*bf16", g_A_ptr="*fp32", g_B_ptr="*fp32", g_C_ptr="*fp32", g_D_ptr="*fp32",
-                    g_bias_ptr="*fp32", g_h0_ptr="*fp32")
+                    g_bias_ptr="*fp32", g_h0_ptr="*fp32", scratch_ptr="*fp32")
 
 
 def compile_kernel(kernel, pointers: dict, constants: dict, num_warps: int, arch: int):
@@ -60,30 +60,35 @@ def ptxas_report(compiled, arch: int) -> str:
     return f"(no ptxas here accepts PTX {version})"
 
 
-def build_all(n_states=(16, 64), arch: int = 90, report: bool = False):
+def build_all(n_states=(16, 64), arch: int = 90, report: bool = False, ckpt_every: int | None = None):
+    ckpt_every = ckpt_every or kernels.CKPT_EVERY
     for n_state in n_states:
         for grouped in (False, True):
             block_d, block_l, block_n = kernels._blocks(n_state, kernels.FWD_TILE_BUDGET)
             tiles = dict(BLOCK_D=block_d, BLOCK_L=block_l, BLOCK_N=block_n)
             fwd = compile_kernel(kernels._scan_fwd_kernel, FWD_POINTERS,
-                                 dict(FLAGS, SAVE_CKPT=True, GROUPED=grouped, **tiles), kernels.FWD_WARPS, arch)
+                                 dict(FLAGS, SAVE_CKPT=True, CKPT_EVERY=ckpt_every, GROUPED=grouped, **tiles),
+                                 kernels.FWD_WARPS, arch)
             block_d, _, _ = kernels._blocks(n_state, kernels.BWD_TILE_BUDGET)
             tiles["BLOCK_D"] = block_d
             bwd = compile_kernel(kernels._scan_bwd_kernel, BWD_POINTERS,
-                                 dict(FLAGS, HAS_G_LAST=True, GROUPED=grouped, **tiles), kernels.BWD_WARPS, arch)
+                                 dict(FLAGS, HAS_G_LAST=True, CKPT_EVERY=ckpt_every, GROUPED=grouped, **tiles),
+                                 kernels.BWD_WARPS, arch)
             if report:
                 for label, compiled in (("fwd", fwd), ("bwd", bwd)):
-                    print(f"{label} N={n_state} grouped={grouped}: {ptxas_report(compiled, arch)}")
+                    print(f"{label} N={n_state} grouped={grouped} ckpt_every={ckpt_every}: "
+                          f"{ptxas_report(compiled, arch)}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--n-state", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--ckpt-every", type=int, default=None, help="default: the kernel module's CKPT_EVERY")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise SystemExit("run with TRITON_INTERPRET=0: the interpreter does not compile kernels")
-    build_all(args.n_state, args.arch, report=True)
+    build_all(args.n_state, args.arch, report=True, ckpt_every=args.ckpt_every)
 
 
 if __name__ == "__main__":

@@ -164,6 +164,15 @@ def test_triton_matches_reference(dtype, bc, small_tiles):
     _compare_triton(inputs, dtype, softplus=True)
 
 
+@pytest.mark.parametrize("ckpt_every", [2, 4])
+def test_triton_sparse_checkpoints(ckpt_every, small_tiles, monkeypatch):
+    """Checkpoints every 2 or 4 chunks: the backward replays segments (the last one partly past the end)."""
+    import ops.selective_scan.triton as kernel
+    monkeypatch.setattr(kernel, "CKPT_EVERY", ckpt_every)
+    inputs = make_inputs(2, 6, 21, 5, bc="variable", with_h0=True, seed=4)
+    _compare_triton(inputs, torch.float32, softplus=True)
+
+
 @pytest.mark.parametrize("options", [
     dict(with_d=False, with_z=False, with_bias=False, with_h0=False, softplus=False),
     dict(with_d=True, with_z=False, with_bias=True, with_h0=False, softplus=False),
@@ -211,7 +220,8 @@ def test_kernels_compile_for_h100():
     pytest.importorskip("triton.backends.nvidia", reason="triton has no NVIDIA backend here")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    code = "from ops.selective_scan.compile_check import build_all; build_all(n_states=(16,), arch=90)"
+    code = ("from ops.selective_scan.compile_check import build_all\n"
+            "for every in (1, 4): build_all(n_states=(16,), arch=90, ckpt_every=every)")
     result = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
