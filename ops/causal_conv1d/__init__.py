@@ -1,0 +1,44 @@
+"""Depthwise causal conv1d: ``causal_conv1d(x, weight, ...)`` following causal_conv1d's ``causal_conv1d_fn``."""
+import sys
+
+from ops._backend import resolve_backend
+
+
+def causal_conv1d(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
+                  final_states_out=None, activation=None, backend="auto"):
+    """x (batch, dim, L), weight (dim, W), bias (dim,), activation None | "silu" | "swish".
+
+    Same positional order as causal_conv1d's ``causal_conv1d_fn``; ``seq_idx`` (packed sequences) is taken
+    only by backend="cuda". ``final_states_out``, when given, receives the final states in place.
+
+    initial_states (batch, dim, W - 1): the inputs before x (prefill continuation). With return_final_states,
+    returns (out, final_states (batch, dim, W - 1)), the last W - 1 inputs, ready to continue from.
+    backend: "cuda" uses the causal_conv1d package; every other choice runs the reference, whose depthwise
+    F.conv1d is already a single cuDNN call on GPU (there is no Triton kernel for this op).
+    """
+    which = resolve_backend(backend, x.device, "causal_conv1d", cuda_package="causal_conv1d")
+    if which == "cuda":
+        from ops.causal_conv1d.cuda import causal_conv1d as cuda_conv
+        return cuda_conv(x, weight, bias, seq_idx, initial_states, return_final_states, final_states_out, activation)
+    if seq_idx is not None:
+        raise ValueError("causal_conv1d: seq_idx (packed sequences) needs backend='cuda' (the causal_conv1d package)")
+    from ops.causal_conv1d.reference import causal_conv1d as reference_conv
+    result = reference_conv(x, weight, bias, initial_states, return_final_states, activation)
+    if return_final_states and final_states_out is not None:
+        final_states_out.copy_(result[1])
+        result = (result[0], final_states_out)
+    return result
+
+
+__all__ = ["causal_conv1d"]
+
+
+class _CallableModule(type(sys)):
+    """Importing this subpackage binds ops.causal_conv1d to the module, shadowing ops/__init__'s lazy function of the
+    same name; calling the module calls the function, so ``ops.causal_conv1d(...)`` works in any import order."""
+
+    def __call__(self, *args, **kwargs):
+        return causal_conv1d(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,44 @@
+"""Depthwise causal 1-D convolution, defined in plain PyTorch (the short conv in front of Mamba's scan).
+
+out[b, d, t] = act(bias[d] + sum_k weight[d, k] * x[b, d, t - (W - 1) + k]), where positions before the start
+read ``initial_states`` (batch, dim, W - 1) when given (prefill continuation), else zeros.
+"""
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = (None, "silu", "swish")
+
+
+def check_activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"causal_conv1d: activation={activation!r} is not one of None, 'silu', 'swish'")
+
+
+def causal_conv1d(x, weight, bias=None, initial_states=None, return_final_states=False, activation=None):
+    check_activation(activation)
+    batch, dim, length = x.shape
+    width = weight.shape[1]
+    if initial_states is None:
+        initial_states = x.new_zeros(batch, dim, width - 1)
+    padded = torch.cat([initial_states.to(x.dtype), x], dim=-1)            # (b, d, W - 1 + L)
+    out = F.conv1d(padded.float(), weight.float()[:, None, :],
+                   bias.float() if bias is not None else None, groups=dim)
+    if activation is not None:
+        out = F.silu(out)
+    out = out.to(x.dtype)
+    if return_final_states:
+        return out, padded[..., padded.shape[-1] - (width - 1):].contiguous()
+    return out
+
+
+def causal_conv1d_step(conv_state, x, weight, bias=None, activation=None):
+    """One step: x (batch, dim); conv_state (batch, dim, W - 1) holds the previous inputs and is shifted in place."""
+    check_activation(activation)
+    window = torch.cat([conv_state, x[..., None].to(conv_state.dtype)], dim=-1)   # (b, d, W)
+    out = (window.float() * weight.float()).sum(-1)
+    if bias is not None:
+        out = out + bias.float()
+    if activation is not None:
+        out = F.silu(out)
+    conv_state.copy_(window[..., 1:])
+    return out.to(x.dtype)

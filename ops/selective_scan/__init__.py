@@ -1,0 +1,41 @@
+"""Selective scan (Mamba-1): ``selective_scan(u, delta, A, B, C, ...)`` with mamba_ssm's layouts and semantics."""
+
+import sys
+
+from ops._backend import resolve_backend
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, initial_state=None, backend="auto"):
+    """Selective scan; see ``ops.selective_scan.reference`` for the definition.
+
+    u, delta, z: (batch, dim, L); A: (dim, N) real; B, C: (dim, N), (batch, N, L) or (batch, G, N, L);
+    D, delta_bias: (dim,); initial_state: (batch, dim, N) state before the first step (prefill continuation).
+    Returns out (batch, dim, L) in u's dtype, or (out, last_state (batch, dim, N) float32).
+    backend: "auto" (Triton on CUDA, else reference) | "reference" | "triton" | "cuda" (mamba_ssm's CUDA kernel).
+    """
+    which = resolve_backend(backend, u.device, "selective_scan", cuda_package="mamba_ssm")
+    args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if which == "triton" and B.dim() >= 3 and C.dim() >= 3:
+        from ops.selective_scan.triton import selective_scan as triton_scan
+        return triton_scan(*args, initial_state=initial_state)
+    if which == "cuda":
+        from ops.selective_scan.cuda import selective_scan as cuda_scan
+        return cuda_scan(*args, initial_state=initial_state)
+    # reference, and the time-invariant B/C cases that the Triton kernel leaves to it
+    from ops.selective_scan.reference import selective_scan as reference_scan
+    return reference_scan(*args, initial_state=initial_state)
+
+
+__all__ = ["selective_scan"]
+
+
+class _CallableModule(type(sys)):
+    """Importing this subpackage binds ops.selective_scan to the module, shadowing ops/__init__'s lazy function of the
+    same name; calling the module calls the function, so ``ops.selective_scan(...)`` works in any import order."""
+
+    def __call__(self, *args, **kwargs):
+        return selective_scan(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,62 @@
+"""Selective-scan cases for ``python -m zoo.bench ops selective_scan``: Mamba-1 training shapes
+(variable B/C, z gate, delta_bias, delta_softplus), ours against mamba-ssm's CUDA ``selective_scan_fn``."""
+import torch
+
+from zoo.bench.ops import OpCase, OpImpl
+
+GPU_SHAPES = [(8, 1536, 2048, 16), (2, 1536, 8192, 16), (8, 1536, 2048, 64)]   # (batch, dim, L, N), ANCHORS.md
+CPU_SHAPES = [(2, 64, 256, 16), (1, 64, 1024, 16)]
+# the reference materialises several (batch, dim, L, N) float32 tensors per scan step for autograd: time its
+# backward only where one such tensor stays under this size, so the anchor N=64 case cannot run out of memory
+REFERENCE_BACKWARD_MAX_BYTES = 2 << 30
+
+
+def _inputs(batch, dim, length, n_state, device, dtype):
+    def leaf(t):
+        return t.requires_grad_(True)
+
+    return {
+        "u": leaf(torch.randn(batch, dim, length, device=device, dtype=dtype)),
+        "delta": leaf((torch.randn(batch, dim, length, device=device) * 0.5 - 1.0).to(dtype)),
+        "A": leaf(-torch.exp(torch.randn(dim, n_state, device=device) * 0.5)),
+        "B": leaf(torch.randn(batch, n_state, length, device=device, dtype=dtype)),
+        "C": leaf(torch.randn(batch, n_state, length, device=device, dtype=dtype)),
+        "D": leaf(torch.ones(dim, device=device)),
+        "z": leaf(torch.randn(batch, dim, length, device=device, dtype=dtype)),
+        "delta_bias": leaf(torch.randn(dim, device=device) * 0.1),
+    }
+
+
+def _floor_bytes(batch, dim, length, n_state, dtype):
+    """u, delta, z read and out written once (batch*dim*L each), B and C read once, A, D, delta_bias read once."""
+    size = torch.empty((), dtype=dtype).element_size()
+    return (4 * batch * dim * length + 2 * batch * n_state * length) * size + (dim * n_state + 2 * dim) * 4
+
+
+def cases(preset: str, device: torch.device, dtype: torch.dtype) -> list[OpCase]:
+    from ops.selective_scan.reference import selective_scan as reference_scan
+
+    device = torch.device(device)
+    shapes = GPU_SHAPES if preset == "gpu" else CPU_SHAPES
+    peer = None
+    if device.type == "cuda":
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as peer
+        except ImportError:
+            peer = None
+
+    out = []
+    for batch, dim, length, n_state in shapes:
+        impls = [OpImpl("reference", lambda **kw: reference_scan(**kw, delta_softplus=True),
+                        backward=batch * dim * length * n_state * 4 <= REFERENCE_BACKWARD_MAX_BYTES)]
+        if device.type == "cuda":
+            from ops.selective_scan.triton import selective_scan as triton_scan
+            impls.append(OpImpl("triton", lambda **kw: triton_scan(**kw, delta_softplus=True)))
+        if peer is not None:
+            impls.append(OpImpl("mamba-ssm", lambda **kw: peer(**kw, delta_softplus=True), peer=True))
+        out.append(OpCase(
+            op="selective_scan", shape=f"B{batch} D{dim} L{length} N{n_state}",
+            make_inputs=lambda s=(batch, dim, length, n_state): _inputs(*s, device, dtype),
+            floor_bytes=_floor_bytes(batch, dim, length, n_state, dtype), impls=impls,
+        ))
+    return out

@@ -1,0 +1,88 @@
+"""Causal depthwise conv1d: the reference against nn.Conv1d, continuation from a state, the one-step update."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ops.causal_conv1d import causal_conv1d
+from ops.causal_conv1d.reference import causal_conv1d_step
+from ops.testing import assert_close
+
+
+def conv_module_output(x, weight, bias, activation):
+    """Conv1d padded by W-1 on both sides, cut to the first L outputs: how mamba_ssm's nn.Conv1d path computes it."""
+    dim, width = weight.shape
+    out = F.conv1d(x, weight[:, None, :], bias, padding=width - 1, groups=dim)[..., : x.shape[-1]]
+    return F.silu(out) if activation else out
+
+
+@pytest.mark.parametrize("width", [2, 4])
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_matches_padded_conv1d(width, activation, with_bias):
+    g = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(2, 5, 11, generator=g), torch.randn(5, width, generator=g)
+    bias = torch.randn(5, generator=g) if with_bias else None
+    out = causal_conv1d(x, weight, bias, activation=activation, backend="reference")
+    assert_close("out", out, conv_module_output(x, weight, bias, activation), torch.float32)
+
+
+def test_gradients_match_padded_conv1d():
+    g = torch.Generator().manual_seed(1)
+    x, weight, bias = torch.randn(2, 3, 9, generator=g), torch.randn(3, 4, generator=g), torch.randn(3, generator=g)
+    mine = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
+    theirs = [t.clone().requires_grad_(True) for t in (x, weight, bias)]
+    w = torch.randn(2, 3, 9, generator=g)
+    (causal_conv1d(*mine, activation="silu", backend="reference") * w).sum().backward()
+    (conv_module_output(*theirs, "silu") * w).sum().backward()
+    for name, a, b in zip(("x", "weight", "bias"), mine, theirs):
+        assert_close(f"grad {name}", a.grad, b.grad, torch.float32)
+
+
+@pytest.mark.parametrize("split", [1, 2, 7])
+def test_continuation_and_steps_equal_one_pass(split):
+    """Prefill a prefix, continue from its final state, then step token by token: equals one pass."""
+    g = torch.Generator().manual_seed(2)
+    x, weight, bias = torch.randn(2, 4, 12, generator=g), torch.randn(4, 4, generator=g), torch.randn(4, generator=g)
+    full = causal_conv1d(x, weight, bias, activation="silu")
+    head, state = causal_conv1d(x[..., :split], weight, bias, activation="silu", return_final_states=True)
+    assert state.shape == (2, 4, 3)
+    mid, state = causal_conv1d(x[..., split:9], weight, bias, initial_states=state, return_final_states=True,
+                               activation="silu")
+    assert mid.shape[-1] == 9 - split
+    steps = [causal_conv1d_step(state, x[..., t], weight, bias, activation="silu") for t in range(9, 12)]
+    pieces = torch.cat([head, mid, torch.stack(steps, -1)], -1)
+    assert_close("prefill + continuation + steps", pieces, full, torch.float32)
+
+
+def test_public_name_in_ops_dispatches():
+    import ops
+    x, weight = torch.randn(1, 2, 5), torch.randn(2, 3)
+    torch.testing.assert_close(ops.causal_conv1d(x, weight, activation="silu"), conv_module_output(x, weight, None, "silu"))
+
+
+def test_final_states_out_is_filled_in_place():
+    x, weight = torch.randn(2, 3, 6), torch.randn(3, 4)
+    buffer = torch.full((2, 3, 3), float("nan"))
+    _, final = causal_conv1d(x, weight, return_final_states=True, final_states_out=buffer)
+    assert final is buffer
+    torch.testing.assert_close(buffer, x[..., -3:])
+
+
+def test_bad_activation_is_rejected():
+    with pytest.raises(ValueError, match="relu"):
+        causal_conv1d(torch.zeros(1, 2, 3), torch.zeros(2, 2), activation="relu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="causal_conv1d parity needs CUDA")
+def test_cuda_backend_matches_reference():
+    pytest.importorskip("causal_conv1d", reason="causal_conv1d is not installed")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 64, 100, generator=g).cuda()
+    weight, bias = torch.randn(64, 4, generator=g).cuda(), torch.randn(64, generator=g).cuda()
+    state = torch.randn(2, 64, 3, generator=g).cuda()
+    out, final = causal_conv1d(x, weight, bias, initial_states=state, return_final_states=True,
+                               activation="silu", backend="cuda")
+    expected, expected_final = causal_conv1d(x, weight, bias, initial_states=state, return_final_states=True,
+                                             activation="silu", backend="reference")
+    assert_close("out", out, expected, torch.float32)
+    assert_close("final state", final, expected_final, torch.float32)

@@ -1,0 +1,156 @@
+"""Mamba (Mamba-1 selective SSM block), compatible with ``mamba_ssm.modules.mamba_simple.Mamba``.
+
+Same hyperparameters, defaults, parameter names, shapes and initialisation as mamba-ssm, so a state dict saved
+by either loads into the other and gives the same outputs. Only the leading arguments follow the zoo's mixer
+contract: ``Mamba(d_model, layer_idx=0, backend="auto", d_state=16, ...)``.
+
+    x, z  = in_proj(h).chunk(2)                  (batch, d_inner, L) each
+    x     = silu(causal_conv1d(x))               depthwise, width d_conv
+    dt, B, C = x_proj(x).split(dt_rank, N, N)
+    y     = selective_scan(x, dt_proj.weight @ dt, A=-exp(A_log), B, C, D, z, delta_bias=dt_proj.bias, softplus)
+    out   = out_proj(y)
+
+Decoding keeps the last d_conv - 1 conv inputs and the (d_inner, d_state) SSM state: a fixed-size state.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ops._backend import resolve_backend
+from ops.causal_conv1d import causal_conv1d
+from ops.causal_conv1d.reference import causal_conv1d_step
+from ops.selective_scan import selective_scan
+from ops.selective_scan.reference import selective_scan_step
+from zoo.blocks.base import Cache, Mixer, require_choice, require_positive_int
+from zoo.blocks.registry import register_mixer
+
+
+def _require_positive_number(name, value, owner):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{owner}: {name} must be a positive number, got {value!r}")
+
+
+@register_mixer("mamba")
+class Mamba(Mixer):
+    backends = ("auto", "reference", "triton", "cuda")
+
+    def __init__(self, d_model: int, layer_idx: int = 0, backend: str = "auto", d_state: int = 16, d_conv: int = 4,
+                 expand: float = 2, dt_rank="auto", dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
+                 conv_bias: bool = True, bias: bool = False, use_fast_path: bool = True, device=None, dtype=None):
+        """``use_fast_path`` is accepted for signature compatibility with mamba-ssm; ``backend`` picks the path."""
+        super().__init__(d_model, layer_idx, backend)
+        owner = "Mamba"
+        require_positive_int("d_state", d_state, owner)
+        require_positive_int("d_conv", d_conv, owner)
+        _require_positive_number("expand", expand, owner)
+        if dt_rank != "auto":
+            require_positive_int("dt_rank ('auto' or an int)", dt_rank, owner)
+        require_choice("dt_init", dt_init, ("random", "constant"), owner)
+        for name, value in (("dt_min", dt_min), ("dt_max", dt_max), ("dt_scale", dt_scale)):
+            _require_positive_number(name, value, owner)
+        if dt_min > dt_max:
+            raise ValueError(f"{owner}: dt_min={dt_min!r} must not exceed dt_max={dt_max!r}")
+        if isinstance(dt_init_floor, bool) or not isinstance(dt_init_floor, (int, float)) or dt_init_floor < 0:
+            raise ValueError(f"{owner}: dt_init_floor must be a number >= 0, got {dt_init_floor!r}")
+        factory = {"device": device, "dtype": dtype}
+        self.d_state, self.d_conv, self.expand = d_state, d_conv, expand
+        self.d_inner = int(expand * d_model)
+        if self.d_inner < 1:
+            raise ValueError(f"{owner}: expand={expand!r} gives d_inner={self.d_inner}; it must be at least 1")
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        self.use_fast_path = use_fast_path
+
+        # created in mamba-ssm's order, so the same seed draws the same weights
+        self.in_proj = nn.Linear(d_model, self.d_inner * 2, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1,
+                                bias=conv_bias, **factory)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+
+        # dt_proj keeps delta at its initial scale; its bias is softplus^-1 of a log-uniform dt in [dt_min, dt_max]
+        dt_init_std = self.dt_rank ** -0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, dt_init_std)
+        else:
+            nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+        dt = torch.exp(torch.rand(self.d_inner, **factory) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        inv_dt = dt + torch.log(-torch.expm1(-dt))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(inv_dt)
+        self.dt_proj.bias._no_reinit = True
+        self.dt_proj.bias._no_weight_decay = True
+
+        # S4D-real initialisation: A[d, n] = -(n + 1), stored as its log
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
+        self.D._no_weight_decay = True
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    # ---- backends --------------------------------------------------------------------------------------------
+    def _scan_backend(self, device, continuing: bool) -> str:
+        which = resolve_backend(self.backend, device, "Mamba selective_scan", cuda_package="mamba_ssm")
+        if which == "cuda" and continuing:
+            return "triton"  # mamba_ssm's selective_scan_fn takes no initial state
+        return which
+
+    def _conv_backend(self) -> str:
+        return "cuda" if self.backend == "cuda" else "reference"
+
+    # ---- forward ---------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        if x.shape[1] == 0:  # an empty prefill changes nothing
+            return x.new_zeros(x.shape)
+        if cache is not None and x.shape[1] == 1:
+            return self._step(x, cache)
+        continuing = cache is not None and cache.seen > 0
+        u, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)             # (batch, d_inner, L) each
+        conv_weight = self.conv1d.weight[:, 0, :]
+        conv_args = dict(activation="silu", backend=self._conv_backend())
+        if cache is None:
+            u = causal_conv1d(u, conv_weight, self.conv1d.bias, **conv_args)
+        else:
+            u, conv_state = causal_conv1d(u, conv_weight, self.conv1d.bias, initial_states=cache["conv"],
+                                          return_final_states=True, **conv_args)
+            cache["conv"].copy_(conv_state)
+        dt, B, C = self.x_proj(u.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)             # (batch, d_inner, L); bias in the scan
+        y = selective_scan(
+            u, dt, -torch.exp(self.A_log.float()), B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
+            self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            return_last_state=cache is not None, initial_state=cache["ssm"] if continuing else None,
+            backend=self._scan_backend(x.device, continuing),
+        )
+        if cache is not None:
+            y, last_state = y
+            cache["ssm"].copy_(last_state)
+            cache.seen += x.shape[1]
+        return self.out_proj(y.transpose(1, 2))
+
+    def _step(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
+        """One token, O(1) in the sequence length: shift the conv window, one recurrence step."""
+        u, z = self.in_proj(x[:, 0]).chunk(2, dim=-1)                      # (batch, d_inner) each
+        u = causal_conv1d_step(cache["conv"], u, self.conv1d.weight[:, 0, :], self.conv1d.bias, activation="silu")
+        dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        y = selective_scan_step(cache["ssm"], u, F.linear(dt, self.dt_proj.weight), -torch.exp(self.A_log.float()),
+                                B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        cache.seen += 1
+        return self.out_proj(y)[:, None]
+
+    # ---- decoding state --------------------------------------------------------------------------------------
+    def allocate_cache(self, batch_size: int, device=None, dtype=None) -> Cache:
+        """conv: the last d_conv - 1 conv inputs (model dtype); ssm: the scan state, always float32."""
+        weight = self.in_proj.weight
+        device = device or weight.device
+        return Cache(
+            conv=torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype or weight.dtype),
+            ssm=torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32),
+        )
+
+    def state_size(self, seq_len: int) -> int:
+        return self.d_inner * (self.d_state + self.d_conv - 1)
