@@ -23,9 +23,5 @@ __all__ = sorted(_PUBLIC)
 # modules with ``from ops.<op> import reference`` (``import ops.<op>.reference as r`` would look the module up
 # through the function).
 for _name, _module in _PUBLIC.items():
-    try:
-        globals()[_name] = getattr(importlib.import_module(_module), _name)
-    except ModuleNotFoundError as _missing:
-        if _missing.name != _module:
-            raise
+    globals()[_name] = getattr(importlib.import_module(_module), _name)
 del _name, _module

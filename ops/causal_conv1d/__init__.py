@@ -1,5 +1,4 @@
 """Depthwise causal conv1d: ``causal_conv1d(x, weight, ...)`` following causal_conv1d's ``causal_conv1d_fn``."""
-import sys
 
 from ops._backend import resolve_backend
 
@@ -31,14 +30,3 @@ def causal_conv1d(x, weight, bias=None, seq_idx=None, initial_states=None, retur
 
 
 __all__ = ["causal_conv1d"]
-
-
-class _CallableModule(type(sys)):
-    """Importing this subpackage binds ops.causal_conv1d to the module, shadowing ops/__init__'s lazy function of the
-    same name; calling the module calls the function, so ``ops.causal_conv1d(...)`` works in any import order."""
-
-    def __call__(self, *args, **kwargs):
-        return causal_conv1d(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

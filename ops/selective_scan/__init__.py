@@ -1,6 +1,5 @@
 """Selective scan (Mamba-1): ``selective_scan(u, delta, A, B, C, ...)`` with mamba_ssm's layouts and semantics."""
 
-import sys
 
 from ops._backend import resolve_backend
 
@@ -28,14 +27,3 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 
 __all__ = ["selective_scan"]
-
-
-class _CallableModule(type(sys)):
-    """Importing this subpackage binds ops.selective_scan to the module, shadowing ops/__init__'s lazy function of the
-    same name; calling the module calls the function, so ``ops.selective_scan(...)`` works in any import order."""
-
-    def __call__(self, *args, **kwargs):
-        return selective_scan(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

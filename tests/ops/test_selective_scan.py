@@ -145,14 +145,14 @@ def _compare_triton(inputs, dtype, softplus, scale=1.0):
 @pytest.fixture(autouse=True)
 def nan_filled_buffers(monkeypatch):
     """Every fresh kernel output starts as NaN, so an entry the kernel forgets to write fails assert_close."""
-    import ops.selective_scan.triton as kernel
+    from ops.selective_scan import triton as kernel
     monkeypatch.setattr(kernel, "_NAN_FILL", True)
 
 
 @pytest.fixture
 def small_tiles(monkeypatch):
     """Tiles of 4 channels x 8 steps, so tiny inputs still span several ragged chunks and channel blocks."""
-    import ops.selective_scan.triton as kernel
+    from ops.selective_scan import triton as kernel
     monkeypatch.setattr(kernel, "_TEST_TILES", (4, 8))
 
 
@@ -167,7 +167,7 @@ def test_triton_matches_reference(dtype, bc, small_tiles):
 @pytest.mark.parametrize("ckpt_every", [2, 4])
 def test_triton_sparse_checkpoints(ckpt_every, small_tiles, monkeypatch):
     """Checkpoints every 2 or 4 chunks: the backward replays segments (the last one partly past the end)."""
-    import ops.selective_scan.triton as kernel
+    from ops.selective_scan import triton as kernel
     monkeypatch.setattr(kernel, "CKPT_EVERY", ckpt_every)
     inputs = make_inputs(2, 6, 21, 5, bc="variable", with_h0=True, seed=4)
     _compare_triton(inputs, torch.float32, softplus=True)
