@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from zoo.blocks.registry import MIXERS
 from zoo.model import LM
@@ -100,3 +103,22 @@ def test_mlp_inputs_reach_the_mlp():
 def test_bad_configs_fail_with_the_known_choices(bad, message):
     with pytest.raises(ValueError, match=message):
         LM(VOCAB, **bad)
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_model_config_decodes_like_its_full_forward(path):
+    """Each shipped model (hybrids included) generates through its caches exactly as the full forward."""
+    spec = yaml.safe_load(path.read_text())
+    spec["d_model"] = 32
+    torch.manual_seed(0)
+    model = LM(VOCAB, **spec).eval()
+    tokens = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(tokens)
+        caches = model.allocate_cache(2)
+        pieces = [model(tokens[:, :5], caches=caches)] + [model(tokens[:, t: t + 1], caches=caches) for t in range(5, 12)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-4)
+    assert sum(c.numel_per_sequence() for c in caches) == model.state_size(12)

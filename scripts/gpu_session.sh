@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The GPU checks that CPU CI cannot run, in one place, for a session that has the device machine.
+#
+#   here  (CPU machine, repo root):  bash scripts/gpu_session.sh fetch
+#         -> .whl/ (hydra-core, omegaconf, antlr4: missing on the GPU image) and .peers/ (fla, mamba-ssm sources)
+#   there (device run, repo root, carry .whl and .peers):
+#         bash scripts/gpu_session.sh all      # ~8 min: install, real-size kernel tests, peers, ops benchmark
+#         (or the steps one by one: install | test | peers | bench; each later step needs `install` in the same call)
+# Results go to $OUT (the device tool's output folder) when it is set, else to gpu_results/.
+set -euo pipefail
+OUT=${OUT:-gpu_results}
+mkdir -p "$OUT"
+step=${1:-}
+
+fetch() {
+  grep -qxF "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude
+  python3 -m pip download -q --no-deps --only-binary=:all: -d .whl hydra-core==1.3.2 omegaconf==2.3.0
+  python3 -m pip download -q --no-deps -d .whl antlr4-python3-runtime==4.9.3
+  bash ../shared/device/peers.sh fetch
+}
+
+install() {
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*
+  export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+}
+
+run_tests() {
+  # every op and block test, compiled on the GPU (no interpreter), plus the real-size kernel comparisons
+  python3 -m pytest -q -x tests/ops tests/blocks 2>&1 | tee "$OUT/pytest-gpu.log"
+}
+
+peers() {
+  eval "$(bash .peers/peers.sh install | tail -n 1)"
+}
+
+bench() {
+  PYTHONUNBUFFERED=1 python3 -m zoo.bench ops --preset gpu --out "$OUT" 2>&1 | tee "$OUT/bench-ops.log"
+}
+
+case "$step" in
+  fetch) fetch ;;
+  install) install ;;
+  test) install; run_tests ;;
+  peers) install; peers ;;
+  bench) install; peers; bench ;;
+  all) install; run_tests; peers; run_tests; bench ;;
+  *) echo "usage: scripts/gpu_session.sh fetch|install|test|peers|bench|all" >&2; exit 2 ;;
+esac
