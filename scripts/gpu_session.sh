@@ -14,8 +14,9 @@ step=${1:-}
 
 fetch() {
   grep -qxF "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude
-  python3 -m pip download -q --no-deps --only-binary=:all: -d .whl hydra-core==1.3.2 omegaconf==2.3.0
-  python3 -m pip download -q --no-deps -d .whl antlr4-python3-runtime==4.9.3
+  python3 -m pip download -q --no-deps --only-binary=:all: -d .whl hydra-core==1.3.8 omegaconf==2.3.1
+  # antlr4 4.9.3 (what omegaconf 2.3 needs) is published as a source archive only: build its wheel here
+  python3 -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
   bash ../shared/device/peers.sh fetch
 }
 
