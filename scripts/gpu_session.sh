@@ -21,7 +21,7 @@ fetch() {
 }
 
 install() {
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 }
