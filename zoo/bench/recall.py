@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--out", default=None, help="output folder (default bench_results/recall-<preset>)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the preset's accelerator)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="runs trained in parallel processes (default: one per CPU core on CPU, 1 on CUDA)")
+                        help="runs trained at once in separate processes (default: the preset's; cpu: one per core)")
 
 
 # ---- the grid -------------------------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ def run(args) -> int:
         raise SystemExit(f"error: preset {preset.name} trains on CUDA, which is not available here "
                          f"(use --preset cpu, or --device cpu to run it anyway)")
     out = Path(args.out or f"bench_results/recall-{preset.name}")
-    workers = args.workers or (1 if device == "cuda" else os.cpu_count() or 1)
+    workers = args.workers or preset.workers or os.cpu_count() or 1
     started = time.perf_counter()
     summary = sweep(preset, mixers, out, device, workers)
     print(f"{len(summary['runs'])} runs ({summary['runs_trained_now']} trained now) in "
