@@ -5,7 +5,7 @@ import json
 import pytest
 
 from zoo.bench.__main__ import main
-from zoo.bench.recall import grid_runs, run_key, summarise
+from zoo.bench.recall import frontier, grid_runs, run_key, summarise
 from zoo.bench.recall_grid import CPU, GPU, TEST, Preset, line_name
 from zoo.bench.choices import registered_mixers
 
@@ -141,3 +141,7 @@ def test_best_lr_is_the_highest_mean_accuracy_per_point():
                         [], "cpu")
     assert sorted((r["d_model"], r["lr"]) for r in summary["best"]) == [(16, 1e-2), (32, 1e-3)]
     assert line_name("attention", {"window": 8}) == "sliding_window_attention" != line_name("attention", {})
+
+
+def test_frontier_is_the_running_best_over_state_size():
+    assert frontier([(10, 0.5), (1, 0.2), (5, 0.1), (20, 0.4)]) == [(1, 0.2), (5, 0.2), (10, 0.5), (20, 0.5)]

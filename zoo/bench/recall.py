@@ -234,18 +234,30 @@ def write_outputs(summary: dict, out: Path):
     print(format_table(shown, ["line", "knobs", "d_model", "lr", "params", "state_size", "mean_accuracy"]))
 
 
+def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The best accuracy reached at or below each state size (points sorted by state size)."""
+    best, line = float("-inf"), []
+    for state, accuracy in sorted(points):
+        best = max(best, accuracy)
+        line.append((state, best))
+    return line
+
+
 def plot(best_rows: list[dict], path: Path, preset_name: str):
-    """Mean accuracy (left) and accuracy on the hardest slice (right) against state size, one line per mixer."""
+    """Accuracy against state size, one colour per mixer: every point (best lr) as a marker, the mixer's
+    frontier (best accuracy at or below each state size) as the line. Left: mean over slices; right: hardest."""
     plt = pyplot()
     if not best_rows:
         return
     hardest = [c for c in best_rows[0] if c.startswith("acc_")][-1]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
+    lines = sorted({r["line"] for r in best_rows})
     for ax, column, title in ((axes[0], "mean_accuracy", "mean over test slices"),
                               (axes[1], hardest, f"hardest slice ({hardest[4:]})")):
-        for line in sorted({r["line"] for r in best_rows}):
-            points = sorted((r["state_size"], r[column]) for r in best_rows if r["line"] == line)
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=line)
+        for i, line in enumerate(lines):
+            points = [(r["state_size"], r[column]) for r in best_rows if r["line"] == line]
+            ax.scatter(*zip(*points), color=f"C{i}", alpha=0.45, s=22)
+            ax.plot(*zip(*frontier(points)), color=f"C{i}", marker="o", markersize=4, label=line)
         ax.set_xscale("log")
         ax.set_xlabel("state size (numbers per sequence at the longest test length)")
         ax.set_ylabel("accuracy")
@@ -253,7 +265,8 @@ def plot(best_rows: list[dict], path: Path, preset_name: str):
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"MQAR recall against state size ([short_conv, mixer] x 1, best lr per point; preset {preset_name})")
+    fig.suptitle(f"MQAR recall against state size: [short_conv, mixer], best lr per point, line = frontier "
+                 f"(preset {preset_name})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -35,7 +35,7 @@ class SpeedPreset:
     decode_steps: int                 # tokens decoded per timing
     dtype: str                        # parameters and activations
     knobs: dict = field(default_factory=dict)   # mixer -> constructor keywords (heads sized like the peers)
-    cpu_reps: int = 3                 # timing repetitions on CPU (CUDA uses triton's do_bench)
+    cpu_reps: int = 5                 # timing repetitions on CPU (CUDA uses triton's do_bench)
 
 
 GPU = SpeedPreset(name="gpu", d_model=768, n_layers=4, vocab_size=8192,
@@ -44,7 +44,7 @@ GPU = SpeedPreset(name="gpu", d_model=768, n_layers=4, vocab_size=8192,
                   knobs={"attention": {"num_heads": 12},
                          "based_linear_attention": {"num_heads": 12, "feature_dim": 16}})
 CPU = SpeedPreset(name="cpu", d_model=64, n_layers=2, vocab_size=256, seq_lens=(128, 256, 512), batch_sizes=(1, 4),
-                  decode_steps=8, dtype="fp32",
+                  decode_steps=16, dtype="fp32",
                   knobs={"attention": {"num_heads": 4}, "based_linear_attention": {"num_heads": 4, "feature_dim": 16}})
 TEST = SpeedPreset(name="test", d_model=16, n_layers=1, vocab_size=32, seq_lens=(8, 16), batch_sizes=(2,),
                    decode_steps=2, dtype="fp32", knobs={"attention": {"num_heads": 2}}, cpu_reps=1)
@@ -76,7 +76,7 @@ def _is_oom(error: BaseException) -> bool:
 def _timer(preset: SpeedPreset, device):
     if device.type == "cuda":
         return lambda fn: median_ms(fn, device)
-    return lambda fn: median_ms(fn, device, warmup=1, reps=preset.cpu_reps)
+    return lambda fn: median_ms(fn, device, warmup=2, reps=preset.cpu_reps)
 
 
 def measure_point(model, preset: SpeedPreset, batch: int, seq_len: int, device) -> dict:
@@ -180,10 +180,11 @@ def plot(rows: list[dict], path: Path, preset: SpeedPreset, device_name: str):
         ax.grid(True, which="both", alpha=0.3)
         if column.endswith("bytes") and not any(r.get(column) for r in rows):
             ax.text(0.5, 0.5, "not tracked on CPU", ha="center", transform=ax.transAxes)
-    axes[0, 0].legend(fontsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
     fig.suptitle(f"LM d_model {preset.d_model} x {preset.n_layers} layers, {preset.dtype}, {device_name} "
                  f"(OOM points are absent)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03 * (1 + len(labels) // 4), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
