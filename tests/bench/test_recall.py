@@ -1,0 +1,147 @@
+"""python -m zoo.bench recall: outputs and their fields, resumability, determinism, the grid, bad names."""
+import csv
+import json
+
+import pytest
+
+from zoo.bench.__main__ import main
+from zoo.bench.recall import frontier, grid_runs, run_key, summarise
+from zoo.bench.recall_grid import CPU, GPU, TEST, Preset, line_name
+from zoo.bench.choices import registered_mixers
+
+MIXERS = "attention,short_conv"  # fixed, so the test stays small however many mixers are registered
+# TEST knobs: attention {} and window 4; short_conv has none (default sweep); one d_model, two lrs
+EXPECTED_RUNS = 6
+
+
+def recall(out, *extra):
+    return main(["recall", "--preset", "test", "--mixers", MIXERS, "--out", str(out), "--workers", "1", *extra])
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    out = tmp_path_factory.mktemp("recall")
+    assert recall(out) == 0
+    return out
+
+
+def test_writes_json_csv_png_with_the_expected_fields(swept):
+    summary = json.loads((swept / "recall.json").read_text())
+    assert summary["environment"]["command"] and summary["environment"]["torch"]
+    assert summary["preset"]["name"] == "test"
+    assert len(summary["runs"]) == EXPECTED_RUNS
+    slices = [f"L{L}_kv{kv}" for L, kv, _ in TEST.test_segments]
+    for row in summary["runs"]:
+        for column in ("mixer", "knobs", "d_model", "lr", "params", "state_size", "mean_accuracy", "best_lr"):
+            assert column in row
+        accuracies = [row[f"acc_{s}"] for s in slices]
+        assert all(0.0 <= a <= 1.0 for a in accuracies)
+        assert row["mean_accuracy"] == pytest.approx(sum(accuracies) / len(accuracies))
+        assert row["state_size"] == row[f"state_{slices[-1]}"]  # the longest test length
+        assert row["params"] > 0
+    attention = [r for r in summary["runs"] if r["line"] == "attention"]
+    window = [r for r in summary["runs"] if r["line"] == "sliding_window_attention"]
+    assert attention and window and attention[0]["state_size"] > window[0]["state_size"]
+    # one best lr per (mixer, knobs, d_model), and it is the best of its lr grid
+    points = {(r["mixer"], r["knobs"], r["d_model"]) for r in summary["runs"]}
+    assert len(summary["best"]) == len(points) == EXPECTED_RUNS // len(TEST.lrs)
+    for best in summary["best"]:
+        same = [r for r in summary["runs"] if (r["mixer"], r["knobs"], r["d_model"]) ==
+                (best["mixer"], best["knobs"], best["d_model"])]
+        assert best["mean_accuracy"] == max(r["mean_accuracy"] for r in same)
+
+    with open(swept / "recall.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == EXPECTED_RUNS
+    assert {"mixer", "knobs", "d_model", "lr", "params", "state_size", "mean_accuracy", f"acc_{slices[0]}",
+            f"state_{slices[0]}"} <= set(rows[0])
+    png = (swept / "recall.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    assert len(list((swept / "runs").glob("*.json"))) == EXPECTED_RUNS
+
+
+def test_a_second_run_reruns_nothing_and_a_missing_run_is_redone_identically(swept, capsys):
+    run_files = sorted((swept / "runs").glob("*.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in run_files}
+    assert recall(swept) == 0
+    assert json.loads((swept / "recall.json").read_text())["runs_trained_now"] == 0
+    assert f"{EXPECTED_RUNS} already done" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in run_files} == stamps
+
+    # deterministic per seed: a deleted run comes back with the same accuracies
+    victim = run_files[0]
+    before = json.loads(victim.read_text())["result"]
+    victim.unlink()
+    assert recall(swept) == 0
+    assert json.loads((swept / "recall.json").read_text())["runs_trained_now"] == 1
+    after = json.loads(victim.read_text())["result"]
+    assert after["slices"] == before["slices"]
+
+
+def test_parallel_workers_write_every_run(tmp_path):
+    """The CPU default: runs spread over processes of one thread each, each written as it finishes."""
+    assert main(["recall", "--preset", "test", "--mixers", "short_conv", "--out", str(tmp_path), "--workers", "2"]) == 0
+    summary = json.loads((tmp_path / "recall.json").read_text())
+    assert summary["runs_trained_now"] == len(summary["runs"]) == len(TEST.lrs)
+    assert all(json.loads(p.read_text())["result"]["threads"] >= 1 for p in (tmp_path / "runs").glob("*.json"))
+    assert len(list((tmp_path / "runs").glob("*.json"))) == len(TEST.lrs)
+
+
+def test_unknown_mixer_and_preset_fail_listing_the_known(tmp_path):
+    with pytest.raises(SystemExit, match=r"unknown mixer.*'nope'.*registered mixers: .*attention"):
+        main(["recall", "--preset", "test", "--mixers", "attention,nope", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"unknown recall preset 'huge'.*known presets: cpu, gpu"):
+        main(["recall", "--preset", "huge", "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir()), "nothing is written before the names are checked"
+
+
+def test_grid_covers_every_registered_mixer_and_notes_skipped_and_defaulted_names():
+    preset = Preset(name="t", description="", vocab_size=64, train_segments=((16, 2, 8),),
+                    test_segments=((16, 2, 8),), batch_size=8, max_epochs=1, lrs=(1e-3, 1e-2), d_models=(16, 32),
+                    knobs={"attention": [{"window": 4, "d_models": [16]}], "not_a_mixer": [{"x": 1}]})
+    mixers = registered_mixers()
+    runs, notes = grid_runs(preset, mixers)
+    assert {r["mixer"] for r in runs} == set(mixers)
+    assert any("not_a_mixer" in n and "skipped" in n for n in notes)
+    assert any(n.startswith("short_conv") and "default" in n for n in notes)
+    attention = [r for r in runs if r["mixer"] == "attention"]
+    assert [(r["knobs"], r["d_model"], r["lr"]) for r in attention] == [({"window": 4}, 16, 1e-3),
+                                                                        ({"window": 4}, 16, 1e-2)]
+    short_conv = [r for r in runs if r["mixer"] == "short_conv"]
+    assert sorted((r["d_model"], r["lr"]) for r in short_conv) == [(16, 1e-3), (16, 1e-2), (32, 1e-3), (32, 1e-2)]
+    for r in runs:  # zoology's pairing: a short convolution, then the mixer with its knobs
+        assert r["model"]["layers"] == [{"name": "short_conv", "kernel_size": 3}, {"name": r["mixer"], **r["knobs"]}]
+    assert len({run_key(r) for r in runs}) == len(runs), "every run has its own file"
+
+
+def test_hash_changes_with_anything_that_changes_the_result():
+    base = grid_runs(TEST, ["attention"])[0][0]
+    for key, value in (("lr", 0.5), ("d_model", 99), ("seed", 7)):
+        assert run_key({**base, key: value}) != run_key(base)
+    assert run_key({**base, "task": {**base["task"], "vocab_size": 65}}) != run_key(base)
+
+
+def test_public_presets_follow_the_protocol():
+    for preset in (CPU, GPU):
+        longest_train = max(L for L, _, _ in preset.train_segments)
+        longest_test = max(L for L, _, _ in preset.test_segments)
+        assert longest_test >= 2 * longest_train, "tests extrapolate to longer sequences"
+        assert len(preset.lrs) >= 2 and {"attention", "short_conv"} <= set(preset.knobs)
+        assert all(preset.vocab_size > L and 4 * kv <= L for L, kv, _ in preset.train_segments + preset.test_segments)
+    assert GPU.vocab_size == 8192 and max(L for L, _, _ in GPU.test_segments) == 1024
+
+
+def test_best_lr_is_the_highest_mean_accuracy_per_point():
+    def record(lr, acc, d_model=16):
+        config = {"mixer": "attention", "knobs": {}, "d_model": d_model, "lr": lr}
+        result = {"params": 1, "state_size": 2, "mean_accuracy": acc, "train_seconds": 0.0,
+                  "slices": [{"slice": "L16_kv2", "accuracy": acc, "state_size": 2}]}
+        return {"key": f"{lr}-{d_model}", "config": config, "result": result}
+    summary = summarise(TEST, [record(1e-3, 0.2), record(1e-2, 0.9), record(1e-1, 0.5), record(1e-3, 0.4, 32)],
+                        [], "cpu")
+    assert sorted((r["d_model"], r["lr"]) for r in summary["best"]) == [(16, 1e-2), (32, 1e-3)]
+    assert line_name("attention", {"window": 8}) == "sliding_window_attention" != line_name("attention", {})
+
+
+def test_frontier_is_the_running_best_over_state_size():
+    assert frontier([(10, 0.5), (1, 0.2), (5, 0.1), (20, 0.4)]) == [(1, 0.2), (5, 0.2), (10, 0.5), (20, 0.5)]

@@ -1,0 +1,292 @@
+"""MQAR recall against state size: ``python -m zoo.bench recall [--preset cpu|gpu] [--mixers a,b] [--out DIR]``.
+
+zoology's protocol: each mixer in a 2-layer [short_conv, mixer] LM, trained on MQAR and tested on longer
+sequences with more pairs, over widths and state knobs (recall_grid.py), with a learning-rate grid of which the
+best lr is kept per point. Each run is written to ``OUT/runs/<hash of its config>.json`` as soon as it finishes
+and is not rerun; the summary (JSON, CSV) and the plot (accuracy against state size, log x, one line per
+mixer) are rebuilt from every run file of the current grid at the end.
+"""
+import argparse
+import concurrent.futures
+import csv
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from zoo.bench.choices import registered_mixers, resolve_mixers, resolve_preset
+from zoo.bench.environment import describe
+from zoo.bench.recall_grid import DEFAULT_KNOBS, N_LAYERS, PAIRING, PRESETS, PUBLIC_PRESETS, Preset, line_name
+from zoo.bench.report import format_table, pyplot, write_json
+
+SCHEMA = 1  # bump when the meaning of a run file changes: old files then no longer match any hash
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--preset", default="cpu", help=f"one of {', '.join(PUBLIC_PRESETS)} (default cpu)")
+    parser.add_argument("--mixers", default=None,
+                        help="comma-separated registered mixer names (default: every registered mixer)")
+    parser.add_argument("--out", default=None, help="output folder (default bench_results/recall-<preset>)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: the preset's accelerator)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="runs trained at once in separate processes (default: the preset's; cpu: one per core)")
+
+
+# ---- the grid -------------------------------------------------------------------------------------------------
+def grid_runs(preset: Preset, mixers: list[str]) -> tuple[list[dict], list[str]]:
+    """Every run of the sweep as a plain config dict, and notes on names skipped or defaulted."""
+    notes = [f"{name}: not registered in this checkout, skipped" for name in preset.knobs if name not in
+             registered_mixers()]
+    runs = []
+    for mixer in mixers:
+        settings = preset.knobs.get(mixer)
+        if settings is None:
+            notes.append(f"{mixer}: no knobs declared for it, swept over d_model with default hyperparameters")
+            settings = DEFAULT_KNOBS
+        for setting in settings:
+            knobs = {k: v for k, v in setting.items() if k != "d_models"}
+            for d_model in setting.get("d_models", preset.d_models):
+                for lr in preset.lrs:
+                    runs.append(run_config(preset, mixer, knobs, d_model, lr))
+    return runs, notes
+
+
+def run_config(preset: Preset, mixer: str, knobs: dict, d_model: int, lr: float) -> dict:
+    """Everything that determines a run's result; its hash names the run file."""
+    return {
+        "schema": SCHEMA,
+        "mixer": mixer, "knobs": knobs, "d_model": d_model, "lr": lr,
+        "model": {"d_model": d_model, "n_layers": N_LAYERS, "layers": [PAIRING, {"name": mixer, **knobs}],
+                  "mlp": None},
+        "task": {"vocab_size": preset.vocab_size, "train_segments": [list(s) for s in preset.train_segments],
+                 "test_segments": [list(s) for s in preset.test_segments], "batch_size": preset.batch_size,
+                 "seed": preset.seed},
+        "trainer": {"max_epochs": preset.max_epochs, "precision": preset.precision, "gradient_clip_val": 1.0},
+        "seed": preset.seed,
+    }
+
+
+def run_key(config: dict) -> str:
+    return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---- one run ----------------------------------------------------------------------------------------------------
+def _quiet_lightning():
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def make_datamodule(preset: Preset):
+    from zoo.tasks.mqar_datamodule import MQARDataModule
+    return MQARDataModule(preset.vocab_size, [list(s) for s in preset.train_segments],
+                          [list(s) for s in preset.test_segments], batch_size=preset.batch_size, seed=preset.seed,
+                          num_workers=preset.num_workers)
+
+
+def train_run(config: dict, datamodule, device: str) -> dict:
+    """Fit and test one grid run; returns its result row (deterministic for a given config on one device)."""
+    import lightning as L
+    from zoo.lit import LitLM
+    from zoo.model import LM
+
+    _quiet_lightning()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    L.seed_everything(config["seed"], workers=True, verbose=False)
+    model = LM(vocab_size=datamodule.vocab_size, **config["model"])
+    lit = LitLM(model, datamodule.slice_keys, lr=config["lr"])
+    trainer = L.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0, **config["trainer"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module=r"lightning(\.|$)")  # worker-count and similar advice
+        trainer.fit(lit, datamodule=datamodule)
+        trainer.test(lit, datamodule=datamodule, verbose=False)
+    slices = []
+    for segment in datamodule.test_segments:
+        slices.append({"slice": segment.slice_key, "input_seq_len": segment.input_seq_len,
+                       "num_kv_pairs": segment.num_kv_pairs, "state_size": model.state_size(segment.input_seq_len),
+                       "accuracy": lit.test_results[segment.slice_key]})
+    longest = max(s.input_seq_len for s in datamodule.test_segments)
+    return {
+        "params": model.num_parameters(),
+        "state_size": model.state_size(longest),
+        "state_size_seq_len": longest,
+        "mean_accuracy": sum(s["accuracy"] for s in slices) / len(slices),
+        "slices": slices,
+        "train_seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu_started,  # all threads: an idle-machine estimate on a shared one
+        "threads": torch.get_num_threads(),
+    }
+
+
+# ---- the sweep --------------------------------------------------------------------------------------------------
+def sweep(preset: Preset, mixers: list[str], out: Path, device: str, workers: int = 1) -> dict:
+    """Run every grid run not already on disk, then summarise. Returns the summary (also written to out)."""
+    runs, notes = grid_runs(preset, mixers)
+    run_dir = out / "runs"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pending = [c for c in runs if not (run_dir / f"{run_key(c)}.json").exists()]
+    for note in notes:
+        print(f"note: {note}")
+    workers = max(1, min(workers, len(pending)))
+    print(f"recall preset {preset.name}: {len(runs)} runs, {len(runs) - len(pending)} already done, "
+          f"{workers} worker(s), writing to {out}")
+    trained = 0
+    progress = tqdm(total=len(pending), desc="recall runs", unit="run")
+    for config, result in _train_all(preset, pending, device, workers):
+        record = {"key": run_key(config), "config": config, "result": result, "device": describe(device)}
+        write_json(run_dir / f"{record['key']}.json", record)  # written as it finishes: a restart skips it
+        trained += 1
+        progress.update()
+    progress.close()
+    records = [json.loads((run_dir / f"{run_key(c)}.json").read_text()) for c in runs]
+    summary = summarise(preset, records, notes, device)
+    summary["runs_trained_now"] = trained
+    write_outputs(summary, out)
+    return summary
+
+
+def _train_all(preset: Preset, configs: list[dict], device: str, workers: int):
+    """Yield (config, result) as runs finish: in this process, or in ``workers`` processes of one thread each.
+
+    Small models on a CPU use a second core far better as a second run than as a second intra-op thread.
+    """
+    if not configs:
+        return
+    if workers == 1:
+        datamodule = make_datamodule(preset)
+        for config in configs:
+            yield config, train_run(config, datamodule, device)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_worker_setup, initargs=(preset, threads)) as pool:
+        futures = {pool.submit(_worker_train, config, device): config for config in configs}
+        for future in concurrent.futures.as_completed(futures):
+            yield futures[future], future.result()
+
+
+_WORKER_DATA = {}
+
+
+def _worker_setup(preset: Preset, threads: int):
+    torch.set_num_threads(threads)
+    _WORKER_DATA["datamodule"] = make_datamodule(preset)
+
+
+def _worker_train(config: dict, device: str) -> dict:
+    return train_run(config, _WORKER_DATA["datamodule"], device)
+
+
+def flat_row(record: dict) -> dict:
+    config, result = record["config"], record["result"]
+    row = {"line": line_name(config["mixer"], config["knobs"]), "mixer": config["mixer"],
+           "knobs": json.dumps(config["knobs"], sort_keys=True), "d_model": config["d_model"], "lr": config["lr"],
+           "params": result["params"], "state_size": result["state_size"],
+           "mean_accuracy": result["mean_accuracy"], "train_seconds": result["train_seconds"], "key": record["key"]}
+    for s in result["slices"]:
+        row[f"acc_{s['slice']}"] = s["accuracy"]
+        row[f"state_{s['slice']}"] = s["state_size"]
+    return row
+
+
+def summarise(preset: Preset, records: list[dict], notes: list[str], device: str) -> dict:
+    rows = [flat_row(r) for r in records]
+    best: dict[tuple, dict] = {}
+    for row in rows:  # best lr per (mixer, knobs, d_model); ties go to the first lr of the grid
+        point = (row["mixer"], row["knobs"], row["d_model"])
+        if point not in best or row["mean_accuracy"] > best[point]["mean_accuracy"]:
+            best[point] = row
+    best_keys = {row["key"] for row in best.values()}
+    for row in rows:
+        row["best_lr"] = row["key"] in best_keys
+    return {
+        "environment": describe(device),
+        "preset": asdict(preset),
+        "protocol": {"pairing": [PAIRING, "<mixer>"], "n_layers": N_LAYERS,
+                     "state_size": f"LM.state_size at the longest test length "
+                                   f"({max(s[0] for s in preset.test_segments)}), per slice in state_<slice>",
+                     "best_lr": "highest mean test accuracy over the lr grid per (mixer, knobs, d_model)"},
+        "notes": notes,
+        "runs": rows,
+        "best": [r for r in rows if r["best_lr"]],
+    }
+
+
+def write_outputs(summary: dict, out: Path):
+    write_json(out / "recall.json", summary)
+    rows = summary["runs"]
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    with open(out / "recall.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(summary["best"], out / "recall.png", summary["preset"]["name"])
+    shown = sorted(summary["best"], key=lambda r: (r["line"], r["state_size"]))
+    print(format_table(shown, ["line", "knobs", "d_model", "lr", "params", "state_size", "mean_accuracy"]))
+
+
+def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The best accuracy reached at or below each state size (points sorted by state size)."""
+    best, line = float("-inf"), []
+    for state, accuracy in sorted(points):
+        best = max(best, accuracy)
+        line.append((state, best))
+    return line
+
+
+def plot(best_rows: list[dict], path: Path, preset_name: str):
+    """Accuracy against state size, one colour per mixer: every point (best lr) as a marker, the mixer's
+    frontier (best accuracy at or below each state size) as the line. Left: mean over slices; right: hardest."""
+    plt = pyplot()
+    if not best_rows:
+        return
+    hardest = [c for c in best_rows[0] if c.startswith("acc_")][-1]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharex=True)
+    lines = sorted({r["line"] for r in best_rows})
+    for ax, column, title in ((axes[0], "mean_accuracy", "mean over test slices"),
+                              (axes[1], hardest, f"hardest slice ({hardest[4:]})")):
+        for i, line in enumerate(lines):
+            points = [(r["state_size"], r[column]) for r in best_rows if r["line"] == line]
+            ax.scatter(*zip(*points), color=f"C{i}", alpha=0.45, s=22)
+            ax.plot(*zip(*frontier(points)), color=f"C{i}", marker="o", markersize=4, label=line)
+        ax.set_xscale("log")
+        ax.set_xlabel("state size (numbers per sequence at the longest test length)")
+        ax.set_ylabel("accuracy")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"MQAR recall against state size: [short_conv, mixer], best lr per point, line = frontier "
+                 f"(preset {preset_name})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    try:
+        preset = resolve_preset("recall", args.preset, PRESETS, PUBLIC_PRESETS)
+        mixers = resolve_mixers(args.mixers.split(",") if args.mixers else None)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
+    device = args.device or ("cuda" if preset.accelerator == "gpu" else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: preset {preset.name} trains on CUDA, which is not available here "
+                         f"(use --preset cpu, or --device cpu to run it anyway)")
+    out = Path(args.out or f"bench_results/recall-{preset.name}")
+    workers = args.workers or preset.workers or os.cpu_count() or 1
+    started = time.perf_counter()
+    summary = sweep(preset, mixers, out, device, workers)
+    print(f"{len(summary['runs'])} runs ({summary['runs_trained_now']} trained now) in "
+          f"{time.perf_counter() - started:.0f} s; wrote {out / 'recall.json'}, {out / 'recall.csv'}, "
+          f"{out / 'recall.png'}")
+    return 0
