@@ -37,6 +37,7 @@ peers() {
 
 bench() {
   PYTHONUNBUFFERED=1 python3 -m zoo.bench ops --preset gpu --out "$OUT" 2>&1 | tee "$OUT/bench-ops.log"
+  PYTHONUNBUFFERED=1 python3 -m zoo.bench speed --preset generation --mixers based_linear_attention,mamba --out "$OUT/generation" 2>&1 | tee "$OUT/bench-generation.log"
 }
 
 case "$step" in

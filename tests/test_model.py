@@ -122,3 +122,13 @@ def test_every_model_config_decodes_like_its_full_forward(path):
         pieces = [model(tokens[:, :5], caches=caches)] + [model(tokens[:, t: t + 1], caches=caches) for t in range(5, 12)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-4)
     assert sum(c.numel_per_sequence() for c in caches) == model.state_size(12)
+
+
+def test_last_only_logits_equal_the_last_position_of_the_full_forward():
+    model = every_mixer_lm().eval()
+    tokens = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        last = model(tokens, last_only=True)
+        full = model(tokens)
+    assert last.shape == (2, 1, VOCAB)
+    torch.testing.assert_close(last, full[:, -1:])

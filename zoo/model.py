@@ -79,11 +79,18 @@ class LM(nn.Module):
                 with torch.no_grad():
                     param.div_(math.sqrt(branches))
 
-    def forward(self, input_ids: torch.Tensor, caches: list[Cache] | None = None, **mlp_inputs) -> torch.Tensor:
-        """input_ids (batch, seq) -> logits (batch, seq, vocab). With caches, prefill/decode and update them."""
+    def forward(self, input_ids: torch.Tensor, caches: list[Cache] | None = None, last_only: bool = False,
+                **mlp_inputs) -> torch.Tensor:
+        """input_ids (batch, seq) -> logits (batch, seq, vocab). With caches, prefill/decode and update them.
+
+        last_only: logits of the last position only, (batch, 1, vocab): what a prefill before decoding needs,
+        without the (batch, seq, vocab) tensor.
+        """
         x = self.embedding(input_ids)
         for i, layer in enumerate(self.layers):
             x = layer(x, cache=None if caches is None else caches[i], **mlp_inputs)
+        if last_only:
+            x = x[:, -1:]
         return self.head(self.final_norm(x))
 
     def allocate_cache(self, batch_size: int, device=None, dtype=None) -> list[Cache]:
@@ -105,7 +112,7 @@ class LM(nn.Module):
         """
         require_positive_int("max_new_tokens", max_new_tokens, "LM.generate")
         caches = self.allocate_cache(input_ids.shape[0], device=input_ids.device)
-        logits = self(input_ids, caches=caches)[:, -1]
+        logits = self(input_ids, caches=caches, last_only=True)[:, -1]
         tokens = [input_ids]
         for step in range(max_new_tokens):
             next_token = _sample(logits, temperature, top_k, generator)

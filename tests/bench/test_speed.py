@@ -65,6 +65,15 @@ def test_other_errors_are_not_swallowed():
 def test_unknown_mixer_and_preset_fail_listing_the_known(tmp_path):
     with pytest.raises(SystemExit, match=r"unknown mixer.*'nope'.*registered mixers: .*attention"):
         main(["speed", "--preset", "test", "--mixers", "nope", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match=r"unknown speed preset 'huge'.*known presets: cpu, gpu"):
+    with pytest.raises(SystemExit, match=r"unknown speed preset 'huge'.*known presets: cpu, gpu, generation"):
         main(["speed", "--preset", "huge", "--out", str(tmp_path)])
     assert not list(tmp_path.iterdir())
+
+
+def test_generation_presets_skip_the_training_step():
+    import dataclasses
+    preset = dataclasses.replace(TEST, train=False)
+    model = build_lm(preset, "attention", torch.device("cpu"), torch.float32)
+    row = measure_point(model, preset, batch=2, seq_len=8, device=torch.device("cpu"))
+    assert "train_tok_s" not in row
+    assert row["prefill_tok_s"] > 0 and row["decode_tok_s"] > 0

@@ -36,6 +36,7 @@ class SpeedPreset:
     dtype: str                        # parameters and activations
     knobs: dict = field(default_factory=dict)   # mixer -> constructor keywords (heads sized like the peers)
     cpu_reps: int = 5                 # timing repetitions on CPU (CUDA uses triton's do_bench)
+    train: bool = True                # time the training step too (generation presets skip it)
 
 
 GPU = SpeedPreset(name="gpu", d_model=768, n_layers=4, vocab_size=8192,
@@ -43,18 +44,25 @@ GPU = SpeedPreset(name="gpu", d_model=768, n_layers=4, vocab_size=8192,
                   dtype="bf16",
                   knobs={"attention": {"num_heads": 12},
                          "based_linear_attention": {"num_heads": 12, "feature_dim": 16}})
+# BASED's generation claim: an LM with fixed-size state against attention's KV cache at large batch and context
+GENERATION = SpeedPreset(name="generation", d_model=1024, n_layers=8, vocab_size=8192, seq_lens=(2048, 4096, 8192),
+                         batch_sizes=(32, 128), decode_steps=32, dtype="bf16", train=False,
+                         knobs={"attention": {"num_heads": 16},
+                                "based_linear_attention": {"num_heads": 16, "feature_dim": 16}})
 CPU = SpeedPreset(name="cpu", d_model=64, n_layers=2, vocab_size=256, seq_lens=(128, 256, 512), batch_sizes=(1, 4),
                   decode_steps=16, dtype="fp32",
                   knobs={"attention": {"num_heads": 4}, "based_linear_attention": {"num_heads": 4, "feature_dim": 16}})
 TEST = SpeedPreset(name="test", d_model=16, n_layers=1, vocab_size=32, seq_lens=(8, 16), batch_sizes=(2,),
                    decode_steps=2, dtype="fp32", knobs={"attention": {"num_heads": 2}}, cpu_reps=1)
-PRESETS = {p.name: p for p in (CPU, GPU, TEST)}
-PUBLIC_PRESETS = ("cpu", "gpu")
+PRESETS = {p.name: p for p in (CPU, GPU, GENERATION, TEST)}
+PUBLIC_PRESETS = ("cpu", "gpu", "generation")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def add_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--preset", default="cpu", help=f"one of {', '.join(PUBLIC_PRESETS)} (default cpu)")
+    parser.add_argument("--preset", default="cpu",
+                        help=f"one of {', '.join(PUBLIC_PRESETS)} (default cpu); 'generation' times prefill and "
+                             "decode only, at batch 32-128 and context 2k-8k (BASED's generation setting)")
     parser.add_argument("--mixers", default=None,
                         help=f"comma-separated registered mixer names (default: all); {REFERENCE} is always added")
     parser.add_argument("--out", default=None, help="output folder (default bench_results/speed-<preset>)")
@@ -94,9 +102,10 @@ def measure_point(model, preset: SpeedPreset, batch: int, seq_len: int, device) 
     @torch.no_grad()
     def prefill():
         caches = model.allocate_cache(batch, device=device)
-        return model(tokens, caches=caches)[:, -1], caches
+        return model(tokens, caches=caches, last_only=True)[:, -1], caches
 
-    for name, fn in (("train", train_step), ("prefill", prefill)):
+    steps = (("train", train_step), ("prefill", prefill)) if preset.train else (("prefill", prefill),)
+    for name, fn in steps:
         try:
             ms = timer(fn)
             row[f"{name}_tok_s"] = batch * seq_len / (ms * 1e-3)
@@ -159,8 +168,10 @@ def add_ratios(rows: list[dict]):
 def plot(rows: list[dict], path: Path, preset: SpeedPreset, device_name: str):
     plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    memory = ("train_peak_bytes", "peak memory, training step (GiB)") if preset.train else \
+        ("prefill_peak_bytes", "peak memory, prefill (GiB)")
     panels = (("train_tok_s", "training tokens/s (fwd+bwd)"), ("prefill_tok_s", "prefill tokens/s"),
-              ("decode_tok_s", "decode tokens/s"), ("train_peak_bytes", "peak memory, training step (GiB)"))
+              ("decode_tok_s", "decode tokens/s"), memory)
     mixers = list(dict.fromkeys(r["mixer"] for r in rows))
     styles = ["-", "--", ":", "-."]
     colors = {m: f"C{i}" for i, m in enumerate(mixers)}
@@ -227,7 +238,7 @@ def run(args) -> int:
                                     "rows": rows})
     plot(rows, out / "speed.png", preset, environment["device_name"])
     columns = ["mixer", "batch", "seq_len", "train_tok_s", "train_vs_attention", "prefill_tok_s",
-               "prefill_vs_attention", "decode_tok_s", "decode_vs_attention", "train_peak_bytes", "state_size", "oom"]
+               "prefill_vs_attention", "decode_tok_s", "decode_vs_attention", "train_peak_bytes", "prefill_peak_bytes", "state_size", "oom"]
     print(format_table(rows, columns))
     print(f"{len(rows)} points in {time.perf_counter() - started:.0f} s; wrote {out / 'speed.json'}, "
           f"{out / 'speed.png'}")
