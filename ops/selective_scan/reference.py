@@ -9,13 +9,15 @@ Per batch b, channel d and state index n:
 Tensor layouts follow mamba_ssm's ``selective_scan_fn``: u, delta, z (batch, dim, L); A (dim, N); B, C either
 (dim, N) time-invariant, (batch, N, L) variable, or (batch, G, N, L) variable and shared by dim // G channels.
 
-The training path is a chunked scan: inside each chunk of ``chunk_size`` steps a log2(chunk_size)-step
-parallel prefix (products of decays, which stay in (0, 1], so no exp overflow), then one recurrence step per
-chunk carries the state across chunk boundaries using the chunk's cumulative log-decay. No Python loop runs
-per timestep. ``selective_scan_step`` is the one-token recurrent update used for decoding.
+The training path builds the per-step decays exp(delta A) and inputs delta B u, runs the linear recurrence
+for every state at once with a vectorised odd-even (pairwise) scan over time (``_pair_scan``: log2(L) levels,
+products of decays only, so no exp overflow, and no Python loop per timestep), with a custom backward that is
+the same scan run backwards in time (``_LinearScan``); the rest is plain autograd. ``selective_scan_step`` is
+the one-token recurrent update used for decoding.
 """
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 CHUNK_SIZE = 64
 
@@ -48,59 +50,87 @@ def discretize_delta(delta: torch.Tensor, delta_bias=None, delta_softplus: bool 
     return F.softplus(delta) if delta_softplus else delta
 
 
-def _prefix_scan(decay: torch.Tensor, inp: torch.Tensor, dim: int):
-    """Inclusive scan of h_t = decay_t * h_{t-1} + inp_t along ``dim`` from h = 0 (Hillis-Steele, log2 steps).
+def _pair_scan(decay: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+    """All states of h_t = decay_t * h_{t-1} + inp_t along dim -2, from h = 0, by odd-even reduction.
 
-    Returns (cumulative decay products, states). Every step is a whole-tensor operation.
+    Fusing each pair of steps (2k, 2k+1) into one step gives the same recurrence at half the length, whose
+    states are the odd-position states; each even-position state is then one step from the odd state before
+    it. log2(L) levels of whole-tensor operations on halving tensors, O(L) work in all (a Hillis-Steele scan
+    does O(L log L)); the fused decays are products of decays, so nothing is exponentiated or divided.
     """
-    length = decay.shape[dim]
-    shift = 1
-    while shift < length:
-        # combine element t with element t - shift: (a, b) o (a', b') = (a a', a b' + b)
-        prev_decay = decay.narrow(dim, 0, length - shift)
-        prev_inp = inp.narrow(dim, 0, length - shift)
-        head_decay, tail_decay = decay.narrow(dim, 0, shift), decay.narrow(dim, shift, length - shift)
-        head_inp, tail_inp = inp.narrow(dim, 0, shift), inp.narrow(dim, shift, length - shift)
-        inp = torch.cat([head_inp, tail_inp + tail_decay * prev_inp], dim)
-        decay = torch.cat([head_decay, tail_decay * prev_decay], dim)
-        shift *= 2
-    return decay, inp
+    length = decay.shape[-2]
+    if length == 1:
+        return inp
+    if length % 2:  # one padding step with decay 1 and no input leaves the states before it unchanged
+        states = _pair_scan(F.pad(decay, (0, 0, 0, 1), value=1.0), F.pad(inp, (0, 0, 0, 1)))
+        return states[..., :length, :]
+    decay_even, decay_odd = decay[..., 0::2, :], decay[..., 1::2, :]
+    inp_even, inp_odd = inp[..., 0::2, :], inp[..., 1::2, :]
+    # (a_2k, x_2k) then (a_2k+1, x_2k+1) == one step with decay a_2k+1 a_2k and input a_2k+1 x_2k + x_2k+1
+    h_odd = _pair_scan(decay_odd * decay_even, torch.addcmul(inp_odd, decay_odd, inp_even))
+    h_even = torch.cat([inp_even[..., :1, :],
+                        torch.addcmul(inp_even[..., 1:, :], decay_even[..., 1:, :], h_odd[..., :-1, :])], -2)
+    return torch.stack((h_even, h_odd), -2).flatten(-3, -2)
+
+
+class _LinearScan(torch.autograd.Function):
+    """h_t = decay_t * h_{t-1} + inp_t over dim -2 of (batch, dim, L, N), h_{-1} = initial (or 0); returns every h_t.
+
+    Why a custom backward: autograd through the scan's slices and concatenations spent most of the time
+    zero-filling and copying gradient buffers. The backward is itself a linear recurrence run backwards in time,
+        g_t = dh_t + decay_{t+1} g_{t+1}   (g_L = 0),   d inp_t = g_t,   d decay_t = g_t h_{t-1},
+        d initial = decay_0 g_0,
+    so it reuses the same scan on the time-reversed sequence. Measured fwd+bwd of the whole op on a 2-core CPU
+    (B64 D128 L64 N16 and B2 D128 L2048 N16): 5-8x faster than autograd through the former chunked
+    Hillis-Steele scan (O(L log chunk) work plus a per-chunk carry), and about 1.4x faster than plain autograd
+    through ``_pair_scan``.
+    """
+
+    @staticmethod
+    def forward(ctx, decay, inp, initial):
+        if initial is not None:  # fold the initial state into the first input: h_0 = decay_0 h_{-1} + inp_0
+            inp = inp.clone()
+            inp[..., 0, :] += decay[..., 0, :] * initial
+            initial = initial.clone()  # a snapshot: callers update their cache state in place after the call
+        states = _pair_scan(decay, inp)
+        ctx.save_for_backward(decay, states, initial)
+        return states
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_states):
+        decay, states, initial = ctx.saved_tensors
+        next_decay = F.pad(decay[..., 1:, :], (0, 0, 0, 1))             # decay_{t+1}, 0 past the end
+        g = _pair_scan(next_decay.flip(-2), d_states.flip(-2)).flip(-2)
+        d_decay = d_initial = None
+        if ctx.needs_input_grad[0]:
+            prev_states = F.pad(states[..., :-1, :], (0, 0, 1, 0))      # h_{t-1}
+            if initial is not None:
+                prev_states[..., 0, :] = initial
+            d_decay = g * prev_states
+        if initial is not None and ctx.needs_input_grad[2]:
+            d_initial = decay[..., 0, :] * g[..., 0, :]
+        return d_decay, g, d_initial
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, initial_state=None, chunk_size: int = CHUNK_SIZE):
+    """See the module docstring. ``chunk_size`` is accepted for compatibility and has no effect: the scan runs
+    over the whole sequence at once (an earlier chunked scan used it; results do not depend on it)."""
     _check_real(A)
     dtype_in = u.dtype
     batch, dim, length = u.shape
     delta = discretize_delta(delta, delta_bias, delta_softplus)              # (b, d, L)
     u32, A32 = u.float(), A.float()
     B4, C4 = expand_bc(B, dim, length), expand_bc(C, dim, length)          # (b|1, d|1, L|1, N)
+    initial = initial_state.float() if initial_state is not None else None
 
     if length == 0:
-        state = initial_state.float() if initial_state is not None else u32.new_zeros(batch, dim, A.shape[1])
+        state = initial if initial is not None else u32.new_zeros(batch, dim, A.shape[1])
         return (u.new_zeros(u.shape), state) if return_last_state else u.new_zeros(u.shape)
-    chunk_size = min(chunk_size, length)  # no padding beyond one chunk for short sequences
-    n_chunks = -(-length // chunk_size)
-    pad = n_chunks * chunk_size - length
-    # padded steps have delta = 0: decay 1 and no input, so the state passes through unchanged
-    delta_p = F.pad(delta, (0, pad))
-    u_p = F.pad(u32, (0, pad))
-    log_decay = delta_p[..., None] * A32[None, :, None, :]                  # (b, d, Lp, N)
-    B_p = F.pad(B4, (0, 0, 0, pad)) if B4.shape[2] > 1 else B4
-    inp = (delta_p * u_p)[..., None] * B_p                                  # (b, d, Lp, N)
-
-    shape = (batch, dim, n_chunks, chunk_size, A.shape[1])
-    log_decay = log_decay.reshape(shape)
-    decay_prod, local = _prefix_scan(log_decay.exp(), inp.reshape(shape), dim=3)
-    # state entering each chunk: one recurrence step per chunk, with the chunk's total decay
-    chunk_decay = log_decay.sum(3).exp()                                    # (b, d, chunks, N)
-    state = initial_state.float() if initial_state is not None else u32.new_zeros(batch, dim, A.shape[1])
-    entering = []
-    for k in range(n_chunks):
-        entering.append(state)
-        state = chunk_decay[:, :, k] * state + local[:, :, k, -1]
-    h = local + decay_prod * torch.stack(entering, 2)[:, :, :, None]        # (b, d, chunks, T, N)
-    h = h.reshape(batch, dim, n_chunks * chunk_size, -1)[:, :, :length]
+    decay = torch.exp(delta[..., None] * A32[:, None, :])                   # (b, d, L, N)
+    inp = (delta * u32)[..., None] * B4                                     # (b, d, L, N)
+    h = _LinearScan.apply(decay, inp, initial)                              # (b, d, L, N)
 
     y = (h * C4).sum(-1)
     if D is not None:
@@ -108,7 +138,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if z is not None:
         y = y * F.silu(z.float())
     out = y.to(dtype_in)
-    return (out, state) if return_last_state else out
+    # a copy, so that a caller updating its cache in place cannot corrupt the states saved for backward
+    return (out, h[:, :, -1].clone()) if return_last_state else out
 
 
 def selective_scan_step(state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):

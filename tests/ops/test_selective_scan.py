@@ -78,13 +78,14 @@ def leaves(inputs, dtype=None):
 @pytest.mark.parametrize("bc", ["invariant", "variable", "grouped"])
 @pytest.mark.parametrize("with_h0", [False, True])
 def test_reference_matches_sequential_loop(bc, with_h0):
-    inputs = make_inputs(2, 6, 37, 5, bc=bc, with_h0=with_h0)
-    for softplus in (False, True):
+    # a single step; odd lengths at several levels of the pairwise scan; a power of 2 (softplus only there: a
+    # negative delta makes decays above 1, and 64 of them overflow float32)
+    for length, softplus in ((1, False), (1, True), (37, False), (37, True), (64, True)):
+        inputs = make_inputs(2, 6, length, 5, bc=bc, with_h0=with_h0)
         expected, expected_last = sequential_scan(**inputs, delta_softplus=softplus)
-        for chunk_size in (8, 64):  # several chunks with a ragged last one; and a single chunk
-            out, last = reference_scan(**inputs, delta_softplus=softplus, return_last_state=True, chunk_size=chunk_size)
-            assert_close(f"out {bc} softplus={softplus} chunk={chunk_size}", out, expected, torch.float32)
-            assert_close(f"last state {bc} chunk={chunk_size}", last, expected_last, torch.float32)
+        out, last = reference_scan(**inputs, delta_softplus=softplus, return_last_state=True)
+        assert_close(f"out {bc} L={length} softplus={softplus}", out, expected, torch.float32)
+        assert_close(f"last state {bc} L={length} softplus={softplus}", last, expected_last, torch.float32)
 
 
 def test_reference_empty_sequence_keeps_the_state():
@@ -94,17 +95,52 @@ def test_reference_empty_sequence_keeps_the_state():
     torch.testing.assert_close(last, inputs["initial_state"])
 
 
-def test_reference_gradients_match_sequential_loop():
-    inputs = make_inputs(2, 4, 19, 3, bc="variable", with_h0=True)
+@pytest.mark.parametrize("bc", ["invariant", "variable", "grouped"])
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("length", [1, 19, 32])
+def test_reference_gradients_match_sequential_loop(bc, with_h0, length):
+    """The custom backward of the reference scan against autograd through the float64 loop: every input,
+    including initial_state, with the loss reading both the outputs and the last state."""
+    inputs = make_inputs(2, 4, length, 3, bc=bc, with_h0=with_h0)
     mine, theirs = leaves(inputs), leaves(inputs)
-    out, last = reference_scan(**mine, delta_softplus=True, return_last_state=True, chunk_size=4)
+    out, last = reference_scan(**mine, delta_softplus=True, return_last_state=True)
     expected, expected_last = sequential_scan(**theirs, delta_softplus=True)
     g = torch.Generator().manual_seed(1)
     w_out, w_last = torch.randn(out.shape, generator=g), torch.randn(last.shape, generator=g)
     ((out * w_out).sum() + (last * w_last).sum()).backward()
     ((expected * w_out).sum() + (expected_last * w_last).sum()).backward()
     for name in INPUT_NAMES:
+        if inputs[name] is None:
+            continue
+        assert mine[name].grad is not None, f"no gradient for {name}"
+        assert_close(f"grad {name} {bc} L={length}", mine[name].grad, theirs[name].grad.float(), torch.float32)
+
+
+def test_reference_gradients_of_the_last_state_alone():
+    """Only the last state in the loss: the gradient enters the backward scan at the final step only."""
+    inputs = make_inputs(1, 3, 23, 4, bc="grouped", groups=3, with_h0=True)
+    mine, theirs = leaves(inputs), leaves(inputs)
+    _, last = reference_scan(**mine, return_last_state=True)
+    _, expected_last = sequential_scan(**theirs)
+    w_last = torch.randn(last.shape, generator=torch.Generator().manual_seed(4))
+    (last * w_last).sum().backward()
+    (expected_last * w_last).sum().backward()
+    for name in ("u", "delta", "A", "B", "delta_bias", "initial_state"):
         assert_close(f"grad {name}", mine[name].grad, theirs[name].grad.float(), torch.float32)
+
+
+def test_reference_backward_survives_in_place_update_of_the_initial_state():
+    """A cache updated in place after the call (as in decoding with prefill) must not change the gradients."""
+    inputs = make_inputs(1, 2, 9, 3, with_h0=True)
+    expected = leaves(inputs)
+    reference_scan(**expected).sum().backward()
+    mine = leaves(inputs)
+    state = mine["initial_state"] * 1.0            # a non-leaf standing in for the cache tensor
+    out, last = reference_scan(**{**mine, "initial_state": state}, return_last_state=True)
+    state.copy_(last.detach())
+    out.sum().backward()
+    for name in ("u", "delta", "A", "initial_state"):
+        torch.testing.assert_close(mine[name].grad, expected[name].grad)
 
 
 def test_public_name_in_ops_dispatches():
