@@ -19,9 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-CHUNK_SIZE = 64
-
-
 def _check_real(A: torch.Tensor):
     if A.is_complex():
         raise ValueError("selective_scan: complex A is not supported (real A only, as in Mamba-1 language models)")
@@ -114,9 +111,8 @@ class _LinearScan(torch.autograd.Function):
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, initial_state=None, chunk_size: int = CHUNK_SIZE):
-    """See the module docstring. ``chunk_size`` is accepted for compatibility and has no effect: the scan runs
-    over the whole sequence at once (an earlier chunked scan used it; results do not depend on it)."""
+                   return_last_state=False, initial_state=None):
+    """See the module docstring."""
     _check_real(A)
     dtype_in = u.dtype
     batch, dim, length = u.shape
