@@ -40,14 +40,20 @@ def test_residual_outputs_are_scaled_down_with_depth():
     assert ratio == pytest.approx(8 ** 0.5, rel=1e-4)
 
 
-def test_cached_decoding_through_the_trunk_equals_the_full_forward():
-    model = every_mixer_lm().eval()
-    tokens = torch.randint(0, VOCAB, (2, 15), generator=torch.Generator().manual_seed(0))
+def assert_cached_decoding_equals_full_forward(model: LM, seq_len: int, prefill: int):
+    """Prefill ``prefill`` tokens, decode the rest one by one: the logits equal the full forward's; returns caches."""
+    tokens = torch.randint(0, VOCAB, (2, seq_len), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         full = model(tokens)
         caches = model.allocate_cache(2)
-        pieces = [model(tokens[:, :6], caches=caches)] + [model(tokens[:, t: t + 1], caches=caches) for t in range(6, 15)]
+        pieces = [model(tokens[:, :prefill], caches=caches)]
+        pieces += [model(tokens[:, t: t + 1], caches=caches) for t in range(prefill, seq_len)]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-4)
+    return caches
+
+
+def test_cached_decoding_through_the_trunk_equals_the_full_forward():
+    assert_cached_decoding_equals_full_forward(every_mixer_lm().eval(), seq_len=15, prefill=6)
 
 
 def test_greedy_generate_equals_repeated_full_forward():
@@ -115,12 +121,7 @@ def test_every_model_config_decodes_like_its_full_forward(path):
     spec["d_model"] = 32
     torch.manual_seed(0)
     model = LM(VOCAB, **spec).eval()
-    tokens = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        full = model(tokens)
-        caches = model.allocate_cache(2)
-        pieces = [model(tokens[:, :5], caches=caches)] + [model(tokens[:, t: t + 1], caches=caches) for t in range(5, 12)]
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-4)
+    caches = assert_cached_decoding_equals_full_forward(model, seq_len=12, prefill=5)
     assert sum(c.numel_per_sequence() for c in caches) == model.state_size(12)
 
 
