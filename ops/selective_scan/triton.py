@@ -67,6 +67,45 @@ def _chunk_states(dt, u, A, Bt, h_in):
 
 
 @triton.jit
+def _scan_chunk(u_ptr, delta_ptr, B_ptr, A, bias, h_in, k, batch_id, group, row, d_mask, n, n_mask, t_local, L, N, G,
+                HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GROUPED: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Load chunk k's u, delta and B and return its states with what the caller needs to read and write it."""
+    t = k * BLOCK_L + t_local
+    t_mask = t < L
+    offs = row[:, None] + t[None, :]
+    mask = d_mask[:, None] & t_mask[None, :]
+    u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    dt, _ = _delta_at(delta_ptr, bias, offs, mask, HAS_BIAS, SOFTPLUS)
+    Bt = _load_bc(B_ptr, batch_id, group, n, t, n_mask, t_mask, N, L, G, GROUPED)
+    hs, _ = _chunk_states(dt, u, A, Bt, h_in)
+    return hs, u, t, t_mask, offs, mask
+
+
+@triton.jit
+def _program_setup(pid_d, batch_id, A_ptr, D_ptr, bias_ptr, DIM, L, N, CH_PER_GROUP,
+                   HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Indices, masks and per-channel parameters of one (channel block, batch row) program, shared by both kernels."""
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    t_local = tl.arange(0, BLOCK_L)
+    d_mask, n_mask = d < DIM, n < N
+    dn_mask = d_mask[:, None] & n_mask[None, :]
+    group = tl.where(d_mask, d // CH_PER_GROUP, -1)
+    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
+    state_offs = (batch_id * DIM + d[:, None]) * N + n[None, :]
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    skip = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_D:
+        skip = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    row = (batch_id * DIM + d) * L
+    is_last = (t_local == BLOCK_L - 1)[None, :, None]
+    return d, n, t_local, d_mask, n_mask, dn_mask, group, A, state_offs, bias, skip, row, is_last
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
     out_ptr, last_ptr, ckpt_ptr,
@@ -76,41 +115,21 @@ def _scan_fwd_kernel(
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_d, batch_id = tl.program_id(0), tl.program_id(1)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
-    t_local = tl.arange(0, BLOCK_L)
-    d_mask, n_mask = d < DIM, n < N
-    dn_mask = d_mask[:, None] & n_mask[None, :]
-    group = tl.where(d_mask, d // CH_PER_GROUP, -1)
-
-    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
-    state_offs = (batch_id * DIM + d[:, None]) * N + n[None, :]
+    d, n, t_local, d_mask, n_mask, dn_mask, group, A, state_offs, bias, skip, row, is_last = _program_setup(
+        pid_d, batch_id, A_ptr, D_ptr, bias_ptr, DIM, L, N, CH_PER_GROUP, HAS_D, HAS_BIAS, BLOCK_D, BLOCK_L, BLOCK_N)
     if HAS_H0:
         h = tl.load(h0_ptr + state_offs, mask=dn_mask, other=0.0).to(tl.float32)
     else:
         h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    if HAS_D:
-        skip = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    row = (batch_id * DIM + d) * L
-    is_last = (t_local == BLOCK_L - 1)[None, :, None]
 
     for k in range(0, N_CHUNKS):
         if SAVE_CKPT:  # the state entering every CKPT_EVERY-th chunk
             ckpt_offs = ((batch_id * DIM + d[:, None]) * N_CKPT + k // CKPT_EVERY) * N + n[None, :]
             tl.store(ckpt_ptr + ckpt_offs, h, mask=dn_mask & (k % CKPT_EVERY == 0))
-        t = k * BLOCK_L + t_local
-        t_mask = t < L
-        offs = row[:, None] + t[None, :]
-        mask = d_mask[:, None] & t_mask[None, :]
-        u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dt, _ = _delta_at(delta_ptr, bias, offs, mask, HAS_BIAS, SOFTPLUS)
-        Bt = _load_bc(B_ptr, batch_id, group, n, t, n_mask, t_mask, N, L, G, GROUPED)
+        hs, u, t, t_mask, offs, mask = _scan_chunk(
+            u_ptr, delta_ptr, B_ptr, A, bias, h, k, batch_id, group, row, d_mask, n, n_mask, t_local, L, N, G,
+            HAS_BIAS, SOFTPLUS, GROUPED, BLOCK_L)
         Ct = _load_bc(C_ptr, batch_id, group, n, t, n_mask, t_mask, N, L, G, GROUPED)
-
-        hs, _ = _chunk_states(dt, u, A, Bt, h)
         y = tl.sum(hs * Ct, axis=2)
         if HAS_D:
             y += skip[:, None] * u
@@ -203,27 +222,12 @@ def _scan_bwd_kernel(
     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_d, batch_id = tl.program_id(0), tl.program_id(1)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
-    t_local = tl.arange(0, BLOCK_L)
-    d_mask, n_mask = d < DIM, n < N
-    dn_mask = d_mask[:, None] & n_mask[None, :]
-    group = tl.where(d_mask, d // CH_PER_GROUP, -1)
-
-    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
-    state_offs = (batch_id * DIM + d[:, None]) * N + n[None, :]
+    d, n, t_local, d_mask, n_mask, dn_mask, group, A, state_offs, bias, skip, row, is_last = _program_setup(
+        pid_d, batch_id, A_ptr, D_ptr, bias_ptr, DIM, L, N, CH_PER_GROUP, HAS_D, HAS_BIAS, BLOCK_D, BLOCK_L, BLOCK_N)
     if HAS_G_LAST:
         lam = tl.load(g_last_ptr + state_offs, mask=dn_mask, other=0.0).to(tl.float32)
     else:
         lam = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    skip = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_D:
-        skip = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    row = (batch_id * DIM + d) * L
-    is_last = (t_local == BLOCK_L - 1)[None, :, None]
     g_A_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     g_D_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     g_bias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
@@ -241,14 +245,9 @@ def _scan_bwd_kernel(
             h = h_seg
             tl.store(scratch, h)
             for j in range(0, CKPT_EVERY - 1):
-                t = (seg * CKPT_EVERY + j) * BLOCK_L + t_local
-                t_mask = t < L
-                offs = row[:, None] + t[None, :]
-                mask = d_mask[:, None] & t_mask[None, :]
-                u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-                dt, _ = _delta_at(delta_ptr, bias, offs, mask, HAS_BIAS, SOFTPLUS)
-                Bt = _load_bc(B_ptr, batch_id, group, n, t, n_mask, t_mask, N, L, G, GROUPED)
-                hs, _ = _chunk_states(dt, u, A, Bt, h)
+                hs, _, _, _, _, _ = _scan_chunk(
+                    u_ptr, delta_ptr, B_ptr, A, bias, h, seg * CKPT_EVERY + j, batch_id, group, row, d_mask, n,
+                    n_mask, t_local, L, N, G, HAS_BIAS, SOFTPLUS, GROUPED, BLOCK_L)
                 h = tl.sum(tl.where(is_last, hs, 0.0), axis=1)
                 tl.store(scratch + (j + 1) * BLOCK_D * BLOCK_N, h)
             tl.debug_barrier()  # the slots are read below by other threads of this program
