@@ -42,21 +42,30 @@ def _last_row(tile, rows, BLOCK_T: tl.constexpr):
     return tl.sum(tl.where(rows[:, None] == BLOCK_T - 1, tile, 0.0), axis=0)
 
 
+@triton.jit
+def _program_tile(T, D, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's batch row, its D columns (and which exist), the tile's row indices, and where its row starts
+    in the contiguous (B, T, D) tensors."""
+    pid_d, pid_b = tl.program_id(0), tl.program_id(1)
+    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    return pid_b, cols, cols < D, tl.arange(0, BLOCK_T), pid_b.to(tl.int64) * T * D
+
+
+@triton.jit
+def _row_or_zeros(ptr, pid_b, D, cols, col_ok, PRESENT: tl.constexpr, BLOCK_D: tl.constexpr):
+    """An optional (B, D) input's row for this program, in float32; zeros when it is absent."""
+    if PRESENT:
+        return tl.load(ptr + pid_b * D + cols, mask=col_ok, other=0.0).to(tl.float32)
+    return tl.zeros([BLOCK_D], dtype=tl.float32)
+
+
 @triton.autotune(configs=_configs(), key=["D"])
 @triton.jit
 def _forward_kernel(X, G, H0, H, HT, T, D,
                     LOG_VALUES: tl.constexpr, HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr,
                     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_d, pid_b = tl.program_id(0), tl.program_id(1)
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    col_ok = cols < D
-    rows = tl.arange(0, BLOCK_T)
-    seq = pid_b.to(tl.int64) * T * D  # start of this batch row in the contiguous (B, T, D) tensors
-
-    if HAS_H0:
-        h = tl.load(H0 + pid_b * D + cols, mask=col_ok, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros([BLOCK_D], dtype=tl.float32)
+    pid_b, cols, col_ok, rows, seq = _program_tile(T, D, BLOCK_T, BLOCK_D)
+    h = _row_or_zeros(H0, pid_b, D, cols, col_ok, HAS_H0, BLOCK_D)
 
     for start in range(0, T, BLOCK_T):
         t = start + rows
@@ -81,20 +90,9 @@ def _forward_kernel(X, G, H0, H, HT, T, D,
 def _backward_kernel(X, G, H, H0, DH, DHT, DX, DG, DH0, T, D,
                      LOG_VALUES: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr,
                      BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_d, pid_b = tl.program_id(0), tl.program_id(1)
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    col_ok = cols < D
-    rows = tl.arange(0, BLOCK_T)
-    seq = pid_b.to(tl.int64) * T * D
-
-    if HAS_DHT:
-        carry = tl.load(DHT + pid_b * D + cols, mask=col_ok, other=0.0).to(tl.float32)
-    else:
-        carry = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_H0:
-        h0 = tl.load(H0 + pid_b * D + cols, mask=col_ok, other=0.0).to(tl.float32)
-    else:
-        h0 = tl.zeros([BLOCK_D], dtype=tl.float32)
+    pid_b, cols, col_ok, rows, seq = _program_tile(T, D, BLOCK_T, BLOCK_D)
+    carry = _row_or_zeros(DHT, pid_b, D, cols, col_ok, HAS_DHT, BLOCK_D)
+    h0 = _row_or_zeros(H0, pid_b, D, cols, col_ok, HAS_H0, BLOCK_D)
 
     n_tiles = tl.cdiv(T, BLOCK_T)
     for i in range(0, n_tiles):
