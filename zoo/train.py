@@ -24,6 +24,14 @@ def quiet_lightning():
     logging.getLogger("lightning.pytorch").propagate = False
 
 
+def slice_rows(model, segments, accuracies: dict) -> list[dict]:
+    """One row per test slice: its shape, the model's state size at its length, and the accuracy reached."""
+    return [{"slice": segment.slice_key, "input_seq_len": segment.input_seq_len,
+             "num_kv_pairs": segment.num_kv_pairs, "state_size": model.state_size(segment.input_seq_len),
+             "accuracy": accuracies[segment.slice_key]}
+            for segment in segments]
+
+
 def build(cfg: DictConfig):
     """(datamodule, LitLM) from a train config; raises ValueError on any bad name or impossible setting."""
     task = OmegaConf.to_container(cfg.task, resolve=True)
@@ -43,10 +51,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict:
     trainer.fit(lit, datamodule=datamodule)
     trainer.test(lit, datamodule=datamodule, verbose=False)
     model = lit.model
-    rows = [{"slice": segment.slice_key, "input_seq_len": segment.input_seq_len,
-             "num_kv_pairs": segment.num_kv_pairs, "accuracy": lit.test_results[segment.slice_key],
-             "state_size": model.state_size(segment.input_seq_len)}
-            for segment in datamodule.test_segments]
+    rows = slice_rows(model, datamodule.test_segments, lit.test_results)
     result = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "task": OmegaConf.to_container(cfg.task, resolve=True),

@@ -96,6 +96,7 @@ def train_run(config: dict, datamodule, device: str) -> dict:
     import lightning as L
     from zoo.lit import LitLM
     from zoo.model import LM
+    from zoo.train import slice_rows
 
     _quiet_lightning()
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -109,11 +110,7 @@ def train_run(config: dict, datamodule, device: str) -> dict:
         warnings.filterwarnings("ignore", module=r"lightning(\.|$)")  # worker-count and similar advice
         trainer.fit(lit, datamodule=datamodule)
         trainer.test(lit, datamodule=datamodule, verbose=False)
-    slices = []
-    for segment in datamodule.test_segments:
-        slices.append({"slice": segment.slice_key, "input_seq_len": segment.input_seq_len,
-                       "num_kv_pairs": segment.num_kv_pairs, "state_size": model.state_size(segment.input_seq_len),
-                       "accuracy": lit.test_results[segment.slice_key]})
+    slices = slice_rows(model, datamodule.test_segments, lit.test_results)
     longest = max(s.input_seq_len for s in datamodule.test_segments)
     return {
         "params": model.num_parameters(),

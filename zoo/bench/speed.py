@@ -19,7 +19,7 @@ from tqdm import tqdm
 from zoo.bench.choices import resolve_mixers, resolve_preset
 from zoo.bench.environment import describe
 from zoo.bench.report import format_table, pyplot, write_json
-from zoo.bench.timing import median_ms, peak_memory_bytes
+from zoo.bench.timing import median_ms, peak_memory_bytes, synchronize
 
 REFERENCE = "attention"
 
@@ -134,20 +134,15 @@ def decode_tokens_per_second(model, prefill, batch: int, preset: SpeedPreset, de
     seconds = []
     for _ in range(reps + 1):  # the first repetition warms up
         logits, caches = prefill()
-        _sync(device)
+        synchronize(device)
         started = time.perf_counter()
         for _ in range(preset.decode_steps):
             next_token = logits.argmax(-1, keepdim=True)
             logits = model(next_token, caches=caches)[:, -1]
-        _sync(device)
+        synchronize(device)
         seconds.append(time.perf_counter() - started)
         del caches
     return batch * preset.decode_steps / statistics.median(seconds[1:])
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _free(device):

@@ -6,7 +6,8 @@ from typing import Callable
 import torch
 
 
-def _sync(device: torch.device):
+def synchronize(device: torch.device):
+    """Wait for queued GPU work (a no-op on CPU), so a wall-clock reading covers it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -23,12 +24,12 @@ def median_ms(fn: Callable[[], object], device: torch.device, warmup: int = 3, r
             pass
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     times, started = [], time.perf_counter()
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append((time.perf_counter() - t0) * 1e3)
         if time.perf_counter() - started > max_seconds:
             break
