@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 import zoo.blocks  # noqa: F401  (registers every block)
-from zoo.blocks.base import Cache, require_choice, require_positive_int
+from zoo.blocks.base import Cache
 from zoo.blocks.registry import build_mixer, build_mlp
+from zoo.checks import require_choice, require_positive_int
 
 NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
 # parameters that write into the residual stream; rescaled by 1/sqrt(number of residual branches)

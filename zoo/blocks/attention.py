@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ops._backend import resolve_backend
-from zoo.blocks.base import Cache, Mixer, require_positive_int
+from zoo.blocks.base import Cache, Mixer
 from zoo.blocks.registry import register_mixer
 from zoo.blocks.rotary import apply_rotary, rotary_tables
+from zoo.checks import require_positive_int
 
 
 def band_mask(q_positions: torch.Tensor, k_positions: torch.Tensor, window: int | None) -> torch.Tensor:

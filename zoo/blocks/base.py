@@ -10,6 +10,8 @@
 import torch
 from torch import nn
 
+from zoo.checks import require_positive_int
+
 
 class Cache(dict):
     """A layer's decoding state: named tensors with the batch dimension first, plus ``seen`` tokens so far.
@@ -47,13 +49,3 @@ class Mixer(nn.Module):
 
     def state_size(self, seq_len: int) -> int:
         raise NotImplementedError
-
-
-def require_positive_int(name: str, value, owner: str):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
-
-
-def require_choice(name: str, value, choices, owner: str):
-    if value not in choices:
-        raise ValueError(f"{owner}: {name}={value!r} is not one of {', '.join(map(repr, choices))}")

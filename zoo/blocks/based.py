@@ -9,8 +9,9 @@ from torch import nn
 
 from ops.based import based_attention
 from ops.based.reference import based_attention_chunked, based_step, expanded_dim
-from zoo.blocks.base import Cache, Mixer, require_positive_int
+from zoo.blocks.base import Cache, Mixer
 from zoo.blocks.registry import register_mixer
+from zoo.checks import require_positive_int
 
 
 @register_mixer("based_linear_attention")

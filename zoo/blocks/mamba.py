@@ -23,8 +23,9 @@ from ops.causal_conv1d import causal_conv1d
 from ops.causal_conv1d.reference import causal_conv1d_step
 from ops.selective_scan import selective_scan
 from ops.selective_scan.reference import selective_scan_step
-from zoo.blocks.base import Cache, Mixer, require_choice, require_positive_int
+from zoo.blocks.base import Cache, Mixer
 from zoo.blocks.registry import register_mixer
+from zoo.checks import require_choice, require_positive_int
 
 
 def _require_positive_number(name, value, owner):

@@ -22,8 +22,9 @@ from torch import nn
 
 from ops.linear_recurrence import log_linear_recurrence
 from ops.linear_recurrence.reference import recurrent_step
-from zoo.blocks.base import Cache, Mixer, require_positive_int
+from zoo.blocks.base import Cache, Mixer
 from zoo.blocks.registry import register_mixer
+from zoo.checks import require_positive_int
 
 
 def log_g(x: torch.Tensor) -> torch.Tensor:

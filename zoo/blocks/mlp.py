@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.blocks.base import require_positive_int
 from zoo.blocks.registry import register_mlp
+from zoo.checks import require_positive_int
 
 
 def _hidden_width(d_model: int, expand: float, multiple_of: int, owner: str) -> int:

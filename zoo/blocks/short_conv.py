@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.blocks.base import Cache, Mixer, require_positive_int
+from zoo.blocks.base import Cache, Mixer
 from zoo.blocks.registry import register_mixer
+from zoo.checks import require_positive_int
 
 
 @register_mixer("short_conv")

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from zoo.checks import require_positive_int
+
 IGNORE_INDEX = -100
 _ROWS_PER_DRAW = 4096  # examples drawn at once: bounds memory when sampling keys without replacement
 
@@ -17,8 +19,7 @@ _ROWS_PER_DRAW = 4096  # examples drawn at once: bounds memory when sampling key
 def check_config(vocab_size: int, input_seq_len: int, num_kv_pairs: int):
     """Raise ValueError naming the violated constraint of an impossible MQAR configuration."""
     for name, value in (("vocab_size", vocab_size), ("input_seq_len", input_seq_len), ("num_kv_pairs", num_kv_pairs)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"MQAR: {name} must be a positive integer, got {value!r}")
+        require_positive_int(name, value, "MQAR")
     if input_seq_len % 2:
         raise ValueError(f"MQAR: input_seq_len must be even (pairs of tokens), got {input_seq_len}")
     if vocab_size <= input_seq_len:
