@@ -4,7 +4,7 @@ Rotary positions, optional sliding window, KV cache. Full attention runs through
 ``scaled_dot_product_attention``; a sliding window uses ``flex_attention`` with a block mask on CUDA and
 a banded boolean mask elsewhere.
 """
-import math
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -25,21 +25,24 @@ def band_mask(q_positions: torch.Tensor, k_positions: torch.Tensor, window: int 
     return allowed
 
 
-_FLEX_MASKS: dict = {}
+@functools.lru_cache(maxsize=None)
+def _compiled_flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention, dynamic=False)  # uncompiled flex_attention materialises the scores
+
+
+@functools.lru_cache(maxsize=32)
+def _window_block_mask(seq: int, window: int, device: torch.device):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def in_window(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & (kv_idx > q_idx - window)
+    return create_block_mask(in_window, B=None, H=None, Q_LEN=seq, KV_LEN=seq, device=device)
 
 
 def _flex_sliding_window(q, k, v, window: int):
     """Sliding-window attention with flex_attention's block mask (skips fully masked tiles)."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    seq = q.shape[-2]
-    key = (seq, window, q.device)
-    if key not in _FLEX_MASKS:
-        def in_window(b, h, q_idx, kv_idx):
-            return (kv_idx <= q_idx) & (kv_idx > q_idx - window)
-        _FLEX_MASKS[key] = create_block_mask(in_window, B=None, H=None, Q_LEN=seq, KV_LEN=seq, device=q.device)
-    compiled = _FLEX_MASKS.setdefault("compiled", torch.compile(flex_attention, dynamic=False))
-    return compiled(q, k, v, block_mask=_FLEX_MASKS[key])
+    return _compiled_flex_attention()(q, k, v, block_mask=_window_block_mask(q.shape[-2], window, q.device))
 
 
 @register_mixer("attention")
