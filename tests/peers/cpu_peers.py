@@ -1,0 +1,74 @@
+"""The peers' own pure-PyTorch definitions, loaded on a machine without CUDA.
+
+mamba-ssm and causal-conv1d import their compiled extensions at module top level, and mamba-ssm's package
+``__init__`` pulls in Mamba-2 and huggingface_hub; none of that is needed to run their reference functions or
+the ``Mamba`` module's non-fused path. So, for tests only, the compiled extensions are stubbed and mamba_ssm is
+entered without running its ``__init__``. fla-core's naive references and its Triton kernels (under
+TRITON_INTERPRET=1) import as they are.
+
+``scripts/install_cpu_peers.sh`` installs the three packages without their CUDA builds (CI runs it). Where they
+are missing the peer tests skip, unless ZOO_REQUIRE_PEERS=1 (set by CI): then a missing peer is a failure, so
+that these tests cannot silently stop running.
+"""
+import importlib
+import importlib.util
+import os
+import sys
+import types
+
+import pytest
+
+
+def _missing(package: str):
+    message = f"{package} is not installed (bash scripts/install_cpu_peers.sh)"
+    if os.environ.get("ZOO_REQUIRE_PEERS") == "1":
+        pytest.fail(message + "; ZOO_REQUIRE_PEERS=1 requires it")
+    pytest.skip(message)
+
+
+def _stub_extension(name: str):
+    """An empty module in place of a compiled CUDA extension: its functions are never called on CPU."""
+    sys.modules.setdefault(name, types.ModuleType(name))
+
+
+def _enter_without_init(package: str):
+    """Make ``package``'s submodules importable without executing its ``__init__``."""
+    if package in sys.modules:
+        return
+    sys.modules[package] = importlib.util.module_from_spec(importlib.util.find_spec(package))  # not executed
+
+
+def mamba_ssm():
+    """(mamba_simple, selective_scan_interface) modules of mamba-ssm, set to run on CPU.
+
+    In mamba_simple, the CUDA ``selective_scan_fn`` is replaced by mamba-ssm's own ``selective_scan_ref`` and
+    the Triton decode update by its torch fallback, so ``Mamba.forward`` and ``Mamba.step`` are mamba-ssm's
+    code end to end.
+    """
+    if importlib.util.find_spec("mamba_ssm") is None:
+        _missing("mamba_ssm")
+    _stub_extension("selective_scan_cuda")
+    _stub_extension("causal_conv1d_cuda")
+    _enter_without_init("mamba_ssm")
+    interface = importlib.import_module("mamba_ssm.ops.selective_scan_interface")
+    mamba_simple = importlib.import_module("mamba_ssm.modules.mamba_simple")
+    mamba_simple.selective_scan_fn = interface.selective_scan_ref
+    mamba_simple.selective_state_update = None
+    mamba_simple.causal_conv1d_fn = None
+    mamba_simple.causal_conv1d_update = None
+    return mamba_simple, interface
+
+
+def causal_conv1d_ref():
+    """causal-conv1d's ``causal_conv1d_ref(x, weight, bias, initial_states, return_final_states, ...)``."""
+    if importlib.util.find_spec("causal_conv1d") is None:
+        _missing("causal_conv1d")
+    _stub_extension("causal_conv1d_cuda")
+    return importlib.import_module("causal_conv1d.causal_conv1d_interface").causal_conv1d_ref
+
+
+def fla_module(name: str):
+    """A module of fla-core (``fla.ops.based.naive``, ``fla.ops.based``, ...)."""
+    if importlib.util.find_spec("fla") is None:
+        _missing("fla (fla-core)")
+    return importlib.import_module(name)

@@ -1,0 +1,169 @@
+"""Against mamba-ssm's and causal-conv1d's own code, on CPU: the Mamba module (same seed -> same weights, state
+dicts both ways, outputs, gradients, decode steps) and ``ops.selective_scan`` / ``ops.causal_conv1d`` against
+their ``selective_scan_ref`` / ``causal_conv1d_ref`` in every layout and option we claim.
+
+mamba-ssm's module runs its non-fused path with its own reference scan here (see cpu_peers.py); the CUDA
+kernels themselves are compared on a GPU in tests/blocks/test_mamba.py and tests/ops/test_selective_scan.py.
+"""
+import pytest
+import torch
+
+import ops
+from ops.testing import assert_close
+from tests.peers import cpu_peers
+from zoo.blocks.mamba import Mamba
+
+MODULE_CONFIGS = [
+    dict(d_model=24, d_state=8),
+    dict(d_model=40, d_state=16, d_conv=3, expand=1, dt_rank=5, bias=True, conv_bias=False),
+    dict(d_model=16, d_state=4, d_conv=2, dt_init="constant", dt_scale=2.0, dt_min=0.01, dt_max=0.05),
+]
+
+
+def _pair(config, seed=0):
+    """(mamba-ssm's Mamba, ours) each built right after torch.manual_seed(seed)."""
+    mamba_simple, _ = cpu_peers.mamba_ssm()
+    torch.manual_seed(seed)
+    theirs = mamba_simple.Mamba(**config, use_fast_path=False, layer_idx=0)
+    torch.manual_seed(seed)
+    mine = Mamba(**config, backend="reference")
+    return theirs, mine
+
+
+def _hidden(batch, length, d_model, seed=1):
+    return torch.randn(batch, length, d_model, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("config", MODULE_CONFIGS, ids=lambda c: f"d{c['d_model']}_n{c['d_state']}")
+def test_same_seed_draws_the_same_weights(config):
+    theirs, mine = _pair(config)
+    theirs_state, my_state = theirs.state_dict(), mine.state_dict()
+    assert list(my_state) == list(theirs_state)
+    for name, value in theirs_state.items():
+        assert my_state[name].shape == value.shape, name
+        torch.testing.assert_close(my_state[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("config", MODULE_CONFIGS, ids=lambda c: f"d{c['d_model']}_n{c['d_state']}")
+def test_outputs_and_gradients_with_weights_copied_both_ways(config):
+    theirs, _ = _pair(config, seed=0)
+    _, mine = _pair(config, seed=7)                     # different weights until copied
+    mine.load_state_dict(theirs.state_dict())
+    x = _hidden(2, 37, config["d_model"])
+    grad_out = _hidden(2, 37, config["d_model"], seed=2)
+    outputs = {}
+    for name, module in (("mamba_ssm", theirs), ("zoo", mine)):
+        y = module(x)
+        (y * grad_out).sum().backward()
+        outputs[name] = y
+    assert_close("out", outputs["zoo"], outputs["mamba_ssm"], torch.float32)
+    for (name, p_theirs), p_mine in zip(theirs.named_parameters(), mine.parameters()):
+        assert_close(f"grad {name}", p_mine.grad, p_theirs.grad, torch.float32)
+
+    theirs_again, _ = _pair(config, seed=3)
+    theirs_again.load_state_dict(mine.state_dict())
+    with torch.no_grad():
+        assert_close("mamba_ssm with our state dict", theirs_again(x), mine(x), torch.float32)
+
+
+def test_decode_steps_match_mamba_ssm_step():
+    config = MODULE_CONFIGS[0]
+    theirs, mine = _pair(config)
+    x = _hidden(3, 20, config["d_model"])
+    conv_state, ssm_state = theirs.allocate_inference_cache(3, max_seqlen=20, dtype=torch.float32)
+    cache = mine.allocate_cache(3)
+    with torch.no_grad():
+        theirs_steps = torch.cat([theirs.step(x[:, t:t + 1], conv_state, ssm_state)[0] for t in range(20)], 1)
+        my_steps = torch.cat([mine(x[:, t:t + 1], cache=cache) for t in range(20)], 1)
+        assert_close("decode", my_steps, theirs_steps, torch.float32)
+        assert_close("ssm state", cache["ssm"], ssm_state, torch.float32)
+        assert_close("decode vs their parallel forward", my_steps, theirs(x), torch.float32)
+
+
+# ---- the op -------------------------------------------------------------------------------------------------
+def _scan_inputs(layout, batch=2, dim=12, length=45, N=6, groups=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale)
+
+    u, z = randn(batch, dim, length), randn(batch, dim, length)
+    delta = randn(batch, dim, length, scale=0.5)
+    A = -torch.rand(dim, N, generator=gen) * 2 - 0.1
+    bc_shape = {"time_invariant": (dim, N), "variable": (batch, N, length), "grouped": (batch, groups, N, length)}
+    B, C = randn(*bc_shape[layout]), randn(*bc_shape[layout])
+    D, delta_bias = randn(dim), randn(dim, scale=0.3)
+    return dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
+
+
+OPTIONS = [
+    dict(),
+    dict(D=True, z=True, delta_bias=True, delta_softplus=True),
+    dict(D=True, delta_softplus=True),
+    dict(z=True, delta_bias=True),
+]
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("layout", ["time_invariant", "variable", "grouped"])
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "+".join(o) or "plain")
+def test_selective_scan_matches_selective_scan_ref(backend, layout, options):
+    _, interface = cpu_peers.mamba_ssm()
+    tensors = _scan_inputs(layout)
+    optional = ("D", "z", "delta_bias")
+    args = {k: v for k, v in tensors.items() if k not in optional or options.get(k)}
+    softplus = options.get("delta_softplus", False)
+    grad_out = torch.randn(tensors["u"].shape, generator=torch.Generator().manual_seed(9))
+
+    results = {}
+    for name, fn in (("mamba_ssm", interface.selective_scan_ref),
+                     ("zoo", lambda **kw: ops.selective_scan(**kw, backend=backend))):
+        leaves = {k: v.clone().requires_grad_() for k, v in args.items()}
+        out, last = fn(**leaves, delta_softplus=softplus, return_last_state=True)
+        (out * grad_out).sum().backward()
+        results[name] = (out, last, {k: v.grad for k, v in leaves.items()})
+
+    (out, last, grads), (want_out, want_last, want_grads) = results["zoo"], results["mamba_ssm"]
+    assert_close("out", out, want_out, torch.float32)
+    assert_close("last state", last, want_last, torch.float32)
+    for name in want_grads:
+        assert_close(f"grad {name}", grads[name], want_grads[name], torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_selective_scan_low_precision_inputs_match_selective_scan_ref(dtype):
+    _, interface = cpu_peers.mamba_ssm()
+    tensors = _scan_inputs("variable")
+    cast = {k: (v if k in ("A", "D", "delta_bias") else v.to(dtype)) for k, v in tensors.items()}  # mamba-ssm's dtypes
+    want = interface.selective_scan_ref(**cast, delta_softplus=True)
+    got = ops.selective_scan(**cast, delta_softplus=True, backend="reference")
+    assert got.dtype == want.dtype == dtype
+    assert_close("out", got.float(), want.float(), dtype)
+
+
+# ---- causal conv1d ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("with_initial_states", [True, False])
+@pytest.mark.parametrize("width", [2, 4])
+def test_causal_conv1d_matches_causal_conv1d_ref(activation, with_bias, with_initial_states, width):
+    causal_conv1d_ref = cpu_peers.causal_conv1d_ref()
+    gen = torch.Generator().manual_seed(0)
+    batch, dim, length = 2, 10, 23
+    args = dict(x=torch.randn(batch, dim, length, generator=gen), weight=torch.randn(dim, width, generator=gen))
+    if with_bias:
+        args["bias"] = torch.randn(dim, generator=gen)
+    if with_initial_states:
+        args["initial_states"] = torch.randn(batch, dim, width - 1, generator=gen)
+    grad_out = torch.randn(batch, dim, length, generator=gen)
+    results = {}
+    for name, fn in (("causal_conv1d", causal_conv1d_ref), ("zoo", ops.causal_conv1d)):
+        leaves = {k: v.clone().requires_grad_() for k, v in args.items()}
+        out, final = fn(**leaves, return_final_states=True, activation=activation)
+        (out * grad_out).sum().backward()
+        results[name] = (out, final, {k: v.grad for k, v in leaves.items()})
+    (out, final, grads), (want_out, want_final, want_grads) = results["zoo"], results["causal_conv1d"]
+    assert_close("out", out, want_out, torch.float32)
+    assert_close("final states", final, want_final.detach(), torch.float32)
+    for name in want_grads:
+        assert_close(f"grad {name}", grads[name], want_grads[name], torch.float32)
