@@ -94,7 +94,6 @@ def based_attention_chunked(q, k, v, scale: float | None = None, use_norm: bool 
 
     phi_q = taylor_feature_map(q, scale)
     phi_k = taylor_feature_map(k, scale) * valid  # padded keys (phi(0) = [1, 0...]) must not enter the state
-    D = phi_q.shape[-1]
     chunks = lambda x: x.reshape(B, N, C, H, x.shape[-1])  # noqa: E731
     q_c, k_c, v_c, phi_q_c, phi_k_c = map(chunks, (q, k, v, phi_q, phi_k))
 
