@@ -11,17 +11,9 @@ import torch.nn.functional as F
 import ops
 from ops.testing import assert_close
 from tests.peers import cpu_peers
+from tests.peers.grads import outputs_and_grads
 
 BACKENDS = ["reference", "triton"]
-
-
-def _with_grads(fn, inputs: dict, grad_out: torch.Tensor):
-    """fn(**inputs) -> (output, final state or None); returns them with the gradient of every input."""
-    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
-    out, final = fn(**leaves)
-    loss = (out * grad_out).sum() + (final.sum() if final is not None else 0)
-    loss.backward()
-    return out, final, {k: v.grad for k, v in leaves.items()}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -36,13 +28,14 @@ def test_linear_recurrence_matches_naive_recurrent_hgrn(backend, with_initial_st
         inputs["initial_state"] = torch.randn(batch, dim, generator=gen)
     grad_out = torch.randn(batch, length, dim, generator=gen)
 
-    want = _with_grads(lambda **kw: naive(**kw, output_final_state=True), inputs, grad_out)
-    got = _with_grads(lambda **kw: ops.linear_recurrence(**kw, output_final_state=True, backend=backend),
-                      inputs, grad_out)
-    assert_close("h", got[0], want[0], torch.float32)
-    assert_close("final state", got[1], want[1], torch.float32)
-    for name in want[2]:
-        assert_close(f"grad {name}", got[2][name], want[2][name], torch.float32)
+    (want_h, want_final), want_grads = outputs_and_grads(
+        lambda **kw: naive(**kw, output_final_state=True), inputs, grad_out)
+    (h, final), grads = outputs_and_grads(
+        lambda **kw: ops.linear_recurrence(**kw, output_final_state=True, backend=backend), inputs, grad_out)
+    assert_close("h", h, want_h, torch.float32)
+    assert_close("final state", final, want_final, torch.float32)
+    for name in want_grads:
+        assert_close(f"grad {name}", grads[name], want_grads[name], torch.float32)
 
 
 def _based_inputs(batch=2, length=45, heads=2, feature_dim=16, head_dim=24, seed=0):
@@ -55,8 +48,16 @@ def _based_inputs(batch=2, length=45, heads=2, feature_dim=16, head_dim=24, seed
 def _head_first(fn):
     """Wrap a (B, H, T, D) function of fla's naive module as a (B, T, H, D) one."""
     def wrapped(q, k, v, **kw):
-        return fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), **kw).transpose(1, 2), None
+        return fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), **kw).transpose(1, 2)
     return wrapped
+
+
+def _assert_same_attention(got, want):
+    (o, ), grads = got
+    (want_o, ), want_grads = want
+    assert_close("o", o, want_o, torch.float32)
+    for name in want_grads:
+        assert_close(f"grad {name}", grads[name], want_grads[name], torch.float32)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -65,20 +66,16 @@ def _head_first(fn):
 def test_based_attention_matches_naive_parallel_based(backend, use_norm, scale):
     naive = cpu_peers.fla_module("fla.ops.based.naive").naive_parallel_based
     inputs, grad_out = _based_inputs()
-    want = _with_grads(lambda **kw: _head_first(naive)(**kw, scale=scale, use_norm=use_norm), inputs, grad_out)
-    got = _with_grads(lambda **kw: (ops.based_attention(**kw, scale=scale, use_norm=use_norm, backend=backend), None),
-                      inputs, grad_out)
-    assert_close("o", got[0], want[0], torch.float32)
-    for name in want[2]:
-        assert_close(f"grad {name}", got[2][name], want[2][name], torch.float32)
+    options = dict(scale=scale, use_norm=use_norm)
+    want = outputs_and_grads(lambda **kw: _head_first(naive)(**kw, **options), inputs, grad_out)
+    got = outputs_and_grads(lambda **kw: ops.based_attention(**kw, **options, backend=backend), inputs, grad_out)
+    _assert_same_attention(got, want)
 
 
 def test_based_attention_matches_fla_parallel_based_kernel():
     """fla's own Triton kernel (forward and backward), interpreted on CPU, at a length over its 128-row tile."""
     parallel_based = cpu_peers.fla_module("fla.ops.based").parallel_based
     inputs, grad_out = _based_inputs(batch=1, length=150, heads=2, feature_dim=16, head_dim=16, seed=3)
-    want = _with_grads(lambda **kw: (parallel_based(**kw, scale=None, use_norm=True), None), inputs, grad_out)
-    got = _with_grads(lambda **kw: (ops.based_attention(**kw, backend="reference"), None), inputs, grad_out)
-    assert_close("o", got[0], want[0], torch.float32)
-    for name in want[2]:
-        assert_close(f"grad {name}", got[2][name], want[2][name], torch.float32)
+    want = outputs_and_grads(lambda **kw: parallel_based(**kw, scale=None, use_norm=True), inputs, grad_out)
+    got = outputs_and_grads(lambda **kw: ops.based_attention(**kw, backend="reference"), inputs, grad_out)
+    _assert_same_attention(got, want)

@@ -11,6 +11,7 @@ import torch
 import ops
 from ops.testing import assert_close
 from tests.peers import cpu_peers
+from tests.peers.grads import outputs_and_grads
 from zoo.blocks.mamba import Mamba
 
 MODULE_CONFIGS = [
@@ -112,18 +113,12 @@ def test_selective_scan_matches_selective_scan_ref(backend, layout, options):
     tensors = _scan_inputs(layout)
     optional = ("D", "z", "delta_bias")
     args = {k: v for k, v in tensors.items() if k not in optional or options.get(k)}
-    softplus = options.get("delta_softplus", False)
+    flags = dict(delta_softplus=options.get("delta_softplus", False), return_last_state=True)
     grad_out = torch.randn(tensors["u"].shape, generator=torch.Generator().manual_seed(9))
-
-    results = {}
-    for name, fn in (("mamba_ssm", interface.selective_scan_ref),
-                     ("zoo", lambda **kw: ops.selective_scan(**kw, backend=backend))):
-        leaves = {k: v.clone().requires_grad_() for k, v in args.items()}
-        out, last = fn(**leaves, delta_softplus=softplus, return_last_state=True)
-        (out * grad_out).sum().backward()
-        results[name] = (out, last, {k: v.grad for k, v in leaves.items()})
-
-    (out, last, grads), (want_out, want_last, want_grads) = results["zoo"], results["mamba_ssm"]
+    (want_out, want_last), want_grads = outputs_and_grads(
+        lambda **kw: interface.selective_scan_ref(**kw, **flags), args, grad_out)
+    (out, last), grads = outputs_and_grads(
+        lambda **kw: ops.selective_scan(**kw, **flags, backend=backend), args, grad_out)
     assert_close("out", out, want_out, torch.float32)
     assert_close("last state", last, want_last, torch.float32)
     for name in want_grads:
@@ -156,14 +151,11 @@ def test_causal_conv1d_matches_causal_conv1d_ref(activation, with_bias, with_ini
     if with_initial_states:
         args["initial_states"] = torch.randn(batch, dim, width - 1, generator=gen)
     grad_out = torch.randn(batch, dim, length, generator=gen)
-    results = {}
-    for name, fn in (("causal_conv1d", causal_conv1d_ref), ("zoo", ops.causal_conv1d)):
-        leaves = {k: v.clone().requires_grad_() for k, v in args.items()}
-        out, final = fn(**leaves, return_final_states=True, activation=activation)
-        (out * grad_out).sum().backward()
-        results[name] = (out, final, {k: v.grad for k, v in leaves.items()})
-    (out, final, grads), (want_out, want_final, want_grads) = results["zoo"], results["causal_conv1d"]
+    options = dict(return_final_states=True, activation=activation)
+    (want_out, want_final), want_grads = outputs_and_grads(
+        lambda **kw: causal_conv1d_ref(**kw, **options), args, grad_out)
+    (out, final), grads = outputs_and_grads(lambda **kw: ops.causal_conv1d(**kw, **options), args, grad_out)
     assert_close("out", out, want_out, torch.float32)
-    assert_close("final states", final, want_final.detach(), torch.float32)
+    assert_close("final states", final, want_final, torch.float32)
     for name in want_grads:
         assert_close(f"grad {name}", grads[name], want_grads[name], torch.float32)
