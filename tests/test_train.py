@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from zoo.lit import parameter_groups, warmup_cosine
 from zoo.model import LM
@@ -32,6 +33,19 @@ def test_every_model_config_builds_and_runs_a_step(tmp_path):
         assert all(0.0 <= s["accuracy"] <= 1.0 for s in report["slices"])
         assert report["num_parameters"] == result["num_parameters"] > 0
         assert list((out / "logs").rglob("metrics.csv")), "CSV logs are written"
+
+
+@pytest.mark.parametrize("feature_dim,window", [(16, 64), (8, 64), (16, 32), (4, 16)])
+def test_based_knobs_from_the_command_line_set_the_state_size(feature_dim, window):
+    """`model=based model.layers.1.feature_dim=F model.layers.2.window=W`: the state follows the closed forms."""
+    cfg = config(["model=based", f"model.layers.1.feature_dim={feature_dim}", f"model.layers.2.window={window}"])
+    model = LM(vocab_size=64, **OmegaConf.to_container(cfg.model, resolve=True))
+    d = cfg.model.d_model                                            # one linear-attention head of width d
+    conv = d * (3 - 1)                                               # short_conv, kernel 3
+    taylor = (1 + feature_dim + feature_dim * (feature_dim + 1) // 2) * (d + 1)
+    for length in (10, 100, 1000):
+        window_kv = 2 * d * min(length, window)
+        assert model.state_size(length) == conv + taylor + window_kv, (feature_dim, window, length)
 
 
 def test_the_default_model_learns_recall(tmp_path):
