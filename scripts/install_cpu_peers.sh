@@ -2,11 +2,11 @@
 # Install the peers' Python code without their CUDA builds, for tests/peers on a machine without a GPU:
 # mamba-ssm's and causal-conv1d's reference functions and Mamba module, fla-core's naive references and its
 # Triton kernels (run by Triton's interpreter). No dependencies are pulled, so the installed torch stays.
-# On a GPU machine, install the real CUDA builds instead (../shared/device/peers.sh).
+# The versions are the ones ../shared/device/peers.sh builds with CUDA on the GPU machine for the benchmarks.
 set -euo pipefail
 # the build helpers the two source packages import in setup.py (--no-build-isolation builds against our torch)
 python -m pip install -q setuptools wheel packaging
 # *_FORCE_BUILD: do not look for a prebuilt CUDA wheel; *_SKIP_CUDA_BUILD: do not compile the extensions
 MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE \
-    python -m pip install -q --no-deps --no-build-isolation mamba-ssm==2.2.4 causal-conv1d==1.5.0.post8
+    python -m pip install -q --no-deps --no-build-isolation mamba-ssm==2.3.2.post1 causal-conv1d==1.7.0
 python -m pip install -q --no-deps fla-core==0.6.0
