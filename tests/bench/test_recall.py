@@ -58,6 +58,12 @@ def test_writes_json_csv_png_with_the_expected_fields(swept):
     png = (swept / "recall.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     assert len(list((swept / "runs").glob("*.json"))) == EXPECTED_RUNS
+    table = (swept / "recall.md").read_text().splitlines()
+    assert table[0] == f"`{summary['environment']['command']}`"
+    header = [c.strip() for c in table[4].strip("|").split("|")]
+    assert header[:7] == ["line", "knobs", "d_model", "lr", "params", "state_size", "mean_accuracy"]
+    assert header[7:] == [f"acc_{s}" for s in slices]
+    assert len(table) == 6 + len(summary["best"])  # command, blank, machine, blank, header, rule, a row per point
 
 
 def test_a_second_run_reruns_nothing_and_a_missing_run_is_redone_identically(swept, capsys):

@@ -36,6 +36,9 @@ def test_writes_json_and_png_with_attention_as_the_reference(measured):
     state = {(r["mixer"], r["seq_len"]): r["state_size"] for r in rows}
     assert state["attention", 16] == 2 * state["attention", 8]
     assert state["short_conv", 16] == state["short_conv", 8]
+    table = (measured / "speed.md").read_text().splitlines()
+    assert table[0] == "`python -m zoo.bench speed --preset test --mixers short_conv --out " + str(measured) + " --device cpu`"
+    assert table[4].startswith("| mixer | batch | seq_len | train_tok_s |") and len(table) == 6 + len(rows)
     png = (measured / "speed.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 

@@ -1,7 +1,10 @@
 """python -m zoo.bench {ops,speed,recall} ...  (each command's --help says more)."""
 import argparse
 import importlib
+import shlex
 import sys
+
+from zoo.bench.environment import set_command
 
 # command -> module with add_arguments(parser) and run(args)
 COMMANDS = {
@@ -24,7 +27,9 @@ def main(argv=None):
             continue  # a command whose module is not written yet is simply not offered
         modules[name] = module
         module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    set_command(shlex.join(["python", "-m", "zoo.bench", *argv]))
     if args.command is None:
         parser.print_help()
         return 2

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from zoo.bench.environment import describe
-from zoo.bench.report import format_table, pyplot, write_json
+from zoo.bench.report import format_table, pyplot, write_json, write_markdown
 from zoo.bench.timing import median_ms
 
 OPS_WITH_BENCHMARKS = ("selective_scan", "linear_recurrence", "based")
@@ -135,7 +135,8 @@ def run(args) -> int:
         "copy_bandwidth_Bps": bandwidth, "rows": rows,
     })
     png = plot(rows, out / f"ops-{stamp}.png")
-    print(f"\nwrote {path} and {png}")
+    table = write_markdown(out / f"ops-{stamp}.md", rows, columns, describe(device))
+    print(f"\nwrote {path}, {png} and {table}")
     return 0
 
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from zoo.bench.choices import registered_mixers, resolve_mixers, resolve_preset
 from zoo.bench.environment import describe
 from zoo.bench.recall_grid import DEFAULT_KNOBS, N_LAYERS, PAIRING, PRESETS, PUBLIC_PRESETS, Preset, line_name
-from zoo.bench.report import format_table, pyplot, write_json
+from zoo.bench.report import format_table, pyplot, write_json, write_markdown
 
 SCHEMA = 1  # bump when the meaning of a run file changes: old files then no longer match any hash
 
@@ -228,7 +228,10 @@ def write_outputs(summary: dict, out: Path):
         writer.writerows(rows)
     plot(summary["best"], out / "recall.png", summary["preset"]["name"])
     shown = sorted(summary["best"], key=lambda r: (r["line"], r["state_size"]))
-    print(format_table(shown, ["line", "knobs", "d_model", "lr", "params", "state_size", "mean_accuracy"]))
+    columns = ["line", "knobs", "d_model", "lr", "params", "state_size", "mean_accuracy"]
+    print(format_table(shown, columns))
+    per_slice = [c for c in dict.fromkeys(c for row in shown for c in row) if c.startswith("acc_")]
+    write_markdown(out / "recall.md", shown, columns + per_slice, summary["environment"])
 
 
 def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -285,5 +288,5 @@ def run(args) -> int:
     summary = sweep(preset, mixers, out, device, workers)
     print(f"{len(summary['runs'])} runs ({summary['runs_trained_now']} trained now) in "
           f"{time.perf_counter() - started:.0f} s; wrote {out / 'recall.json'}, {out / 'recall.csv'}, "
-          f"{out / 'recall.png'}")
+          f"{out / 'recall.png'}, {out / 'recall.md'}")
     return 0

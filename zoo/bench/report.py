@@ -1,21 +1,37 @@
-"""Tables, JSON and plots: the three forms every benchmark result is written in."""
+"""Tables, JSON and plots: the forms every benchmark result is written in (a Markdown copy of the table, with
+the command and the machine, is what goes into the README)."""
 import json
 from pathlib import Path
 
 
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 def format_table(rows: list[dict], columns: list[str]) -> str:
     """A plain fixed-width table; floats get 4 significant digits, missing cells a dash."""
-    def cell(value):
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return str(value)
-
-    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
     line = lambda values: "  ".join(v.rjust(w) for v, w in zip(values, widths))
     return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def write_markdown(path: Path, rows: list[dict], columns: list[str], environment: dict) -> Path:
+    """The table as Markdown, headed by the command that made it and the machine it ran on."""
+    versions = ", ".join(f"{name} {environment[name]}" for name in ("torch", "triton", "mamba_ssm", "fla")
+                         if environment.get(name))
+    lines = [f"`{environment['command']}`", "",
+             f"{environment['device_name']} ({environment['device']}), {versions}, {environment['time']}", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)).replace("|", "\\|") for c in columns) + " |" for row in rows]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def write_json(path: Path, payload: dict) -> Path:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from zoo.bench.choices import resolve_mixers, resolve_preset
 from zoo.bench.environment import describe
-from zoo.bench.report import format_table, pyplot, write_json
+from zoo.bench.report import format_table, pyplot, write_json, write_markdown
 from zoo.bench.timing import median_ms, peak_memory_bytes, synchronize
 
 REFERENCE = "attention"
@@ -235,6 +235,7 @@ def run(args) -> int:
     columns = ["mixer", "batch", "seq_len", "train_tok_s", "train_vs_attention", "prefill_tok_s",
                "prefill_vs_attention", "decode_tok_s", "decode_vs_attention", "train_peak_bytes", "prefill_peak_bytes", "state_size", "oom"]
     print(format_table(rows, columns))
+    write_markdown(out / "speed.md", rows, columns, environment)
     print(f"{len(rows)} points in {time.perf_counter() - started:.0f} s; wrote {out / 'speed.json'}, "
-          f"{out / 'speed.png'}")
+          f"{out / 'speed.png'}, {out / 'speed.md'}")
     return 0
