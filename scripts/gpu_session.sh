@@ -6,6 +6,9 @@
 #   there (device run, repo root, carry .whl and .peers):
 #         bash scripts/gpu_session.sh all      # ~8 min: install, real-size kernel tests, peers, ops benchmark
 #         (or the steps one by one: install | test | peers | bench; each later step needs `install` in the same call)
+#         bash scripts/gpu_session.sh recall   # the GPU recall frontier, resumable across calls (~20 min in all):
+#         each call starts no run after RECALL_MINUTES (default 7) and copies results/recall-gpu to $OUT; copy that
+#         back to results/recall-gpu here (it travels with the working tree) and call again until no runs are left
 # Results go to $OUT (the device tool's output folder) when it is set, else to gpu_results/.
 set -euo pipefail
 OUT=${OUT:-gpu_results}
@@ -40,6 +43,12 @@ bench() {
   PYTHONUNBUFFERED=1 python3 -m zoo.bench speed --preset generation --mixers based_linear_attention,mamba --out "$OUT/generation" 2>&1 | tee "$OUT/bench-generation.log"
 }
 
+recall_sweep() {
+  PYTHONUNBUFFERED=1 python3 -m zoo.bench recall --preset gpu --out results/recall-gpu \
+    --stop-after "${RECALL_MINUTES:-7}" 2>&1 | tee "$OUT/bench-recall.log"
+  cp -r results/recall-gpu "$OUT/"
+}
+
 case "$step" in
   fetch) fetch ;;
   install) install ;;
@@ -47,5 +56,6 @@ case "$step" in
   peers) install; peers ;;
   bench) install; peers; bench ;;
   all) install; run_tests; peers; run_tests; bench ;;
-  *) echo "usage: scripts/gpu_session.sh fetch|install|test|peers|bench|all" >&2; exit 2 ;;
+  recall) install; recall_sweep ;;
+  *) echo "usage: scripts/gpu_session.sh fetch|install|test|peers|bench|all|recall" >&2; exit 2 ;;
 esac

@@ -84,6 +84,22 @@ def test_a_second_run_reruns_nothing_and_a_missing_run_is_redone_identically(swe
     assert after["slices"] == before["slices"]
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_stop_after_trains_what_fits_and_the_same_command_goes_on(tmp_path, workers, capsys):
+    """--stop-after (minutes): no run starts after it, at least one finishes, the outputs say how many are left."""
+    command = ["recall", "--preset", "test", "--mixers", MIXERS, "--out", str(tmp_path), "--workers", str(workers)]
+    assert main(command + ["--stop-after", "0"]) == 0
+    partial = json.loads((tmp_path / "recall.json").read_text())
+    # the first run to finish, and with a pool the runs already in flight then (one per worker)
+    assert 1 <= partial["runs_trained_now"] == len(partial["runs"]) <= workers
+    assert partial["runs_left"] == EXPECTED_RUNS - len(partial["runs"]) > 0
+    assert f"{partial['runs_left']} runs left" in capsys.readouterr().out
+    assert main(command) == 0
+    whole = json.loads((tmp_path / "recall.json").read_text())
+    assert whole["runs_left"] == 0 and len(whole["runs"]) == EXPECTED_RUNS
+    assert whole["runs_trained_now"] == EXPECTED_RUNS - len(partial["runs"])
+
+
 def test_parallel_workers_write_every_run(tmp_path):
     """The CPU default: runs spread over processes of one thread each, each written as it finishes."""
     assert main(["recall", "--preset", "test", "--mixers", "short_conv", "--out", str(tmp_path), "--workers", "2"]) == 0

@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the preset's accelerator)")
     parser.add_argument("--workers", type=int, default=None,
                         help="runs trained at once in separate processes (default: the preset's; cpu: one per core)")
+    parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
+                        help="start no new run after this many minutes (runs in flight finish; at least one run "
+                             "trains); the same command later goes on where this one stopped")
 
 
 # ---- the grid -------------------------------------------------------------------------------------------------
@@ -125,8 +128,10 @@ def train_run(config: dict, datamodule, device: str) -> dict:
 
 
 # ---- the sweep --------------------------------------------------------------------------------------------------
-def sweep(preset: Preset, mixers: list[str], out: Path, device: str, workers: int = 1) -> dict:
-    """Run every grid run not already on disk, then summarise. Returns the summary (also written to out)."""
+def sweep(preset: Preset, mixers: list[str], out: Path, device: str, workers: int = 1,
+          stop_after_minutes: float | None = None) -> dict:
+    """Run every grid run not already on disk (or those that fit in ``stop_after_minutes``), then summarise what
+    is on disk. Returns the summary (also written to out); ``runs_left`` > 0 marks a partial sweep."""
     runs, notes = grid_runs(preset, mixers)
     run_dir = out / "runs"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -137,38 +142,53 @@ def sweep(preset: Preset, mixers: list[str], out: Path, device: str, workers: in
     print(f"recall preset {preset.name}: {len(runs)} runs, {len(runs) - len(pending)} already done, "
           f"{workers} worker(s), writing to {out}")
     trained = 0
+    deadline = None if stop_after_minutes is None else time.monotonic() + 60 * stop_after_minutes
     progress = tqdm(total=len(pending), desc="recall runs", unit="run")
-    for config, result in _train_all(preset, pending, device, workers):
+    for config, result in _train_all(preset, pending, device, workers, deadline):
         record = {"key": run_key(config), "config": config, "result": result, "device": describe(device)}
         write_json(run_dir / f"{record['key']}.json", record)  # written as it finishes: a restart skips it
         trained += 1
         progress.update()
     progress.close()
-    records = [json.loads((run_dir / f"{run_key(c)}.json").read_text()) for c in runs]
+    done = [run_dir / f"{run_key(c)}.json" for c in runs]
+    records = [json.loads(path.read_text()) for path in done if path.exists()]
     summary = summarise(preset, records, notes, device)
     summary["runs_trained_now"] = trained
+    summary["runs_left"] = len(runs) - len(records)
     write_outputs(summary, out)
     return summary
 
 
-def _train_all(preset: Preset, configs: list[dict], device: str, workers: int):
+def _train_all(preset: Preset, configs: list[dict], device: str, workers: int, deadline: float | None = None):
     """Yield (config, result) as runs finish: in this process, or in ``workers`` processes of one thread each.
 
     Small models on a CPU use a second core far better as a second run than as a second intra-op thread.
+    Past ``deadline`` (time.monotonic), checked as each run finishes, no new run starts.
     """
     if not configs:
         return
+    past_deadline = lambda: deadline is not None and time.monotonic() > deadline  # noqa: E731
     if workers == 1:
         datamodule = make_datamodule(preset)
         for config in configs:
             yield config, train_run(config, datamodule, device)
+            if past_deadline():
+                return
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=_worker_setup, initargs=(preset, threads)) as pool:
-        futures = {pool.submit(_worker_train, config, device): config for config in configs}
-        for future in concurrent.futures.as_completed(futures):
-            yield futures[future], future.result()
+        queue = list(configs)
+        # one run in flight per worker, the next submitted as one finishes: past the deadline none is submitted
+        running = {pool.submit(_worker_train, config, device): config for config in queue[:workers]}
+        del queue[:workers]
+        while running:
+            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                yield running.pop(future), future.result()
+            while queue and len(running) < workers and not past_deadline():
+                config = queue.pop(0)
+                running[pool.submit(_worker_train, config, device)] = config
 
 
 _WORKER_DATA = {}
@@ -285,8 +305,11 @@ def run(args) -> int:
     out = Path(args.out or f"bench_results/recall-{preset.name}")
     workers = args.workers or preset.workers or os.cpu_count() or 1
     started = time.perf_counter()
-    summary = sweep(preset, mixers, out, device, workers)
+    summary = sweep(preset, mixers, out, device, workers, args.stop_after)
     print(f"{len(summary['runs'])} runs ({summary['runs_trained_now']} trained now) in "
           f"{time.perf_counter() - started:.0f} s; wrote {out / 'recall.json'}, {out / 'recall.csv'}, "
           f"{out / 'recall.png'}, {out / 'recall.md'}")
+    if summary["runs_left"]:
+        print(f"stopped after --stop-after {args.stop_after:g} min: {summary['runs_left']} runs left, so these files "
+              f"are partial; run the same command again to go on")
     return 0
