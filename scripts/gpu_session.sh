@@ -4,7 +4,7 @@
 #   here  (CPU machine, repo root):  bash scripts/gpu_session.sh fetch
 #         -> .whl/ (hydra-core, omegaconf, antlr4: missing on the GPU image) and .peers/ (fla, mamba-ssm sources)
 #   there (device run, repo root, carry .whl and .peers):
-#         bash scripts/gpu_session.sh all      # ~8 min: install, real-size kernel tests, peers, ops benchmark
+#         bash scripts/gpu_session.sh all      # install, real-size kernel tests, peers, ops benchmark (estimated ~8 min; never run yet)
 #         (or the steps one by one: install | test | peers | bench; each later step needs `install` in the same call)
 #         bash scripts/gpu_session.sh recall   # the GPU recall frontier, resumable across calls (~20 min in all):
 #         each call starts no run after RECALL_MINUTES (default 7) and copies results/recall-gpu to $OUT; copy that
