@@ -12,7 +12,7 @@ def cases(K: int = 16, V: int = 64):
     BK, BV = kernels._widths(K, V)
     widths = dict(V=V, BV=BV)
     for kind, (dtype, pointer) in DTYPES.items():
-        precision = "ieee" if dtype == torch.float32 else "tf32"  # what _precision picks on a GPU
+        precision = kernels._precision(dtype)  # compile_check runs without the interpreter: the GPU choice
         tensors = {name: pointer for name in ("q", "k", "v", "o", "do", "dq", "dk", "dv")}
         types = dict(tensors, g="*fp32", dz="*fp32", scale="fp32", eps="fp32")
         for use_norm in (True, False):

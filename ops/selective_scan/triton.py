@@ -106,6 +106,14 @@ def _program_setup(pid_d, batch_id, A_ptr, D_ptr, bias_ptr, DIM, L, N, CH_PER_GR
 
 
 @triton.jit
+def _state_or_zeros(ptr, state_offs, dn_mask, PRESENT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """An optional (batch, dim, N) state's tile for this program, in float32; zeros when it is absent."""
+    if PRESENT:
+        return tl.load(ptr + state_offs, mask=dn_mask, other=0.0).to(tl.float32)
+    return tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr,
     out_ptr, last_ptr, ckpt_ptr,
@@ -117,10 +125,7 @@ def _scan_fwd_kernel(
     pid_d, batch_id = tl.program_id(0), tl.program_id(1)
     d, n, t_local, d_mask, n_mask, dn_mask, group, A, state_offs, bias, skip, row, is_last = _program_setup(
         pid_d, batch_id, A_ptr, D_ptr, bias_ptr, DIM, L, N, CH_PER_GROUP, HAS_D, HAS_BIAS, BLOCK_D, BLOCK_L, BLOCK_N)
-    if HAS_H0:
-        h = tl.load(h0_ptr + state_offs, mask=dn_mask, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    h = _state_or_zeros(h0_ptr, state_offs, dn_mask, HAS_H0, BLOCK_D, BLOCK_N)
 
     for k in range(0, N_CHUNKS):
         if SAVE_CKPT:  # the state entering every CKPT_EVERY-th chunk
@@ -224,10 +229,7 @@ def _scan_bwd_kernel(
     pid_d, batch_id = tl.program_id(0), tl.program_id(1)
     d, n, t_local, d_mask, n_mask, dn_mask, group, A, state_offs, bias, skip, row, is_last = _program_setup(
         pid_d, batch_id, A_ptr, D_ptr, bias_ptr, DIM, L, N, CH_PER_GROUP, HAS_D, HAS_BIAS, BLOCK_D, BLOCK_L, BLOCK_N)
-    if HAS_G_LAST:
-        lam = tl.load(g_last_ptr + state_offs, mask=dn_mask, other=0.0).to(tl.float32)
-    else:
-        lam = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    lam = _state_or_zeros(g_last_ptr, state_offs, dn_mask, HAS_G_LAST, BLOCK_D, BLOCK_N)
     g_A_acc = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     g_D_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     g_bias_acc = tl.zeros((BLOCK_D,), dtype=tl.float32)

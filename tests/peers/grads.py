@@ -1,6 +1,8 @@
 """Run a function on fresh leaf copies of its inputs and backpropagate, so ours and a peer's compare one-to-one."""
 import torch
 
+from ops.testing import assert_close
+
 
 def outputs_and_grads(fn, inputs: dict, grad_out: torch.Tensor):
     """fn(**inputs) -> a tensor or a tuple whose first entry is the main output (later ones: states, or None).
@@ -17,3 +19,13 @@ def outputs_and_grads(fn, inputs: dict, grad_out: torch.Tensor):
             loss = loss + extra.sum()
     loss.backward()
     return tuple(o.detach() if o is not None else None for o in outputs), {n: v.grad for n, v in leaves.items()}
+
+
+def assert_same_outputs_and_grads(got, want, output_names: tuple[str, ...]):
+    """Compare two ``outputs_and_grads`` results (ours, the peer's) at float32 tolerance: each named output and
+    the gradient of every input."""
+    (outputs, grads), (want_outputs, want_grads) = got, want
+    for name, actual, expected in zip(output_names, outputs, want_outputs, strict=True):
+        assert_close(name, actual, expected, torch.float32)
+    for name in want_grads:
+        assert_close(f"grad {name}", grads[name], want_grads[name], torch.float32)

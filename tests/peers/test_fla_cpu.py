@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import ops
-from ops.testing import assert_close
 from tests.peers import cpu_peers
-from tests.peers.grads import outputs_and_grads
+from tests.peers.grads import assert_same_outputs_and_grads, outputs_and_grads
 
 BACKENDS = ["reference", "triton"]
 
@@ -28,14 +27,10 @@ def test_linear_recurrence_matches_naive_recurrent_hgrn(backend, with_initial_st
         inputs["initial_state"] = torch.randn(batch, dim, generator=gen)
     grad_out = torch.randn(batch, length, dim, generator=gen)
 
-    (want_h, want_final), want_grads = outputs_and_grads(
-        lambda **kw: naive(**kw, output_final_state=True), inputs, grad_out)
-    (h, final), grads = outputs_and_grads(
+    want = outputs_and_grads(lambda **kw: naive(**kw, output_final_state=True), inputs, grad_out)
+    got = outputs_and_grads(
         lambda **kw: ops.linear_recurrence(**kw, output_final_state=True, backend=backend), inputs, grad_out)
-    assert_close("h", h, want_h, torch.float32)
-    assert_close("final state", final, want_final, torch.float32)
-    for name in want_grads:
-        assert_close(f"grad {name}", grads[name], want_grads[name], torch.float32)
+    assert_same_outputs_and_grads(got, want, ("h", "final state"))
 
 
 def _based_inputs(batch=2, length=45, heads=2, feature_dim=16, head_dim=24, seed=0):
@@ -52,14 +47,6 @@ def _head_first(fn):
     return wrapped
 
 
-def _assert_same_attention(got, want):
-    (o, ), grads = got
-    (want_o, ), want_grads = want
-    assert_close("o", o, want_o, torch.float32)
-    for name in want_grads:
-        assert_close(f"grad {name}", grads[name], want_grads[name], torch.float32)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("use_norm", [True, False])
 @pytest.mark.parametrize("scale", [None, 0.3])
@@ -69,7 +56,7 @@ def test_based_attention_matches_naive_parallel_based(backend, use_norm, scale):
     options = dict(scale=scale, use_norm=use_norm)
     want = outputs_and_grads(lambda **kw: _head_first(naive)(**kw, **options), inputs, grad_out)
     got = outputs_and_grads(lambda **kw: ops.based_attention(**kw, **options, backend=backend), inputs, grad_out)
-    _assert_same_attention(got, want)
+    assert_same_outputs_and_grads(got, want, ("o",))
 
 
 def test_based_attention_matches_fla_parallel_based_kernel():
@@ -78,4 +65,4 @@ def test_based_attention_matches_fla_parallel_based_kernel():
     inputs, grad_out = _based_inputs(batch=1, length=150, heads=2, feature_dim=16, head_dim=16, seed=3)
     want = outputs_and_grads(lambda **kw: parallel_based(**kw, scale=None, use_norm=True), inputs, grad_out)
     got = outputs_and_grads(lambda **kw: ops.based_attention(**kw, backend="reference"), inputs, grad_out)
-    _assert_same_attention(got, want)
+    assert_same_outputs_and_grads(got, want, ("o",))

@@ -11,7 +11,7 @@ import torch
 import ops
 from ops.testing import assert_close
 from tests.peers import cpu_peers
-from tests.peers.grads import outputs_and_grads
+from tests.peers.grads import assert_same_outputs_and_grads, outputs_and_grads
 from zoo.blocks.mamba import Mamba
 
 MODULE_CONFIGS = [
@@ -115,14 +115,9 @@ def test_selective_scan_matches_selective_scan_ref(backend, layout, options):
     args = {k: v for k, v in tensors.items() if k not in optional or options.get(k)}
     flags = dict(delta_softplus=options.get("delta_softplus", False), return_last_state=True)
     grad_out = torch.randn(tensors["u"].shape, generator=torch.Generator().manual_seed(9))
-    (want_out, want_last), want_grads = outputs_and_grads(
-        lambda **kw: interface.selective_scan_ref(**kw, **flags), args, grad_out)
-    (out, last), grads = outputs_and_grads(
-        lambda **kw: ops.selective_scan(**kw, **flags, backend=backend), args, grad_out)
-    assert_close("out", out, want_out, torch.float32)
-    assert_close("last state", last, want_last, torch.float32)
-    for name in want_grads:
-        assert_close(f"grad {name}", grads[name], want_grads[name], torch.float32)
+    want = outputs_and_grads(lambda **kw: interface.selective_scan_ref(**kw, **flags), args, grad_out)
+    got = outputs_and_grads(lambda **kw: ops.selective_scan(**kw, **flags, backend=backend), args, grad_out)
+    assert_same_outputs_and_grads(got, want, ("out", "last state"))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -152,10 +147,6 @@ def test_causal_conv1d_matches_causal_conv1d_ref(activation, with_bias, with_ini
         args["initial_states"] = torch.randn(batch, dim, width - 1, generator=gen)
     grad_out = torch.randn(batch, dim, length, generator=gen)
     options = dict(return_final_states=True, activation=activation)
-    (want_out, want_final), want_grads = outputs_and_grads(
-        lambda **kw: causal_conv1d_ref(**kw, **options), args, grad_out)
-    (out, final), grads = outputs_and_grads(lambda **kw: ops.causal_conv1d(**kw, **options), args, grad_out)
-    assert_close("out", out, want_out, torch.float32)
-    assert_close("final states", final, want_final, torch.float32)
-    for name in want_grads:
-        assert_close(f"grad {name}", grads[name], want_grads[name], torch.float32)
+    want = outputs_and_grads(lambda **kw: causal_conv1d_ref(**kw, **options), args, grad_out)
+    got = outputs_and_grads(lambda **kw: ops.causal_conv1d(**kw, **options), args, grad_out)
+    assert_same_outputs_and_grads(got, want, ("out", "final states"))

@@ -125,17 +125,18 @@ def run(args) -> int:
         rows += measure(case, device, bandwidth, with_backward=not args.no_backward)
 
     columns = ["op", "shape", "impl", "fwd_ms", "fwd_bwd_ms", "fwd_GBps", "fwd_floor_frac", "fwd_speedup", "fwd_bwd_speedup"]
-    print(f"\ndevice {describe(device)['device_name']}, dtype {dtype}, copy bandwidth {bandwidth / 1e9:.1f} GB/s "
+    environment = describe(device)
+    print(f"\ndevice {environment['device_name']}, dtype {dtype}, copy bandwidth {bandwidth / 1e9:.1f} GB/s "
           f"(speedup = peer ms / this ms; floor_frac = ideal ms at copy bandwidth / this ms)")
     print(format_table(rows, columns))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out)
     path = write_json(out / f"ops-{stamp}.json", {
-        "environment": describe(device), "preset": preset, "dtype": str(dtype),
+        "environment": environment, "preset": preset, "dtype": str(dtype),
         "copy_bandwidth_Bps": bandwidth, "rows": rows,
     })
     png = plot(rows, out / f"ops-{stamp}.png")
-    table = write_markdown(out / f"ops-{stamp}.md", rows, columns, describe(device))
+    table = write_markdown(out / f"ops-{stamp}.md", rows, columns, environment)
     print(f"\nwrote {path}, {png} and {table}")
     return 0
 
