@@ -49,7 +49,9 @@ class LitLM(L.LightningModule):
         return self.model(input_ids)
 
     def _loss(self, batch):
-        logits = self.model(batch["input_ids"])
+        # every batch entry besides input_ids and labels is a model input (a memory path, document ids, ...)
+        extras = {k: v for k, v in batch.items() if k not in ("input_ids", "labels")}
+        logits = self.model(batch["input_ids"], **extras)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
         return loss, logits
 

@@ -24,12 +24,10 @@ def quiet_lightning():
     logging.getLogger("lightning.pytorch").propagate = False
 
 
-def slice_rows(model, segments, accuracies: dict) -> list[dict]:
-    """One row per test slice: its shape, the model's state size at its length, and the accuracy reached."""
-    return [{"slice": segment.slice_key, "input_seq_len": segment.input_seq_len,
-             "num_kv_pairs": segment.num_kv_pairs, "state_size": model.state_size(segment.input_seq_len),
-             "accuracy": accuracies[segment.slice_key]}
-            for segment in segments]
+def slice_rows(model, slices: list[dict], accuracies: dict) -> list[dict]:
+    """One row per test slice: the task's description of it, the model's state size at its length, the accuracy."""
+    return [{**info, "state_size": model.state_size(info["input_seq_len"]), "accuracy": accuracies[info["slice"]]}
+            for info in slices]
 
 
 def build(cfg: DictConfig):
@@ -51,7 +49,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict:
     trainer.fit(lit, datamodule=datamodule)
     trainer.test(lit, datamodule=datamodule, verbose=False)
     model = lit.model
-    rows = slice_rows(model, datamodule.test_segments, lit.test_results)
+    rows = slice_rows(model, datamodule.describe_slices(), lit.test_results)
     result = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "task": OmegaConf.to_container(cfg.task, resolve=True),
@@ -65,6 +63,6 @@ def train(cfg: DictConfig, output_dir: Path) -> dict:
         if cfg.get("print_test_table", True):
             print(f"\nTest accuracy per slice ({model.num_parameters():,} parameters), written to "
                   f"{os.path.relpath(output_dir / 'test_accuracy.json')}:")
-            print(format_table(rows, ["slice", "input_seq_len", "num_kv_pairs", "state_size", "accuracy"]))
+            print(format_table(rows, list(rows[0])))
             print(f"mean accuracy {result['mean_accuracy']:.4f}")
     return result

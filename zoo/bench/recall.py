@@ -113,8 +113,8 @@ def train_run(config: dict, datamodule, device: str) -> dict:
         warnings.filterwarnings("ignore", module=r"lightning(\.|$)")  # worker-count and similar advice
         trainer.fit(lit, datamodule=datamodule)
         trainer.test(lit, datamodule=datamodule, verbose=False)
-    slices = slice_rows(model, datamodule.test_segments, lit.test_results)
-    longest = max(s.input_seq_len for s in datamodule.test_segments)
+    slices = slice_rows(model, datamodule.describe_slices(), lit.test_results)
+    longest = max(s["input_seq_len"] for s in slices)
     return {
         "params": model.num_parameters(),
         "state_size": model.state_size(longest),

@@ -1,5 +1,7 @@
 """Tasks: each builds a LightningDataModule yielding batches of input_ids and labels (-100 = not scored),
-plus ``slice_keys`` naming the evaluation slices (one per test dataloader)."""
+plus ``slice_keys`` naming the evaluation slices (one per test dataloader) and ``describe_slices()``: one dict
+per slice with at least ``slice`` and ``input_seq_len`` (the length at which the model's state size is read).
+Every batch entry other than ``input_ids`` and ``labels`` is passed to the model as a keyword argument."""
 from zoo.tasks.mqar_datamodule import MQARDataModule
 
 TASKS = {"mqar": MQARDataModule}

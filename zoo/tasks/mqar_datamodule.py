@@ -27,6 +27,11 @@ class MQARDataModule(L.LightningDataModule):
     def slice_keys(self) -> list[str]:
         return [segment.slice_key for segment in self.test_segments]
 
+    def describe_slices(self) -> list[dict]:
+        """One dict per evaluation slice (in slice_keys order): its key, its input_seq_len, and task columns."""
+        return [{"slice": s.slice_key, "input_seq_len": s.input_seq_len, "num_kv_pairs": s.num_kv_pairs}
+                for s in self.test_segments]
+
     def setup(self, stage: str | None = None):
         if self.train_set is None and stage in (None, "fit"):
             drawn = generate_segments(self.vocab_size, self.train_segments, 2 * self.seed, self.power_a, self.random_non_queries)
