@@ -141,3 +141,9 @@ def test_optimiser_settings_are_checked_before_training():
                                 ("min_lr_ratio", float("nan"), "optim.min_lr_ratio must be in \\[0, 1\\]")):
         with pytest.raises(ValueError, match=message):
             check_optim_settings(**{**good, key: value})
+
+
+def test_an_unknown_top_level_setting_is_not_silently_ignored():
+    from zoo.train import prepare
+    with pytest.raises(ValueError, match="unknown top-level setting 'ckpt_path'; known: checkpoint, .*resume=PATH"):
+        prepare(config(["+ckpt_path=outputs/x.ckpt"]))

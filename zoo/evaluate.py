@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     parser.add_argument("checkpoint", help="a .ckpt written by python train.py (or 'last')")
     parser.add_argument("--out", default=None, help="folder for the result (default <run folder>/eval_<name>)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings that replace the checkpoint's")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     from zoo.train import checkpoint_path, execute, prepare  # after argument parsing: --help answers at once
 
     try:
