@@ -20,9 +20,9 @@ from zoo.train import train
 QUIET_CLI = ["+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", "print_test_table=false"]
 
 
-def cli(*args, cwd, env=None, timeout=240):
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, *QUIET_CLI, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def cli(*args, cwd, env=None, flags=(), timeout=240):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *flags, *TINY, *QUIET_CLI, *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_sigterm_saves_a_checkpoint_says_where_and_exits_non_zero_then_resume_last_goes_on(tmp_path):
@@ -130,13 +130,14 @@ def test_a_mixer_from_a_module_outside_the_package_trains_through_train_py(tmp_p
 
 def test_a_multirun_leaves_one_table_of_its_jobs(tmp_path):
     sweep = tmp_path / "sweep"
-    done = cli("-m", "trainer.max_epochs=1", "optim.lr=1e-3,3e-3", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    done = cli("trainer.max_epochs=1", "optim.lr=1e-3,3e-3", f"hydra.sweep.dir={sweep}", flags=["-m"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     with open(sweep / "sweep.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["overrides"].split()[-1] for row in rows] == ["optim.lr=1e-3", "optim.lr=3e-3"]
+    swept = [[o for o in row["overrides"].split() if o.startswith("optim.lr=")] for row in rows]
+    assert swept == [["optim.lr=0.001"], ["optim.lr=0.003"]]
     for row in rows:
-        job = next(sweep.glob(f"{row['job']}_*"))
+        job = sweep / row["job"]
         result = json.loads((job / "test_accuracy.json").read_text())
         assert row["status"] == "done"
         assert float(row["mean_accuracy"]) == pytest.approx(result["mean_accuracy"])
