@@ -50,6 +50,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict:
     trainer.test(lit, datamodule=datamodule, verbose=False)
     model = lit.model
     rows = slice_rows(model, datamodule.describe_slices(), lit.test_results)
+    rows = [{**row, **lit.test_metrics.get(row["slice"], {})} for row in rows]  # language modelling: bpb etc.
     result = {
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "task": OmegaConf.to_container(cfg.task, resolve=True),
