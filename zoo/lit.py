@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from zoo.checkpoints import build_model
 from zoo.tasks.mqar import IGNORE_INDEX
 
 
@@ -37,10 +38,37 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def check_optim_settings(lr, weight_decay, betas, warmup_fraction, min_lr_ratio):
+    """Fail before training, naming the setting and its allowed range (AdamW would only fail at its first step)."""
+    def number(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number(lr) or lr <= 0:
+        raise ValueError(f"optim.lr must be a positive number, got {lr!r}")
+    if not number(weight_decay) or weight_decay < 0:
+        raise ValueError(f"optim.weight_decay must be a number >= 0, got {weight_decay!r}")
+    if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(number(b) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"optim.betas must be two numbers in [0, 1), got {betas!r}")
+    if not number(warmup_fraction) or not 0 <= warmup_fraction <= 1:
+        raise ValueError(f"optim.warmup_fraction must be in [0, 1], got {warmup_fraction!r}")
+    if not number(min_lr_ratio) or not 0 <= min_lr_ratio <= 1:
+        raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {min_lr_ratio!r}")
+
+
 class LitLM(L.LightningModule):
-    def __init__(self, model: nn.Module, slice_keys: list[str], lr: float = 3e-3, weight_decay: float = 0.1,
-                 betas=(0.9, 0.98), warmup_fraction: float = 0.1, min_lr_ratio: float = 0.01):
+    """``model`` is a built LM, or None with ``model_config`` (the LM's keyword arguments, vocab_size included).
+    Pass model_config and run_config (the resolved run config) with a built model too: checkpoints then carry
+    them, so ``LitLM.load_from_checkpoint(path)`` and ``zoo.checkpoints.load_model(path)`` need nothing else."""
+
+    def __init__(self, model: nn.Module | None = None, slice_keys: list[str] = (), lr: float = 3e-3,
+                 weight_decay: float = 0.1, betas=(0.9, 0.98), warmup_fraction: float = 0.1,
+                 min_lr_ratio: float = 0.01, model_config: dict | None = None, run_config: dict | None = None):
         super().__init__()
+        check_optim_settings(lr, weight_decay, betas, warmup_fraction, min_lr_ratio)
+        if model is None:
+            if model_config is None:
+                raise ValueError("LitLM needs a model or a model_config to build one from")
+            model = build_model(model_config, (run_config or {}).get("imports", ()))
+        self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.slice_keys = list(slice_keys)
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
@@ -48,6 +76,7 @@ class LitLM(L.LightningModule):
         make = lambda: MulticlassAccuracy(num_classes=model.vocab_size, average="micro", ignore_index=IGNORE_INDEX)
         self.val_accuracy = nn.ModuleList(make() for _ in self.slice_keys)
         self.test_accuracy = nn.ModuleList(make() for _ in self.slice_keys)
+        self.val_results: dict[str, float] = {}   # per slice, from the latest validation
         self.test_results: dict[str, float] = {}
         self.test_metrics: dict[str, dict] = {}  # language-modelling tasks: loss, perplexity, bits per byte
         self._batch_started = None
@@ -94,6 +123,8 @@ class LitLM(L.LightningModule):
         accuracies = [self.trainer.callback_metrics.get(f"val/acc/{k}") for k in self.slice_keys]
         if all(a is not None for a in accuracies):
             self.log("val/acc", torch.stack([a.float() for a in accuracies]).mean(), prog_bar=True)
+            if not self.trainer.sanity_checking:
+                self.val_results = {k: float(a) for k, a in zip(self.slice_keys, accuracies)}
         metrics = self._language_model_metrics("val")
         if metrics and not self.trainer.sanity_checking:
             loss, ppl, bpb = (sum(m[name] for m in metrics.values()) / len(metrics)

@@ -1,18 +1,41 @@
-"""Build everything a run needs from a config, fit, test, and report accuracy per slice."""
+"""A training run from a config: check and build everything first (a bad setting fails before anything is
+written), then fit with checkpoints, a logger and signal handling, test once, and report accuracy per slice.
+
+``prepare(cfg)`` does the checking and building; ``execute(run, output_dir)`` does the work. ``train(cfg,
+output_dir)`` is both. ``resume=PATH|last`` continues a checkpoint's run; ``eval=PATH|last`` only tests it.
+"""
 import json
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.loggers import CSVLogger
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from zoo.bench.report import format_table
+from zoo.checkpoints import BEST, CHECKPOINT_DIR, LAST, find_last, load_model, read_checkpoint, run_config
+from zoo.checks import require_choice, require_known_keywords
+from zoo.interrupt import RunInterrupted, StopOnSignal
 from zoo.lit import LitLM
 from zoo.model import LM
 from zoo.tasks import build_task
+from zoo.tasks.data import ResumableTrainOrder
+from zoo.user_modules import import_modules
+
+DEFAULT_MONITOR = ("val/acc", "max")   # when a task does not name its main validation metric
+RESULT_FILE = "test_accuracy.json"
+LOGGERS = ("csv", "tensorboard", "wandb", "none")
+# Trainer arguments train.py sets itself, and where the user sets them instead
+RESERVED_TRAINER_KEYS = {
+    "logger": "choose it with logger=csv|tensorboard|wandb|none",
+    "callbacks": "train.py adds checkpointing, early stopping and signal handling itself",
+    "default_root_dir": "runs write to Hydra's output folder (hydra.run.dir)",
+    "enable_checkpointing": "use checkpoint=true|false",
+}
+LIT_ARGUMENTS_SET_HERE = ("model", "slice_keys", "model_config", "run_config")
 
 
 def quiet_lightning():
@@ -30,40 +53,200 @@ def slice_rows(model, slices: list[dict], accuracies: dict) -> list[dict]:
             for info in slices]
 
 
+def plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True)
+
+
+# ---- checks -----------------------------------------------------------------------------------------------------
+def check_trainer(options: dict):
+    for key, where in RESERVED_TRAINER_KEYS.items():
+        if key in options:
+            raise ValueError(f"trainer.{key} is set by train.py: {where}")
+    require_known_keywords(L.Trainer, options, "trainer")
+    if str(options.get("accelerator", "auto")) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError("trainer=gpu needs a CUDA GPU and torch sees none on this machine; use trainer=cpu")
+
+
+def logger_class(options: dict):
+    """The Lightning logger class for logger=NAME (None for none); one line when its package is missing."""
+    name = options.get("name")
+    require_choice("logger", name, LOGGERS, "train.py")
+    if name == "none":
+        return None
+    from importlib.util import find_spec
+    if name == "tensorboard":
+        if find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
+            raise ValueError("logger=tensorboard needs the tensorboard package: pip install 'zoo[tensorboard]' "
+                             "(or use logger=csv)")
+        from lightning.pytorch.loggers import TensorBoardLogger
+        return TensorBoardLogger
+    if name == "wandb":
+        if find_spec("wandb") is None:
+            raise ValueError("logger=wandb needs the wandb package: pip install 'zoo[wandb]' (or use logger=csv)")
+        from lightning.pytorch.loggers import WandbLogger
+        return WandbLogger
+    from lightning.pytorch.loggers import CSVLogger
+    return CSVLogger
+
+
+def build_logger(options: dict, output_dir: Path):
+    options = dict(options)
+    cls = logger_class(options)
+    name = options.pop("name")
+    if cls is None:
+        return False
+    if name == "wandb":
+        return cls(save_dir=str(output_dir), **options)
+    return cls(str(output_dir), name="logs" if name == "csv" else name, **options)
+
+
+# ---- configs of checkpointed runs ---------------------------------------------------------------------------------
+def checkpoint_path(value) -> Path:
+    path = find_last() if str(value) == "last" else Path(str(value))
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} does not exist (give resume= or eval= a .ckpt file, or last)")
+    return path
+
+
+def config_of_checkpoint(cfg: DictConfig, path: Path, overrides=()) -> DictConfig:
+    """A resumed or evaluated run is the checkpoint's run: its stored config, except the settings named on this
+    command line (``overrides``, Hydra's override strings), which are taken from ``cfg``."""
+    stored = OmegaConf.create(run_config(read_checkpoint(path)))
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key not in ("resume", "eval"):
+            OmegaConf.update(stored, key, OmegaConf.select(cfg, key), force_add=True)
+    stored.resume, stored.eval = cfg.get("resume"), cfg.get("eval")
+    return stored
+
+
+# ---- building -----------------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    cfg: DictConfig
+    datamodule: L.LightningDataModule
+    lit: LitLM
+    trainer_options: dict
+    checkpoint: Path | None = None   # resume from it, or (eval) test it
+    evaluate_only: bool = False
+
+    def resume_folder(self) -> Path | None:
+        """The run folder a resumed checkpoint lives in (<folder>/checkpoints/x.ckpt): a resumed run goes on
+        writing there, so its best checkpoint is still chosen among all of the run's validations."""
+        if self.checkpoint is not None and not self.evaluate_only and self.checkpoint.parent.name == CHECKPOINT_DIR:
+            return self.checkpoint.parent.parent
+        return None
+
+    @property
+    def monitor(self) -> tuple[str, str]:
+        return tuple(getattr(self.datamodule, "monitor", DEFAULT_MONITOR))
+
+
 def build(cfg: DictConfig):
     """(datamodule, LitLM) from a train config; raises ValueError on any bad name or impossible setting."""
-    task = OmegaConf.to_container(cfg.task, resolve=True)
+    import_modules(cfg.get("imports") or [])
+    task = plain(cfg.task)
     datamodule = build_task(task.pop("name"), **task)
+    model_config = {"vocab_size": datamodule.vocab_size, **plain(cfg.model)}
+    require_known_keywords(LM, model_config, "model", skip=("vocab_size",))
+    optim = plain(cfg.optim)
+    require_known_keywords(LitLM, optim, "optim", skip=LIT_ARGUMENTS_SET_HERE)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = LM(vocab_size=datamodule.vocab_size, **OmegaConf.to_container(cfg.model, resolve=True))
-    lit = LitLM(model, datamodule.slice_keys, **OmegaConf.to_container(cfg.optim, resolve=True))
+    model = LM(**model_config)
+    lit = LitLM(model, datamodule.slice_keys, **optim, model_config=model_config, run_config=plain(cfg))
     return datamodule, lit
 
 
-def train(cfg: DictConfig, output_dir: Path) -> dict:
-    quiet_lightning()
+def prepare(cfg: DictConfig, overrides=()) -> Run:
+    """Check and build everything a run needs; writes nothing. ValueError (one line) on any bad setting."""
+    if cfg.get("resume") and cfg.get("eval"):
+        raise ValueError("resume= and eval= exclude each other: resume continues training, eval only tests")
+    checkpoint = None
+    if cfg.get("resume") or cfg.get("eval"):
+        checkpoint = checkpoint_path(cfg.get("resume") or cfg.get("eval"))
+        cfg = config_of_checkpoint(cfg, checkpoint, overrides)
+    trainer_options = plain(cfg.trainer)
+    check_trainer(trainer_options)
+    logger_class(plain(cfg.get("logger") or {"name": "csv"}))
     datamodule, lit = build(cfg)
-    trainer_options = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer = L.Trainer(logger=CSVLogger(str(output_dir), name="logs"), default_root_dir=str(output_dir),
-                        **trainer_options)
-    trainer.fit(lit, datamodule=datamodule)
-    trainer.test(lit, datamodule=datamodule, verbose=False)
+    if cfg.get("eval"):
+        lit.model.load_state_dict(load_model(checkpoint)[0].state_dict())
+    return Run(cfg, datamodule, lit, trainer_options, checkpoint, evaluate_only=bool(cfg.get("eval")))
+
+
+# ---- running ------------------------------------------------------------------------------------------------------
+def execute(run: Run, output_dir: Path, callbacks=()) -> dict:
+    """Fit (unless eval), test once (the best checkpoint by validation when there is one), write the result."""
+    quiet_lightning()
+    if isinstance(run.datamodule, ResumableTrainOrder):  # it is resumable, through the DataModule's state
+        warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch.*")
+    output_dir = Path(output_dir)
+    cfg, lit, datamodule = run.cfg, run.lit, run.datamodule
+    metric, mode = run.monitor
+    checkpoints = output_dir / CHECKPOINT_DIR
+    stop = StopOnSignal(checkpoints / LAST)
+    callbacks = [stop, *callbacks]
+    best = None
+    if cfg.get("checkpoint", True) and not run.evaluate_only:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+        best = ModelCheckpoint(dirpath=checkpoints, filename=Path(BEST).stem, monitor=metric, mode=mode,
+                               save_top_k=1, save_last=True, enable_version_counter=False)
+        callbacks.append(best)
+    if cfg.get("early_stopping_patience"):
+        from lightning.pytorch.callbacks import EarlyStopping
+        callbacks.append(EarlyStopping(monitor=metric, mode=mode, patience=cfg.early_stopping_patience))
+    trainer = L.Trainer(logger=build_logger(plain(cfg.get("logger") or {"name": "csv"}), output_dir),
+                        callbacks=callbacks, default_root_dir=str(output_dir), enable_checkpointing=best is not None,
+                        **run.trainer_options)
+    tested = str(run.checkpoint) if run.evaluate_only else "final weights"
+    if not run.evaluate_only:
+        if trainer.is_global_zero:
+            print(f"run folder {os.path.relpath(output_dir)}" + (f"; checkpoints in {os.path.relpath(checkpoints)}"
+                                                                 if best else "")
+                  + (f"; resuming {run.checkpoint}" if run.checkpoint else ""), flush=True)
+        stop.install()
+        try:
+            trainer.fit(lit, datamodule=datamodule, ckpt_path=str(run.checkpoint) if run.checkpoint else None)
+        finally:
+            stop.uninstall()
+        if stop.received is not None:  # the signal came after the last step: the run is still not finished
+            stop._stop(trainer)
+        if best is not None and best.best_model_path:
+            trainer.test(lit, datamodule=datamodule, verbose=False, ckpt_path=best.best_model_path,
+                         weights_only=False)
+            tested = os.path.relpath(best.best_model_path)
+        else:
+            trainer.test(lit, datamodule=datamodule, verbose=False)
+    else:
+        trainer.test(lit, datamodule=datamodule, verbose=False)
     model = lit.model
     rows = slice_rows(model, datamodule.describe_slices(), lit.test_results)
     rows = [{**row, **lit.test_metrics.get(row["slice"], {})} for row in rows]  # language modelling: bpb etc.
     result = {
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "task": OmegaConf.to_container(cfg.task, resolve=True),
-        "optim": OmegaConf.to_container(cfg.optim, resolve=True),
+        "model": plain(cfg.model),
+        "task": plain(cfg.task),
+        "optim": plain(cfg.optim),
         "num_parameters": model.num_parameters(),
         "mean_accuracy": sum(r["accuracy"] for r in rows) / len(rows),
+        "tested": tested,
+        "validation": {"monitor": metric, "mode": mode,
+                       "best": float(best.best_model_score) if best is not None and best.best_model_score is not None
+                       else None},
+        "global_step": trainer.global_step,
         "slices": rows,
     }
     if trainer.is_global_zero:
-        (output_dir / "test_accuracy.json").write_text(json.dumps(result, indent=2))
+        (output_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
         if cfg.get("print_test_table", True):
-            print(f"\nTest accuracy per slice ({model.num_parameters():,} parameters), written to "
-                  f"{os.path.relpath(output_dir / 'test_accuracy.json')}:")
+            print(f"\nTest accuracy per slice ({model.num_parameters():,} parameters; {tested}), written to "
+                  f"{os.path.relpath(output_dir / RESULT_FILE)}:")
             print(format_table(rows, list(rows[0])))
             print(f"mean accuracy {result['mean_accuracy']:.4f}")
     return result
+
+
+def train(cfg: DictConfig, output_dir: Path, overrides=(), callbacks=()) -> dict:
+    """prepare + execute: the whole run (raises ValueError on a bad config, RunInterrupted on a signal). A resumed
+    run writes to the folder of its checkpoint's run instead of output_dir."""
+    run = prepare(cfg, overrides)
+    return execute(run, run.resume_folder() or output_dir, callbacks)

@@ -1,6 +1,7 @@
 """python -m zoo.bench recall: outputs and their fields, resumability, determinism, the grid, bad names."""
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -42,13 +43,16 @@ def test_writes_json_csv_png_with_the_expected_fields(swept):
     attention = [r for r in summary["runs"] if r["line"] == "attention"]
     window = [r for r in summary["runs"] if r["line"] == "sliding_window_attention"]
     assert attention and window and attention[0]["state_size"] > window[0]["state_size"]
-    # one best lr per (mixer, knobs, d_model), and it is the best of its lr grid
+    # one best lr per (mixer, knobs, d_model), and it is the best of its lr grid on validation
     points = {(r["mixer"], r["knobs"], r["d_model"]) for r in summary["runs"]}
     assert len(summary["best"]) == len(points) == EXPECTED_RUNS // len(TEST.lrs)
     for best in summary["best"]:
         same = [r for r in summary["runs"] if (r["mixer"], r["knobs"], r["d_model"]) ==
                 (best["mixer"], best["knobs"], best["d_model"])]
-        assert best["mean_accuracy"] == max(r["mean_accuracy"] for r in same)
+        assert best["val_mean_accuracy"] == max(r["val_mean_accuracy"] for r in same)
+    for record in map(json.loads, map(Path.read_text, (swept / "runs").glob("*.json"))):
+        validation = record["result"]["val_slices"]
+        assert set(validation) == set(slices) and all(0.0 <= a <= 1.0 for a in validation.values())
 
     with open(swept / "recall.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -153,15 +157,26 @@ def test_public_presets_follow_the_protocol():
     assert GPU.vocab_size == 8192 and max(L for L, _, _ in GPU.test_segments) == 1024
 
 
-def test_best_lr_is_the_highest_mean_accuracy_per_point():
-    def record(lr, acc, d_model=16):
-        config = {"mixer": "attention", "knobs": {}, "d_model": d_model, "lr": lr}
-        result = {"params": 1, "state_size": 2, "mean_accuracy": acc, "train_seconds": 0.0,
-                  "slices": [{"slice": "L16_kv2", "accuracy": acc, "state_size": 2}]}
-        return {"key": f"{lr}-{d_model}", "config": config, "result": result}
-    summary = summarise(TEST, [record(1e-3, 0.2), record(1e-2, 0.9), record(1e-1, 0.5), record(1e-3, 0.4, 32)],
-                        [], "cpu")
+def lr_record(lr, val, test, d_model=16):
+    config = {"mixer": "attention", "knobs": {}, "d_model": d_model, "lr": lr}
+    result = {"params": 1, "state_size": 2, "val_mean_accuracy": val, "mean_accuracy": test, "train_seconds": 0.0,
+              "slices": [{"slice": "L16_kv2", "accuracy": test, "state_size": 2}]}
+    return {"key": f"{lr}-{d_model}", "config": config, "result": result}
+
+
+def test_best_lr_is_the_highest_mean_validation_accuracy_per_point():
+    summary = summarise(TEST, [lr_record(1e-3, 0.2, 0.2), lr_record(1e-2, 0.9, 0.9), lr_record(1e-1, 0.5, 0.5),
+                               lr_record(1e-3, 0.4, 0.4, 32)], [], "cpu")
     assert sorted((r["d_model"], r["lr"]) for r in summary["best"]) == [(16, 1e-2), (32, 1e-3)]
+
+
+def test_the_lr_choice_does_not_read_test_metrics():
+    """Validation prefers 1e-3, test would prefer 1e-2: validation wins, and any test numbers give the same choice."""
+    choose = lambda records: [(r["d_model"], r["lr"]) for r in summarise(TEST, records, [], "cpu")["best"]]
+    chosen = choose([lr_record(1e-3, 0.8, 0.1), lr_record(1e-2, 0.3, 0.95)])
+    assert chosen == [(16, 1e-3)]
+    for tests in ((0.0, 1.0), (1.0, 0.0), (float("nan"), float("nan"))):
+        assert choose([lr_record(1e-3, 0.8, tests[0]), lr_record(1e-2, 0.3, tests[1])]) == chosen
     assert line_name("attention", {"window": 8}) == "sliding_window_attention" != line_name("attention", {})
 
 

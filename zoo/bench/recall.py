@@ -2,7 +2,8 @@
 
 zoology's protocol: each mixer in a 2-layer [short_conv, mixer] LM, trained on MQAR and tested on longer
 sequences with more pairs, over widths and state knobs (recall_grid.py), with a learning-rate grid of which the
-best lr is kept per point. Each run is written to ``OUT/runs/<hash of its config>.json`` as soon as it finishes
+best lr is kept per point, chosen on a validation split (its own seed, the test slices) so that the test split
+is only reported. Each run is written to ``OUT/runs/<hash of its config>.json`` as soon as it finishes
 and is not rerun; the summary (JSON, CSV) and the plot (accuracy against state size, log x, one line per
 mixer) are rebuilt from every run file of the current grid at the end.
 """
@@ -27,7 +28,9 @@ from zoo.bench.environment import describe
 from zoo.bench.recall_grid import DEFAULT_KNOBS, N_LAYERS, PAIRING, PRESETS, PUBLIC_PRESETS, Preset, line_name
 from zoo.bench.report import format_table, pyplot, write_json, write_markdown
 
-SCHEMA = 1  # bump when the meaning of a run file changes: old files then no longer match any hash
+# bump when the meaning of a run file changes: old files then no longer match any hash.
+# 2: runs also validate (validation split, own seed) and the best lr is chosen on validation, not test
+SCHEMA = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser):
@@ -106,9 +109,11 @@ def train_run(config: dict, datamodule, device: str) -> dict:
     L.seed_everything(config["seed"], workers=True, verbose=False)
     model = LM(vocab_size=datamodule.vocab_size, **config["model"])
     lit = LitLM(model, datamodule.slice_keys, lr=config["lr"])
+    # validation once, after the last epoch: what the lr choice reads (the test split is only reported)
     trainer = L.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0, **config["trainer"])
+                        num_sanity_val_steps=0, check_val_every_n_epoch=config["trainer"]["max_epochs"],
+                        **config["trainer"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module=r"lightning(\.|$)")  # worker-count and similar advice
         trainer.fit(lit, datamodule=datamodule)
@@ -116,6 +121,8 @@ def train_run(config: dict, datamodule, device: str) -> dict:
     slices = slice_rows(model, datamodule.describe_slices(), lit.test_results)
     longest = max(s["input_seq_len"] for s in slices)
     return {
+        "val_mean_accuracy": sum(lit.val_results.values()) / len(lit.val_results),
+        "val_slices": lit.val_results,
         "params": model.num_parameters(),
         "state_size": model.state_size(longest),
         "state_size_seq_len": longest,
@@ -208,7 +215,8 @@ def flat_row(record: dict) -> dict:
     row = {"line": line_name(config["mixer"], config["knobs"]), "mixer": config["mixer"],
            "knobs": json.dumps(config["knobs"], sort_keys=True), "d_model": config["d_model"], "lr": config["lr"],
            "params": result["params"], "state_size": result["state_size"],
-           "mean_accuracy": result["mean_accuracy"], "train_seconds": result["train_seconds"], "key": record["key"]}
+           "val_mean_accuracy": result["val_mean_accuracy"], "mean_accuracy": result["mean_accuracy"],
+           "train_seconds": result["train_seconds"], "key": record["key"]}
     for s in result["slices"]:
         row[f"acc_{s['slice']}"] = s["accuracy"]
         row[f"state_{s['slice']}"] = s["state_size"]
@@ -218,9 +226,9 @@ def flat_row(record: dict) -> dict:
 def summarise(preset: Preset, records: list[dict], notes: list[str], device: str) -> dict:
     rows = [flat_row(r) for r in records]
     best: dict[tuple, dict] = {}
-    for row in rows:  # best lr per (mixer, knobs, d_model); ties go to the first lr of the grid
+    for row in rows:  # best lr per (mixer, knobs, d_model) by validation accuracy; ties go to the first lr
         point = (row["mixer"], row["knobs"], row["d_model"])
-        if point not in best or row["mean_accuracy"] > best[point]["mean_accuracy"]:
+        if point not in best or row["val_mean_accuracy"] > best[point]["val_mean_accuracy"]:
             best[point] = row
     best_keys = {row["key"] for row in best.values()}
     for row in rows:
@@ -231,7 +239,8 @@ def summarise(preset: Preset, records: list[dict], notes: list[str], device: str
         "protocol": {"pairing": [PAIRING, "<mixer>"], "n_layers": N_LAYERS,
                      "state_size": f"LM.state_size at the longest test length "
                                    f"({max(s[0] for s in preset.test_segments)}), per slice in state_<slice>",
-                     "best_lr": "highest mean test accuracy over the lr grid per (mixer, knobs, d_model)"},
+                     "best_lr": "highest mean validation accuracy (validation split: own seed, the test slices) "
+                                "over the lr grid per (mixer, knobs, d_model); test accuracy is only reported"},
         "notes": notes,
         "runs": rows,
         "best": [r for r in rows if r["best_lr"]],

@@ -1,6 +1,8 @@
 """Config names -> block classes. ``@register_mixer("name")`` on a class makes it usable as model=name."""
 from torch import nn
 
+from zoo.checks import require_known_keywords
+
 MIXERS: dict[str, type[nn.Module]] = {}
 MLPS: dict[str, type[nn.Module]] = {}
 
@@ -28,8 +30,12 @@ def _lookup(table: dict, kind: str, name: str):
 
 
 def build_mixer(name: str, d_model: int, layer_idx: int = 0, **hyper) -> nn.Module:
-    return _lookup(MIXERS, "mixer", name)(d_model, layer_idx=layer_idx, **hyper)
+    cls = _lookup(MIXERS, "mixer", name)
+    require_known_keywords(cls, hyper, f"mixer {name!r}", skip=("d_model", "layer_idx"), what="hyperparameter")
+    return cls(d_model, layer_idx=layer_idx, **hyper)
 
 
 def build_mlp(name: str, d_model: int, **hyper) -> nn.Module:
-    return _lookup(MLPS, "mlp", name)(d_model, **hyper)
+    cls = _lookup(MLPS, "mlp", name)
+    require_known_keywords(cls, hyper, f"mlp {name!r}", skip=("d_model",), what="hyperparameter")
+    return cls(d_model, **hyper)

@@ -30,11 +30,19 @@ class SegmentedDataset(Dataset):
 
 
 class SegmentBatchSampler(Sampler[list[int]]):
-    """Shuffled batches that never mix segments; reshuffled each epoch from a seeded generator."""
+    """Shuffled batches that never mix segments; reshuffled each epoch from a seeded generator (seed + epoch), so
+    an epoch's order is known in advance and a resumed run can start mid-epoch (``resume``)."""
 
     def __init__(self, offsets: list[int], batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False):
         self.offsets, self.batch_size, self.shuffle, self.seed, self.drop_last = offsets, batch_size, shuffle, seed, drop_last
         self.epoch = 0
+        self.start = 0  # batches of self.epoch already trained on (a resumed run skips them)
+
+    def resume(self, epoch: int, batches_done: int):
+        """The next iteration yields epoch ``epoch`` from its batch ``batches_done`` on (the next epoch if done)."""
+        if batches_done >= len(self):
+            epoch, batches_done = epoch + 1, 0
+        self.epoch, self.start = epoch, batches_done
 
     def _batches(self) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -51,8 +59,8 @@ class SegmentBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self):
-        batches = self._batches()
-        self.epoch += 1
+        batches = self._batches()[self.start:]
+        self.epoch, self.start = self.epoch + 1, 0
         return iter(batches)
 
     def __len__(self) -> int:
@@ -65,3 +73,28 @@ class SegmentBatchSampler(Sampler[list[int]]):
 def collate_batch(batch: dict) -> dict:
     """__getitems__ already returns a stacked batch, so collation has nothing left to do."""
     return batch
+
+
+class ResumableTrainOrder:
+    """Mixin for a task LightningDataModule whose train loader uses a SegmentBatchSampler made by
+    ``train_sampler``: checkpoints record the epoch and the batches already trained in it (Lightning saves a
+    DataModule's ``state_dict``), and a resumed run's sampler starts there: no batch is lost or repeated."""
+
+    _resume_at = (0, 0)
+
+    def state_dict(self) -> dict:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {}
+        # batches whose optimizer step is done in the current epoch (all of them when saved at its end)
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": trainer.current_epoch, "batches_done": done}
+
+    def load_state_dict(self, state: dict):
+        if state:
+            self._resume_at = (state["epoch"], state["batches_done"])
+
+    def train_sampler(self, offsets: list[int], batch_size: int, seed: int) -> SegmentBatchSampler:
+        sampler = SegmentBatchSampler(offsets, batch_size, shuffle=True, seed=seed)
+        sampler.resume(*self._resume_at)
+        return sampler

@@ -1,13 +1,25 @@
-"""MQAR as a LightningDataModule: train segments for fitting, test segments for validation and the final test."""
+"""MQAR as a LightningDataModule: train segments for fitting; validation and test drawn separately (their own
+seeds) with the same slices: validation chooses (checkpoints, early stopping, learning rates), test reports."""
 import lightning as L
 from torch.utils.data import DataLoader
 
-from zoo.tasks.data import SegmentBatchSampler, SegmentedDataset, collate_batch
+from zoo.tasks.data import ResumableTrainOrder, SegmentBatchSampler, SegmentedDataset, collate_batch
 from zoo.tasks.mqar import Segment, check_config, generate_segments, make_segments
 
 
-class MQARDataModule(L.LightningDataModule):
-    """Train and test sets are drawn from disjoint seeds (2*seed and 2*seed + 1), each segment from its own."""
+VALIDATION_SEED_OFFSET = 1_000_000  # validation draws from 1e6 + 2*seed + 1: apart from every train and test seed
+
+
+def split_seeds(seed: int) -> dict[str, int]:
+    """The data seed of each split (each segment then draws from its own seed derived from it)."""
+    return {"train": 2 * seed, "test": 2 * seed + 1, "validation": VALIDATION_SEED_OFFSET + 2 * seed + 1}
+
+
+class MQARDataModule(ResumableTrainOrder, L.LightningDataModule):
+    """Train, validation and test sets come from disjoint seeds (``split_seeds``); validation has the test
+    segments' slices and sizes. val_dataloader is validation, test_dataloader is test."""
+
+    monitor = ("val/acc", "max")  # the validation metric that picks the best checkpoint
 
     def __init__(self, vocab_size: int, train_segments, test_segments, batch_size: int = 64, seed: int = 0,
                  power_a: float = 0.01, random_non_queries: bool = True, num_workers: int = 0, name: str = "mqar"):
@@ -21,6 +33,7 @@ class MQARDataModule(L.LightningDataModule):
         for segment in self.train_segments + self.test_segments:  # fail at once, before any model is built
             check_config(vocab_size, segment.input_seq_len, segment.num_kv_pairs)
         self.train_set = None
+        self.val_sets = None
         self.test_sets = None
 
     @property
@@ -32,21 +45,29 @@ class MQARDataModule(L.LightningDataModule):
         return [{"slice": s.slice_key, "input_seq_len": s.input_seq_len, "num_kv_pairs": s.num_kv_pairs}
                 for s in self.test_segments]
 
+    def _draw(self, segments: list[Segment], split: str):
+        return generate_segments(self.vocab_size, segments, split_seeds(self.seed)[split], self.power_a,
+                                 self.random_non_queries)
+
     def setup(self, stage: str | None = None):
         if self.train_set is None and stage in (None, "fit"):
-            drawn = generate_segments(self.vocab_size, self.train_segments, 2 * self.seed, self.power_a, self.random_non_queries)
-            self.train_set = SegmentedDataset([(inputs, labels) for _, inputs, labels in drawn])
-        if self.test_sets is None:
-            drawn = generate_segments(self.vocab_size, self.test_segments, 2 * self.seed + 1, self.power_a, self.random_non_queries)
-            self.test_sets = [SegmentedDataset([(inputs, labels)]) for _, inputs, labels in drawn]
+            self.train_set = SegmentedDataset([(inputs, labels) for _, inputs, labels in
+                                               self._draw(self.train_segments, "train")])
+        if self.val_sets is None and stage in (None, "fit", "validate"):
+            self.val_sets = [SegmentedDataset([(x, y)]) for _, x, y in self._draw(self.test_segments, "validation")]
+        if self.test_sets is None and stage in (None, "test"):
+            self.test_sets = [SegmentedDataset([(x, y)]) for _, x, y in self._draw(self.test_segments, "test")]
 
     def train_dataloader(self):
-        sampler = SegmentBatchSampler(self.train_set.offsets, self.batch_size, shuffle=True, seed=self.seed)
+        sampler = self.train_sampler(self.train_set.offsets, self.batch_size, seed=self.seed)
         return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=collate_batch, num_workers=self.num_workers)
 
-    def _eval_loaders(self):
+    def _eval_loaders(self, sets: list[SegmentedDataset]):
         return [DataLoader(data, batch_sampler=SegmentBatchSampler(data.offsets, self.batch_size, shuffle=False),
-                           collate_fn=collate_batch, num_workers=self.num_workers) for data in self.test_sets]
+                           collate_fn=collate_batch, num_workers=self.num_workers) for data in sets]
 
-    val_dataloader = _eval_loaders
-    test_dataloader = _eval_loaders
+    def val_dataloader(self):
+        return self._eval_loaders(self.val_sets)
+
+    def test_dataloader(self):
+        return self._eval_loaders(self.test_sets)
