@@ -72,3 +72,35 @@ def test_complete_reads_the_prompt_as_a_document_start_and_stops_at_end_of_text(
     model = Scripted()
     assert complete(model, tokenizer, "héllo", max_new_tokens=4) == "ok"
     assert model.prompts[0] == [256, *"héllo".encode()]
+
+
+@pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
+def test_zoo_sample_needs_only_the_checkpoint_path(tmp_path, capsys, tokenizer):
+    """train.py task=text writes a checkpoint; zoo.sample rebuilds model and tokeniser from it alone."""
+    from hydra import compose, initialize_config_dir
+
+    from tests.tasks.test_text import ROOT, write_documents
+    from zoo.sample import main
+    from zoo.train import train
+
+    if tokenizer == "bpe":
+        pytest.importorskip("tokenizers")
+    write_documents(tmp_path / "corpus", 25)
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "task=text", f"task.path={tmp_path / 'corpus'}", f"task.tokenizer={tokenizer}", "task.bpe_vocab_size=300",
+            "task.seq_len=32", "model.d_model=32", "trainer.max_epochs=1", "+trainer.limit_train_batches=30",
+            "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", "print_test_table=false"])
+    train(cfg, tmp_path / "run")
+    capsys.readouterr()
+    checkpoint = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    text = main(["--checkpoint", str(checkpoint), "--prompt", "doc0003 line", "--max-new-tokens", "40",
+                 "--temperature", "0"])
+    printed = capsys.readouterr().out
+    assert printed == "doc0003 line" + text + "\n" and text
+    again = main(["--checkpoint", str(checkpoint), "--prompt", "doc0003 line", "--max-new-tokens", "40",
+                  "--temperature", "0"])
+    assert again == text                                                     # greedy is deterministic
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(tmp_path / "nothing.ckpt"), "--prompt", "x"])
+    assert exit_info.value.code == 2 and "nothing.ckpt" in capsys.readouterr().err

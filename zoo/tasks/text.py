@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from zoo.checks import require_choice, require_positive_int
-from zoo.tasks.data import SegmentBatchSampler, SegmentedDataset, collate_batch
+from zoo.tasks.data import ResumableTrainOrder, SegmentBatchSampler, SegmentedDataset, collate_batch
 from zoo.tasks.tokenizers import BPETokenizer, ByteTokenizer, bpe_cache_file, train_bpe
 
 TOKENIZERS = ("byte", "bpe")
@@ -205,8 +205,9 @@ def pack(stream: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------------- module
-class TextDataModule(L.LightningDataModule):
-    """Next-token prediction on a text corpus; one evaluation slice, "text", at length seq_len."""
+class TextDataModule(ResumableTrainOrder, L.LightningDataModule):
+    """Next-token prediction on a text corpus; one evaluation slice, "text", at length seq_len. val_dataloader
+    is the validation split (it picks checkpoints), test_dataloader the test split (reported once)."""
 
     monitor = ("val/bpb", "min")
 
@@ -256,19 +257,19 @@ class TextDataModule(L.LightningDataModule):
     def num_tokens(self, split: str) -> int:
         return len(self.sets[split]) * self.seq_len
 
-    def _loader(self, split: str, shuffle: bool):
-        data = self.sets[split]
-        sampler = SegmentBatchSampler(data.offsets, self.batch_size, shuffle=shuffle, seed=self.seed)
-        return DataLoader(data, batch_sampler=sampler, collate_fn=collate_batch, num_workers=self.num_workers)
+    def _loader(self, split: str, sampler):
+        return DataLoader(self.sets[split], batch_sampler=sampler, collate_fn=collate_batch,
+                          num_workers=self.num_workers)
 
     def train_dataloader(self):
-        return self._loader("train", shuffle=True)
+        # resumable: a run resumed mid-epoch goes on with the batches it had not trained yet
+        return self._loader("train", self.train_sampler(self.sets["train"].offsets, self.batch_size, self.seed))
 
     def val_dataloader(self):
-        return [self._loader("val", shuffle=False)]
+        return [self._loader("val", SegmentBatchSampler(self.sets["val"].offsets, self.batch_size, shuffle=False))]
 
     def test_dataloader(self):
-        return [self._loader("test", shuffle=False)]
+        return [self._loader("test", SegmentBatchSampler(self.sets["test"].offsets, self.batch_size, shuffle=False))]
 
 
 def tokenizer_from_task_config(task: dict):
