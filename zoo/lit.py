@@ -129,8 +129,8 @@ class LitLM(L.LightningModule):
         if metrics and not self.trainer.sanity_checking:
             loss, ppl, bpb = (sum(m[name] for m in metrics.values()) / len(metrics)
                               for name in ("loss", "perplexity", "bits_per_byte"))
-            self.print(f"epoch {self.current_epoch} (step {self.global_step}): validation loss {loss:.4f}, perplexity {ppl:.3f}, "
-                       f"bits per byte {bpb:.4f}")
+            self.print(f"epoch {self.current_epoch} (step {self.global_step}): validation loss {loss:.4f}, "
+                       f"perplexity {ppl:.3f}, bits per byte {bpb:.4f}")
 
     def on_test_epoch_end(self):
         self.test_results = {k: float(self.trainer.callback_metrics[f"test/acc/{k}"]) for k in self.slice_keys}
