@@ -79,7 +79,8 @@ def write_report(sweep_dir) -> list[dict]:
     from zoo.bench.report import format_table, write_json, write_markdown
 
     sweep_dir = Path(sweep_dir)
-    jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: p.name)
+    number = lambda p: int(p.name.split("_", 1)[0]) if p.name.split("_", 1)[0].isdigit() else 1 << 30
+    jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: (number(p), p.name))
     rows = [row for row in map(job_row, jobs) if row is not None]
     if not rows:
         return rows
