@@ -76,8 +76,9 @@ def test_warmup_then_cosine():
     assert lrs[-1] == pytest.approx(0.01, abs=1e-3)
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=180)
 
 
 def test_unknown_model_lists_the_known_ones():
@@ -92,3 +93,57 @@ def test_impossible_mqar_config_names_the_constraint():
     assert done.returncode == 2
     assert "4 * num_kv_pairs <= input_seq_len" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("override,message", [
+    ("+model.layers.1.num_head=2",
+     "mixer 'attention': unknown hyperparameter 'num_head'; accepted: backend, num_heads, window"),
+    ("+model.dmodel=64", "model: unknown setting 'dmodel'; accepted: d_model, n_layers, layers"),
+    ("trainer=gpu", "trainer=gpu needs a CUDA GPU and torch sees none on this machine; use trainer=cpu"),
+    ("optim.lr=-1", "optim.lr must be a positive number, got -1"),
+    ("+optim.momentum=0.9", "optim: unknown setting 'momentum'; accepted: lr, weight_decay, betas"),
+    ("+trainer.logger=true", "trainer.logger is set by train.py: choose it with logger=csv|tensorboard|wandb|none"),
+    ("imports=[no_such_module]", "imports: cannot import 'no_such_module'"),
+    ("resume=missing.ckpt", "checkpoint 'missing.ckpt' does not exist"),
+])
+def test_bad_settings_fail_in_one_line_before_training_and_leave_no_folder(tmp_path, override, message):
+    """Every bad setting is caught before the Trainer starts: exit 2, one line naming it and what is allowed."""
+    done = run_cli(override, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"error: {done.stderr.strip()[7:]}"], "exactly one line"
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout and "Epoch" not in done.stdout
+    assert not list(tmp_path.iterdir()), "no output folder is left behind"
+
+
+def test_a_missing_logger_package_fails_in_one_line(tmp_path, monkeypatch):
+    import importlib.util
+    from zoo.train import logger_class
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("tensorboard", "tensorboardX",
+                                                                                      "wandb") else real(name, *a))
+    for name in ("tensorboard", "wandb"):
+        with pytest.raises(ValueError, match=f"logger={name} needs the {name} package: pip install 'zoo\\[{name}\\]'"):
+            logger_class({"name": name})
+    with pytest.raises(ValueError, match="logger='mlflow' is not one of 'csv', 'tensorboard', 'wandb', 'none'"):
+        logger_class({"name": "mlflow"})
+
+
+def test_optimiser_settings_are_checked_before_training():
+    from zoo.lit import check_optim_settings
+    good = dict(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.98), warmup_fraction=0.1, min_lr_ratio=0.01)
+    check_optim_settings(**good)
+    for key, value, message in (("lr", 0, "optim.lr must be a positive number"),
+                                ("weight_decay", -0.1, "optim.weight_decay must be a number >= 0"),
+                                ("betas", (0.9, 1.5), "optim.betas must be two numbers in \\[0, 1\\)"),
+                                ("betas", (0.9,), "optim.betas must be two numbers"),
+                                ("warmup_fraction", 1.5, "optim.warmup_fraction must be in \\[0, 1\\]"),
+                                ("min_lr_ratio", float("nan"), "optim.min_lr_ratio must be in \\[0, 1\\]")):
+        with pytest.raises(ValueError, match=message):
+            check_optim_settings(**{**good, key: value})
+
+
+def test_an_unknown_top_level_setting_is_not_silently_ignored():
+    from zoo.train import prepare
+    with pytest.raises(ValueError, match="unknown top-level setting 'ckpt_path'; known: checkpoint, .*resume=PATH"):
+        prepare(config(["+ckpt_path=outputs/x.ckpt"]))

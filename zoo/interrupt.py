@@ -46,8 +46,13 @@ class StopOnSignal(L.Callback):
             signal.signal(signum, handler)
         self._previous = {}
 
+    # again once fit runs: Lightning then wraps SIGTERM in its own handler, which would stop at the end of the
+    # epoch with exit status 0
+    def on_sanity_check_start(self, trainer, pl_module):
+        self.install()
+
     def on_train_start(self, trainer, pl_module):
-        self.install()  # again: Lightning wraps SIGTERM with its own handler when fit starts
+        self.install()
 
     def _stop(self, trainer):
         if self.saved is None:

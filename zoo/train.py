@@ -101,6 +101,20 @@ def build_logger(options: dict, output_dir: Path):
 
 
 # ---- configs of checkpointed runs ---------------------------------------------------------------------------------
+def check_top_level(cfg: DictConfig):
+    """A misspelled or unused top-level setting (``+ckpt_path=...``) must not be silently ignored."""
+    declared = Path(__file__).resolve().parents[1] / "configs" / "train.yaml"
+    if not declared.is_file():  # installed without the configs: nothing to compare with
+        return
+    raw = OmegaConf.load(declared)
+    groups = [next(iter(d)) if isinstance(d, dict) or OmegaConf.is_dict(d) else str(d) for d in raw.get("defaults", [])]
+    known = set(raw) - {"defaults", "hydra"} | {g.split("@")[0].lstrip("/") for g in groups if g != "_self_"}
+    unknown = [key for key in cfg if key not in known]
+    if unknown:
+        raise ValueError(f"unknown top-level setting{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(sorted(known))} (to continue a run: resume=PATH)")
+
+
 def checkpoint_path(value) -> Path:
     path = find_last() if str(value) == "last" else Path(str(value))
     if not path.is_file():
@@ -114,7 +128,7 @@ def config_of_checkpoint(cfg: DictConfig, path: Path, overrides=()) -> DictConfi
     stored = OmegaConf.create(run_config(read_checkpoint(path)))
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        if key not in ("resume", "eval"):
+        if key not in ("resume", "eval") and not key.startswith("hydra"):
             OmegaConf.update(stored, key, OmegaConf.select(cfg, key), force_add=True)
     stored.resume, stored.eval = cfg.get("resume"), cfg.get("eval")
     return stored
@@ -159,6 +173,7 @@ def build(cfg: DictConfig):
 
 def prepare(cfg: DictConfig, overrides=()) -> Run:
     """Check and build everything a run needs; writes nothing. ValueError (one line) on any bad setting."""
+    check_top_level(cfg)
     if cfg.get("resume") and cfg.get("eval"):
         raise ValueError("resume= and eval= exclude each other: resume continues training, eval only tests")
     checkpoint = None
@@ -204,12 +219,16 @@ def execute(run: Run, output_dir: Path, callbacks=()) -> dict:
             print(f"run folder {os.path.relpath(output_dir)}" + (f"; checkpoints in {os.path.relpath(checkpoints)}"
                                                                  if best else "")
                   + (f"; resuming {run.checkpoint}" if run.checkpoint else ""), flush=True)
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
         stop.install()
         try:
             trainer.fit(lit, datamodule=datamodule, ckpt_path=str(run.checkpoint) if run.checkpoint else None)
+        except SIGTERMException:  # Lightning's own stop, outside a training step (sanity check, validation)
+            if stop.received is None:
+                raise
         finally:
             stop.uninstall()
-        if stop.received is not None:  # the signal came after the last step: the run is still not finished
+        if stop.received is not None:  # stopped outside a training step, or after the last one: not finished
             stop._stop(trainer)
         if best is not None and best.best_model_path:
             trainer.test(lit, datamodule=datamodule, verbose=False, ckpt_path=best.best_model_path,
