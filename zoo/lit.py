@@ -1,5 +1,10 @@
-"""Training: a LightningModule around zoo.model.LM with per-slice accuracy on the scored positions."""
+"""Training: a LightningModule around zoo.model.LM with per-slice accuracy on the scored positions.
+
+A language-modelling task's DataModule also exposes ``bytes_per_token`` ({"val": ..., "test": ...}: UTF-8
+bytes per scored token); LitLM then logs perplexity and bits per byte (comparable across tokenisers) too.
+"""
 import math
+import time
 
 import lightning as L
 import torch
@@ -73,6 +78,8 @@ class LitLM(L.LightningModule):
         self.test_accuracy = nn.ModuleList(make() for _ in self.slice_keys)
         self.val_results: dict[str, float] = {}   # per slice, from the latest validation
         self.test_results: dict[str, float] = {}
+        self.test_metrics: dict[str, dict] = {}  # language-modelling tasks: loss, perplexity, bits per byte
+        self._batch_started = None
 
     def forward(self, input_ids):
         return self.model(input_ids)
@@ -88,6 +95,14 @@ class LitLM(L.LightningModule):
         loss, _ = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._batch_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # forward, backward and optimizer step of this batch
+        seconds = time.perf_counter() - self._batch_started
+        self.log("train/tok_s", batch["input_ids"].numel() / seconds, prog_bar=True, on_step=True, on_epoch=False)
 
     def _evaluate(self, batch, dataloader_idx: int, stage: str, metrics: nn.ModuleList):
         loss, logits = self._loss(batch)
@@ -110,9 +125,35 @@ class LitLM(L.LightningModule):
             self.log("val/acc", torch.stack([a.float() for a in accuracies]).mean(), prog_bar=True)
             if not self.trainer.sanity_checking:
                 self.val_results = {k: float(a) for k, a in zip(self.slice_keys, accuracies)}
+        metrics = self._language_model_metrics("val")
+        if metrics and not self.trainer.sanity_checking:
+            loss, ppl, bpb = (sum(m[name] for m in metrics.values()) / len(metrics)
+                              for name in ("loss", "perplexity", "bits_per_byte"))
+            self.print(f"epoch {self.current_epoch} (step {self.global_step}): validation loss {loss:.4f}, "
+                       f"perplexity {ppl:.3f}, bits per byte {bpb:.4f}")
 
     def on_test_epoch_end(self):
         self.test_results = {k: float(self.trainer.callback_metrics[f"test/acc/{k}"]) for k in self.slice_keys}
+        self.test_metrics = self._language_model_metrics("test")
+
+    def _language_model_metrics(self, stage: str) -> dict[str, dict]:
+        """Perplexity and bits per byte from the epoch's mean loss per token, logged per slice and averaged
+        over slices; {} unless the task says how many bytes a token stands for."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        bytes_per_token = getattr(datamodule, "bytes_per_token", None) or {}
+        if stage not in bytes_per_token:
+            return {}
+        metrics = {}
+        for key in self.slice_keys:
+            loss = float(self.trainer.callback_metrics[f"{stage}/loss/{key}"])  # nats per token
+            metrics[key] = {"loss": loss, "perplexity": math.exp(min(loss, 80.0)),
+                            "bits_per_byte": loss / (math.log(2) * bytes_per_token[stage])}
+            self.log(f"{stage}/ppl/{key}", metrics[key]["perplexity"])
+            self.log(f"{stage}/bpb/{key}", metrics[key]["bits_per_byte"])
+        for name, short in (("loss", "loss"), ("perplexity", "ppl"), ("bits_per_byte", "bpb")):
+            self.log(f"{stage}/{short}", sum(m[name] for m in metrics.values()) / len(metrics),
+                     prog_bar=short == "bpb")
+        return metrics
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(parameter_groups(self.model, self.weight_decay), lr=self.lr, betas=self.betas)

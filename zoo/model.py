@@ -106,28 +106,48 @@ class LM(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                 top_k: int | None = None, top_p: float | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
         """Prefill the prompt through every layer's cache, then decode one token at a time.
 
-        temperature 0 is greedy. Returns (batch, prompt + max_new_tokens) token ids.
+        temperature 0 is greedy; otherwise sample from softmax(logits / temperature), restricted to the top_k
+        most likely tokens and/or the smallest set whose probability reaches top_p (nucleus sampling).
+        Returns (batch, prompt + max_new_tokens) token ids.
         """
         require_positive_int("max_new_tokens", max_new_tokens, "LM.generate")
+        check_sampling(temperature, top_k, top_p)
         caches = self.allocate_cache(input_ids.shape[0], device=input_ids.device)
         logits = self(input_ids, caches=caches, last_only=True)[:, -1]
         tokens = [input_ids]
         for step in range(max_new_tokens):
-            next_token = _sample(logits, temperature, top_k, generator)
+            next_token = _sample(logits, temperature, top_k, top_p, generator)
             tokens.append(next_token)
             if step + 1 < max_new_tokens:
                 logits = self(next_token, caches=caches)[:, -1]
         return torch.cat(tokens, dim=1)
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None):
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature!r}")
+    if top_k is not None:
+        require_positive_int("top_k", top_k, "sampling")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+            generator) -> torch.Tensor:
     if temperature <= 0:
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float() / temperature
     if top_k is not None:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        # drop every token whose more likely predecessors already reach top_p (the most likely always stays)
+        sorted_probs, order = logits.softmax(dim=-1).sort(dim=-1, descending=True)
+        drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        drop = torch.empty_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)

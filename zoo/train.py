@@ -240,6 +240,7 @@ def execute(run: Run, output_dir: Path, callbacks=()) -> dict:
         trainer.test(lit, datamodule=datamodule, verbose=False)
     model = lit.model
     rows = slice_rows(model, datamodule.describe_slices(), lit.test_results)
+    rows = [{**row, **lit.test_metrics.get(row["slice"], {})} for row in rows]  # language modelling: bpb etc.
     result = {
         "model": plain(cfg.model),
         "task": plain(cfg.task),

@@ -19,8 +19,9 @@ the train loader's batch sampler with its ``train_sampler(...)`` (a task without
 epoch from its first batch)."""
 from zoo.checks import require_known_keywords
 from zoo.tasks.mqar_datamodule import MQARDataModule
+from zoo.tasks.text import TextDataModule
 
-TASKS = {"mqar": MQARDataModule}
+TASKS = {"mqar": MQARDataModule, "text": TextDataModule}
 
 
 def build_task(name: str, **options):
