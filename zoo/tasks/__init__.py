@@ -3,8 +3,9 @@ plus ``slice_keys`` naming the evaluation slices (one per test dataloader) and `
 per slice with at least ``slice`` and ``input_seq_len`` (the length at which the model's state size is read).
 Every batch entry other than ``input_ids`` and ``labels`` is passed to the model as a keyword argument."""
 from zoo.tasks.mqar_datamodule import MQARDataModule
+from zoo.tasks.recall_suite import SUITE_TASKS
 
-TASKS = {"mqar": MQARDataModule}
+TASKS = {"mqar": MQARDataModule, **SUITE_TASKS}
 
 
 def build_task(name: str, **options):
