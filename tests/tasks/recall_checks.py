@@ -89,3 +89,13 @@ def assert_read_twice_layout(name: str, **options):
         assert (y[:, :context] == IGNORE_INDEX).all()
     assert [s["input_seq_len"] for s in twice.describe_slices()] == [
         sum(once.lengths(s)) for s in once.test_slices]
+
+
+def assert_needs_recall(task, chance: float, layers=({"name": "short_conv"}, {"name": "attention"}), steps: int = 600,
+                        solved: float = 0.9, **fit):
+    """A tiny attention LM solves the instance, while the best context-blind predictor stays near chance."""
+    blind = context_blind_accuracy(task)
+    assert max(blind) <= 1.5 * chance + 0.02, f"context-blind accuracy {blind} vs chance {chance:.3f}"
+    accuracy = train_tiny_lm(task, list(layers), steps=steps, **fit)
+    assert min(accuracy) >= solved, f"attention reached only {accuracy}"
+    return accuracy, blind
