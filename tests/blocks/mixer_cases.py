@@ -11,6 +11,7 @@ D_MODEL = 32
 EXTRA_CASES = {
     "attention": [{"num_heads": 2}, {"num_heads": 4, "window": 5}, {"num_heads": 2, "rotary": False}],
     "short_conv": [{"kernel_size": 4}],
+    "mamba": [{"init": "mimetic"}],
 }
 
 

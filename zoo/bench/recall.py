@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
                         help="start no new run after this many minutes (runs in flight finish; at least one run "
                              "trains); the same command later goes on where this one stopped")
+    from zoo.bench.recall_suite import add_suite_arguments  # the recall suite: --suite, --task NAME, --read-twice
+    add_suite_arguments(parser)
 
 
 # ---- the grid -------------------------------------------------------------------------------------------------
@@ -302,6 +304,9 @@ def plot(best_rows: list[dict], path: Path, preset_name: str):
 
 
 def run(args) -> int:
+    if getattr(args, "suite", False) or getattr(args, "task", None):
+        from zoo.bench.recall_suite import run as run_suite
+        return run_suite(args)
     try:
         preset = resolve_preset("recall", args.preset, PRESETS, PUBLIC_PRESETS)
         mixers = resolve_mixers(args.mixers.split(",") if args.mixers else None)

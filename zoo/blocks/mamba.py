@@ -11,6 +11,26 @@ contract: ``Mamba(d_model, layer_idx=0, backend="auto", d_state=16, ...)``.
     out   = out_proj(y)
 
 Decoding keeps the last d_conv - 1 conv inputs and the (d_inner, d_state) SSM state: a fixed-size state.
+
+``init="mimetic"`` (off by default; ``model=mamba_mimetic`` / ``conv_mamba_mimetic``): the structured
+initialisation of Trockman et al. 2024, "Mimetic initialization helps state space models learn to recall"
+(arXiv 2410.11135). What was verified from the paper's text available to this project (its abstract and
+introduction): the poor copying and recall of Mamba is attributed partly to training difficulty, and the
+proposal is "a structured initialization technique that allows state space layers to more readily mimic
+self-attention", which "makes it substantially easier for Mamba to learn to copy and do associative recall
+from scratch". The paper's method section could not be read here, so the two ingredients implemented are the
+ones named for the zoo's issue 16, read through Mamba's "attention" view
+y_t = sum_s C_t . (prod_{s<r<=t} exp(delta_r A)) B_s delta_s x_s:
+
+1. no decay at initialisation: A = -exp(A_log) is set to -0.01 for every channel and state (instead of S4D-real's
+   -(n+1)), so exp(delta A) >= 0.999 per step at every initial delta (<= dt_max = 0.1): the product over r is
+   ~1 and old tokens are not forgotten before training starts;
+2. B and C made to correlate: x_proj's C rows are a copy of its B rows (W_C = W_B), so C_t . B_s =
+   x_t^T W_B^T W_B x_s is largest where x_s resembles x_t, like attention with tied queries and keys (the
+   mimetic initialisation of self-attention, Trockman & Kolter 2023, sets W_Q W_K^T ~ I).
+
+Everything else (dt, conv, projections) keeps mamba-ssm's initialisation; the random draws are the same as the
+default's, so init="default" is bit-for-bit mamba-ssm's.
 """
 import math
 
@@ -33,6 +53,10 @@ def _require_positive_number(name, value, owner):
         raise ValueError(f"{owner}: {name} must be a positive number, got {value!r}")
 
 
+INITS = ("default", "mimetic")
+MIMETIC_DECAY_RATE = 0.01  # -A at a mimetic initialisation: exp(-0.01 * delta) >= 0.999 for delta <= 0.1
+
+
 @register_mixer("mamba")
 class Mamba(Mixer):
     backends = ("auto", "reference", "triton", "cuda")
@@ -40,10 +64,14 @@ class Mamba(Mixer):
     def __init__(self, d_model: int, layer_idx: int = 0, backend: str = "auto", d_state: int = 16, d_conv: int = 4,
                  expand: float = 2, dt_rank="auto", dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
-                 conv_bias: bool = True, bias: bool = False, use_fast_path: bool = True, device=None, dtype=None):
-        """``use_fast_path`` is accepted for signature compatibility with mamba-ssm; ``backend`` picks the path."""
+                 conv_bias: bool = True, bias: bool = False, use_fast_path: bool = True, device=None, dtype=None,
+                 init: str = "default"):
+        """``use_fast_path`` is accepted for signature compatibility with mamba-ssm; ``backend`` picks the path.
+        ``init``: "default" (mamba-ssm's) or "mimetic" (see the module docstring)."""
         super().__init__(d_model, layer_idx, backend)
         owner = "Mamba"
+        require_choice("init", init, INITS, owner)
+        self.init = init
         require_positive_int("d_state", d_state, owner)
         require_positive_int("d_conv", d_conv, owner)
         _require_positive_number("expand", expand, owner)
@@ -92,6 +120,16 @@ class Mamba(Mixer):
         self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+        if init == "mimetic":
+            self._mimetic_init()
+
+    @torch.no_grad()
+    def _mimetic_init(self):
+        """No decay at initialisation and W_C = W_B (see the module docstring for the source and the reasons)."""
+        self.A_log.fill_(math.log(MIMETIC_DECAY_RATE))
+        b_rows = slice(self.dt_rank, self.dt_rank + self.d_state)
+        c_rows = slice(self.dt_rank + self.d_state, self.dt_rank + 2 * self.d_state)
+        self.x_proj.weight[c_rows] = self.x_proj.weight[b_rows]
 
     # ---- backends --------------------------------------------------------------------------------------------
     def _scan_backend(self, device, continuing: bool) -> str:

@@ -19,9 +19,10 @@ the train loader's batch sampler with its ``train_sampler(...)`` (a task without
 epoch from its first batch)."""
 from zoo.checks import require_known_keywords
 from zoo.tasks.mqar_datamodule import MQARDataModule
+from zoo.tasks.recall_suite import SUITE_TASKS
 from zoo.tasks.text import TextDataModule
 
-TASKS = {"mqar": MQARDataModule, "text": TextDataModule}
+TASKS = {"mqar": MQARDataModule, "text": TextDataModule, **SUITE_TASKS}
 
 
 def build_task(name: str, **options):
