@@ -1,0 +1,197 @@
+"""Co4 (Adeel 2025, "Beyond Attention: Toward Machines with Intrinsic Higher Mental States"; Zain, Raza & Adeel,
+BabyLM 2025, "Single layer tiny Co^4 outpaces GPT-2 and GPT-BERT") made causal, with O(1) decoding.
+
+The released Co4 is bidirectional (vision / RL). This block is its causal version; docs/co4.md lists every choice
+the papers do not make and why. In one line per step, for the token at position t:
+
+1. One shared projection with bias gives q, k, v for the L learned latent tokens and for the input token.
+2. Modulation, per channel: M_Q = q_L * k_x + q_x, M_K = k_L * q_x + k_x, M_V = v_x^2 + 2 v_x + c_V, where
+   q_L, k_L are the latent rows' mean and c_V = mean over latent rows of q_l * k_l * (1 + |v_l|).
+3. Running per-channel top-k over the prefix s <= t of M_Q, M_K, M_V, ranked by the value rounded to bfloat16
+   (ties, exact or within that rounding, go to the earlier position; see ``ranking_key``): the k
+   pseudo-token rows T_Q, T_K, T_V (row r holds the r-th largest value of each channel). Before k tokens have
+   been seen only the first t + 1 rows exist (the others are masked out of the attention).
+4. Softmax attention (scale head_dim^-1/2, per head, no causal mask among these rows: they all summarise the
+   prefix) over the L + k rows [Q_L; T_Q] x [K_L; T_K] -> [V_L; T_V].
+5. Output: M_V[t], plus in each channel where token t is itself in the running top-k of M_V (rank r) the
+   attention output of row L + r, plus the latent rows' outputs pooled (``latent_output="mean"``) and broadcast.
+   No output projection unless ``output_projection=True``.
+
+Training runs chunk by chunk (``chunk_size`` tokens): the top-k of everything before the chunk is carried, and
+each position of the chunk merges it with the chunk's causal prefix, so the cost is linear in the length.
+Decoding keeps only the three (k, d_model) top-k tables: O(1) per token. zoo/blocks/co4_reference.py is the
+O(N^2) masked oracle of the same definition.
+"""
+import torch
+from torch import nn
+
+from zoo.blocks.base import Cache, Mixer
+from zoo.blocks.registry import register_mixer
+from zoo.checks import require_choice, require_positive_int
+
+LATENT_OUTPUTS = ("mean", "none")
+
+
+def ranking_key(values: torch.Tensor) -> torch.Tensor:
+    """What the top-k ranks by: the value rounded to bfloat16 (8 significant bits); the rows keep full precision.
+
+    Equal inputs (a repeated token) give equal values, but a one-token decode step computes its projection with a
+    different matrix shape than a prefill and can land one ulp away: with exact keys that ulp would flip the tie
+    and the token's rank. Rounding first makes such near-equal values tie exactly, and ties go to the earlier token.
+    """
+    return values.detach().to(torch.bfloat16).to(values.dtype)
+
+
+def running_topk_chunk(carry: torch.Tensor, chunk: torch.Tensor):
+    """Per-channel running top-k over one chunk, continuing from the top-k of all earlier tokens.
+
+    carry: (B, k, D) the top-k of every earlier token, sorted descending (ties: earlier first), -inf where fewer
+    than k tokens came before. chunk: (B, C, D) this chunk's values in time order.
+    Returns (top (B, C, k, D), rank (B, C, D)): top[:, i] is the top-k of the prefix ending at chunk position i
+    (differentiable: gathered from carry and chunk); rank[:, i] is where position i itself stands in it (k when
+    it is not in the top-k). Slots beyond the number of tokens seen so far hold -inf or arbitrary values: the
+    caller masks them by count.
+    """
+    B, k, D = carry.shape
+    C = chunk.shape[1]
+    source = torch.cat([carry, chunk], dim=1)  # candidate j: carried slot j (j < k) or chunk position j - k
+    with torch.no_grad():  # which candidates win is discrete: find them without building a graph
+        position = torch.arange(C, device=chunk.device)
+        candidate = torch.arange(k + C, device=chunk.device)
+        future = candidate[None, :] > (k + position[:, None])                       # (C, k + C)
+        keys = ranking_key(source).unsqueeze(1).expand(B, C, k + C, D)
+        keys = keys.masked_fill(future[None, :, :, None], float("-inf"))
+        # candidates are laid out in time order (carried rows precede the chunk and are already ranked with
+        # earlier-first ties), so a stable descending sort breaks every tie towards the earlier token
+        order = torch.sort(keys, dim=2, descending=True, stable=True).indices[:, :, :k]  # (B, C, k, D)
+        is_self = order == (k + position)[None, :, None, None]
+        rank = torch.where(is_self.any(dim=2), is_self.to(torch.int64).argmax(dim=2), torch.full_like(order[:, :, 0], k))
+    top = torch.gather(source, 1, order.reshape(B, C * k, D)).view(B, C, k, D)
+    return top, rank
+
+
+@register_mixer("co4")
+class Co4(Mixer):
+    """Causal Co4: latent-modulated triadic attention over a running per-channel top-k of the prefix.
+
+    Hyperparameters: ``latents`` L learned latent tokens; ``topk`` k pseudo-token rows (12 in the vision code);
+    ``num_heads`` (must divide d_model; each head attends over its head_dim channels of the L + k rows);
+    ``latent_output`` how the latent rows' attention output reaches every position ("mean": their mean is added
+    to each token's output; "none": latents only act through modulation and as keys/values); ``output_projection``
+    (False as in the papers; True adds a d_model x d_model projection, ``out_proj``); ``chunk_size`` tokens per
+    training chunk (memory/speed only: results do not depend on it).
+    Decoding state: the running top-k values of M_Q, M_K and M_V, 3 * k * d_model numbers, whatever the length.
+    """
+
+    backends = ("auto", "reference")  # the chunked PyTorch path; a Triton kernel is future work (docs/co4.md)
+
+    def __init__(self, d_model: int, layer_idx: int = 0, backend: str = "auto", latents: int = 8, topk: int = 12,
+                 num_heads: int = 2, latent_output: str = "mean", output_projection: bool = False,
+                 chunk_size: int = 32):
+        super().__init__(d_model, layer_idx, backend)
+        owner = type(self).__name__
+        require_positive_int("latents", latents, owner)
+        require_positive_int("topk", topk, owner)
+        require_positive_int("num_heads", num_heads, owner)
+        require_positive_int("chunk_size", chunk_size, owner)
+        require_choice("latent_output", latent_output, LATENT_OUTPUTS, owner)
+        if not isinstance(output_projection, bool):
+            raise ValueError(f"{owner}: output_projection must be True or False, got {output_projection!r}")
+        if d_model % num_heads:
+            raise ValueError(f"{owner}: num_heads={num_heads} must divide d_model={d_model}")
+        self.latents, self.topk, self.num_heads, self.chunk_size = latents, topk, num_heads, chunk_size
+        self.latent_output, self.head_dim = latent_output, d_model // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=True)  # shared by latent and input tokens
+        # latent tokens live in the (normalised) input space and go through the same projection
+        self.latent_tokens = nn.Parameter(torch.randn(latents, d_model))
+        self.out_proj = nn.Linear(d_model, d_model, bias=False) if output_projection else None
+
+    # ---- pieces shared by the chunked path and (by name) documented for the oracle -------------------------------
+    def latent_qkv(self, dtype):
+        q_l, k_l, v_l = self.qkv(self.latent_tokens.to(dtype)).chunk(3, dim=-1)  # (L, D) each
+        return q_l, k_l, v_l
+
+    def modulate(self, x: torch.Tensor):
+        """x (B, T, D) -> M_Q, M_K, M_V (B, T, D) and the latent rows q_L, k_L, v_L (L, D)."""
+        q_x, k_x, v_x = self.qkv(x).chunk(3, dim=-1)
+        q_l, k_l, v_l = self.latent_qkv(x.dtype)
+        m_q = q_l.mean(0) * k_x + q_x
+        m_k = k_l.mean(0) * q_x + k_x
+        m_v = v_x * v_x + 2 * v_x + (q_l * k_l * (1 + v_l.abs())).mean(0)
+        return (m_q, m_k, m_v), (q_l, k_l, v_l)
+
+    def _attend(self, latent_rows, tops, rank, start: int):
+        """Attention over [latent rows; top-k rows] at every position of a chunk; returns (B, C, D) mixed output."""
+        q_l, k_l, v_l = latent_rows
+        t_q, t_k, t_v = tops                              # (B, C, k, D)
+        B, C, k, D = t_q.shape
+        L, H, E = self.latents, self.num_heads, self.head_dim
+        seen = torch.arange(start + 1, start + C + 1, device=t_q.device)          # tokens in each prefix
+        filled = torch.arange(k, device=t_q.device)[None, :] < seen[:, None]     # (C, k) rows that exist
+        key_valid = torch.cat([filled.new_ones(C, L), filled], dim=1)            # (C, L + k)
+
+        def rows(latent, top):
+            top = torch.where(filled[None, :, :, None], top, torch.zeros((), dtype=top.dtype, device=top.device))
+            both = torch.cat([latent.expand(B, C, L, D), top], dim=2)           # (B, C, L + k, D)
+            return both.view(B, C, L + k, H, E).transpose(2, 3)                  # (B, C, H, L + k, E)
+
+        q, kk, v = rows(q_l, t_q), rows(k_l, t_k), rows(v_l, t_v)
+        scores = (q @ kk.transpose(-1, -2)) * self.scale
+        scores = scores.masked_fill(~key_valid[None, :, None, None, :], float("-inf"))
+        out = scores.softmax(dim=-1) @ v                                         # (B, C, H, L + k, E)
+        out = out.transpose(2, 3).reshape(B, C, L + k, D)
+        # each channel reads the row of its own rank among the top-k of M_V (nothing where it is not in it)
+        own_rank = rank[:, :, None, :] == torch.arange(k, device=rank.device)[None, None, :, None]
+        mixed = (out[:, :, L:] * own_rank.to(out.dtype)).sum(dim=2)
+        if self.latent_output == "mean":
+            mixed = mixed + out[:, :, :L].mean(dim=2)
+        return mixed
+
+    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        B, T, D = x.shape
+        (m_q, m_k, m_v), latent_rows = self.modulate(x)
+        if cache is None:
+            carries = [x.new_full((B, self.topk, D), float("-inf")) for _ in range(3)]
+            start = 0
+        else:
+            carries = [cache[name].to(x.dtype) for name in ("top_q", "top_k", "top_v")]
+            start = cache.seen
+        outputs = []
+        for c0 in range(0, T, self.chunk_size):
+            c1 = min(T, c0 + self.chunk_size)
+            tops, ranks = [], []
+            for i, m in enumerate((m_q, m_k, m_v)):
+                top, rank = running_topk_chunk(carries[i], m[:, c0:c1])
+                tops.append(top)
+                ranks.append(rank)
+                # the top-k of everything up to the chunk's end; unfilled slots stay -inf for the next merge
+                last_filled = torch.arange(self.topk, device=x.device) < start + c1
+                carries[i] = torch.where(last_filled[None, :, None], top[:, -1],
+                                         torch.full((), float("-inf"), dtype=top.dtype, device=x.device))
+            outputs.append(m_v[:, c0:c1] + self._attend(latent_rows, tops, ranks[2], start + c0))
+        y = torch.cat(outputs, dim=1)
+        if cache is not None:
+            for name, carry in zip(("top_q", "top_k", "top_v"), carries):
+                cache[name].copy_(carry.detach())
+            cache.seen += T
+        return self.out_proj(y) if self.out_proj is not None else y
+
+    def allocate_cache(self, batch_size: int, device=None, dtype=None) -> Cache:
+        weight = self.qkv.weight
+        shape = (batch_size, self.topk, self.d_model)
+        options = dict(device=device or weight.device, dtype=dtype or weight.dtype)
+        # the tables hold copies of modulated values (no accumulation): the model's dtype is exact enough
+        return Cache(top_q=torch.full(shape, float("-inf"), **options),
+                     top_k=torch.full(shape, float("-inf"), **options),
+                     top_v=torch.full(shape, float("-inf"), **options))
+
+    def state_size(self, seq_len: int) -> int:
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
+            raise ValueError(f"{type(self).__name__}: seq_len must be a non-negative integer, got {seq_len!r}")
+        return 3 * self.topk * self.d_model  # allocated in full from the start; latent rows are parameters
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, latents={self.latents}, topk={self.topk}, num_heads={self.num_heads}, "
+                f"latent_output={self.latent_output!r}, output_projection={self.out_proj is not None}, "
+                f"chunk_size={self.chunk_size}, backend={self.backend!r}")
