@@ -30,6 +30,7 @@ from zoo.blocks.registry import register_mixer
 from zoo.checks import require_choice, require_positive_int
 
 LATENT_OUTPUTS = ("mean", "none")
+CACHE_NAMES = ("top_q", "top_k", "top_v")  # running top-k tables of M_Q, M_K, M_V
 
 
 def ranking_key(values: torch.Tensor) -> torch.Tensor:
@@ -55,17 +56,25 @@ def running_topk_chunk(carry: torch.Tensor, chunk: torch.Tensor):
     B, k, D = carry.shape
     C = chunk.shape[1]
     source = torch.cat([carry, chunk], dim=1)  # candidate j: carried slot j (j < k) or chunk position j - k
-    with torch.no_grad():  # which candidates win is discrete: find them without building a graph
+    with torch.no_grad():  # which candidates win is discrete: rank them without building a graph
+        carried, new = ranking_key(carry), ranking_key(chunk)
         position = torch.arange(C, device=chunk.device)
-        candidate = torch.arange(k + C, device=chunk.device)
-        future = candidate[None, :] > (k + position[:, None])                       # (C, k + C)
-        keys = ranking_key(source).unsqueeze(1).expand(B, C, k + C, D)
-        keys = keys.masked_fill(future[None, :, :, None], float("-inf"))
-        # candidates are laid out in time order (carried rows precede the chunk and are already ranked with
-        # earlier-first ties), so a stable descending sort breaks every tie towards the earlier token
-        order = torch.sort(keys, dim=2, descending=True, stable=True).indices[:, :, :k]  # (B, C, k, D)
-        is_self = order == (k + position)[None, :, None, None]
-        rank = torch.where(is_self.any(dim=2), is_self.to(torch.int64).argmax(dim=2), torch.full_like(order[:, :, 0], k))
+        # the order is (key descending, time ascending); carried entries are earlier than the chunk and
+        # already in that order. Chunk element a beats chunk element b: larger key, or equal and earlier.
+        a, b = new[:, :, None, :], new[:, None, :, :]
+        beats = (a > b) | ((a == b) & (position[:, None] < position[None, :])[None, :, :, None])
+        # rank of chunk element j in the prefix ending at i: carried entries >= it, chunk elements j' <= i beating it
+        chunk_rank = beats.cumsum(dim=1) + (carried[:, :, None, :] >= new[:, None, :, :]).sum(dim=1)[:, None]
+        chunk_rank = chunk_rank.masked_fill((position[:, None] < position[None, :])[None, :, :, None], k)
+        # rank of carried entry r: r, plus the chunk elements up to i with a strictly larger key
+        carry_rank = torch.arange(k, device=chunk.device)[None, None, :, None] + \
+            (new[:, :, None, :] > carried[:, None, :, :]).cumsum(dim=1)
+        ranks = torch.cat([carry_rank, chunk_rank], dim=2).clamp_(max=k)        # (B, C, k + C, D)
+        # ranks below k are distinct within a prefix: scatter each winner's candidate index to its slot
+        candidate = torch.arange(k + C, device=chunk.device)[None, None, :, None].expand(B, C, k + C, D)
+        order = torch.zeros(B, C, k + 1, D, dtype=torch.int64, device=chunk.device)
+        order = order.scatter_(2, ranks, candidate)[:, :, :k]                    # (B, C, k, D)
+        rank = torch.diagonal(chunk_rank, dim1=1, dim2=2).permute(0, 2, 1).clamp(max=k)
     top = torch.gather(source, 1, order.reshape(B, C * k, D)).view(B, C, k, D)
     return top, rank
 
@@ -87,7 +96,7 @@ class Co4(Mixer):
 
     def __init__(self, d_model: int, layer_idx: int = 0, backend: str = "auto", latents: int = 8, topk: int = 12,
                  num_heads: int = 2, latent_output: str = "mean", output_projection: bool = False,
-                 chunk_size: int = 32):
+                 chunk_size: int = 8):
         super().__init__(d_model, layer_idx, backend)
         owner = type(self).__name__
         require_positive_int("latents", latents, owner)
@@ -151,29 +160,27 @@ class Co4(Mixer):
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         B, T, D = x.shape
         (m_q, m_k, m_v), latent_rows = self.modulate(x)
+        # the three streams rank independently per channel: run them as one tensor of 3 * d_model channels
+        streams = torch.cat([m_q, m_k, m_v], dim=-1)
         if cache is None:
-            carries = [x.new_full((B, self.topk, D), float("-inf")) for _ in range(3)]
-            start = 0
+            carry, start = x.new_full((B, self.topk, 3 * D), float("-inf")), 0
         else:
-            carries = [cache[name].to(x.dtype) for name in ("top_q", "top_k", "top_v")]
+            carry = torch.cat([cache[name].to(x.dtype) for name in CACHE_NAMES], dim=-1)
             start = cache.seen
         outputs = []
         for c0 in range(0, T, self.chunk_size):
             c1 = min(T, c0 + self.chunk_size)
-            tops, ranks = [], []
-            for i, m in enumerate((m_q, m_k, m_v)):
-                top, rank = running_topk_chunk(carries[i], m[:, c0:c1])
-                tops.append(top)
-                ranks.append(rank)
-                # the top-k of everything up to the chunk's end; unfilled slots stay -inf for the next merge
-                last_filled = torch.arange(self.topk, device=x.device) < start + c1
-                carries[i] = torch.where(last_filled[None, :, None], top[:, -1],
-                                         torch.full((), float("-inf"), dtype=top.dtype, device=x.device))
-            outputs.append(m_v[:, c0:c1] + self._attend(latent_rows, tops, ranks[2], start + c0))
+            top, rank = running_topk_chunk(carry, streams[:, c0:c1])
+            # the top-k of everything up to the chunk's end; unfilled slots stay -inf for the next merge
+            last_filled = torch.arange(self.topk, device=x.device) < start + c1
+            carry = torch.where(last_filled[None, :, None], top[:, -1],
+                                torch.full((), float("-inf"), dtype=top.dtype, device=x.device))
+            mixed = self._attend(latent_rows, top.split(D, dim=-1), rank[..., 2 * D:], start + c0)
+            outputs.append(m_v[:, c0:c1] + mixed)
         y = torch.cat(outputs, dim=1)
         if cache is not None:
-            for name, carry in zip(("top_q", "top_k", "top_v"), carries):
-                cache[name].copy_(carry.detach())
+            for name, table in zip(CACHE_NAMES, carry.detach().split(D, dim=-1)):
+                cache[name].copy_(table)
             cache.seen += T
         return self.out_proj(y) if self.out_proj is not None else y
 
@@ -182,9 +189,7 @@ class Co4(Mixer):
         shape = (batch_size, self.topk, self.d_model)
         options = dict(device=device or weight.device, dtype=dtype or weight.dtype)
         # the tables hold copies of modulated values (no accumulation): the model's dtype is exact enough
-        return Cache(top_q=torch.full(shape, float("-inf"), **options),
-                     top_k=torch.full(shape, float("-inf"), **options),
-                     top_v=torch.full(shape, float("-inf"), **options))
+        return Cache(**{name: torch.full(shape, float("-inf"), **options) for name in CACHE_NAMES})
 
     def state_size(self, seq_len: int) -> int:
         if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
