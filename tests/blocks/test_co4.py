@@ -130,7 +130,7 @@ def test_ties_go_to_the_earlier_token():
     carry = torch.full((1, k, 2), float("-inf"), dtype=torch.float64)
     ranks, top = [], None
     for c0 in range(0, 10, C):
-        top, rank = running_topk_chunk(carry, values[:, c0: c0 + C])
+        top, rank = running_topk_chunk(carry, values[:, c0: c0 + C], c0)
         ranks.append(rank)
         carry = top[:, -1]
     rank = torch.cat(ranks, dim=1)[0, :, 0]
@@ -146,7 +146,7 @@ def test_running_top_k_matches_a_brute_force_ranking_with_many_ties(chunk_size):
     carry = torch.full((2, k, D), float("-inf"), dtype=torch.float64)
     tops, ranks = [], []
     for c0 in range(0, T, chunk_size):
-        top, rank = running_topk_chunk(carry, values[:, c0: c0 + chunk_size])
+        top, rank = running_topk_chunk(carry, values[:, c0: c0 + chunk_size], c0)
         tops.append(top)
         ranks.append(rank)
         carry = top[:, -1]

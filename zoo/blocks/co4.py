@@ -43,40 +43,51 @@ def ranking_key(values: torch.Tensor) -> torch.Tensor:
     return values.detach().to(torch.bfloat16).to(values.dtype)
 
 
-def running_topk_chunk(carry: torch.Tensor, chunk: torch.Tensor):
-    """Per-channel running top-k over one chunk, continuing from the top-k of all earlier tokens.
+def running_topk_indices(carry: torch.Tensor, chunk: torch.Tensor, seen: int):
+    """Which entries form the per-channel running top-k over one chunk, continuing from all earlier tokens.
 
-    carry: (B, k, D) the top-k of every earlier token, sorted descending (ties: earlier first), -inf where fewer
-    than k tokens came before. chunk: (B, C, D) this chunk's values in time order.
-    Returns (top (B, C, k, D), rank (B, C, D)): top[:, i] is the top-k of the prefix ending at chunk position i
-    (differentiable: gathered from carry and chunk); rank[:, i] is where position i itself stands in it (k when
-    it is not in the top-k). Slots beyond the number of tokens seen so far hold -inf or arbitrary values: the
-    caller masks them by count.
+    carry: (B, k, S) the top-k of the ``seen`` earlier tokens, sorted descending (ties: earlier first); only its
+    first min(seen, k) slots are read as entries. chunk: (B, C, S) this chunk's values in time order.
+    Returns (order, rank), integer tensors built without a graph. order (B, C, k, S): for the prefix ending at
+    chunk position i, slot r holds the index of its r-th entry in [carry; chunk] (k + C where the prefix has
+    fewer than r + 1 tokens: the caller appends a padding row there). rank (B, C, S): where position i itself
+    stands in its prefix's top-k (k when it is not in it).
     """
-    B, k, D = carry.shape
+    B, k, S = carry.shape
     C = chunk.shape[1]
-    source = torch.cat([carry, chunk], dim=1)  # candidate j: carried slot j (j < k) or chunk position j - k
-    with torch.no_grad():  # which candidates win is discrete: rank them without building a graph
-        carried, new = ranking_key(carry), ranking_key(chunk)
-        position = torch.arange(C, device=chunk.device)
+    device = chunk.device
+    with torch.no_grad():
+        slot = torch.arange(k, device=device)[None, :, None]
+        carried = ranking_key(carry).masked_fill(slot >= seen, float("-inf"))     # empty slots rank below all
+        new = ranking_key(chunk)
+        position = torch.arange(C, device=device)
+        later = (position[:, None] < position[None, :])[None, :, :, None]        # (1, C_i, C_j, 1): j after i
         # the order is (key descending, time ascending); carried entries are earlier than the chunk and
         # already in that order. Chunk element a beats chunk element b: larger key, or equal and earlier.
         a, b = new[:, :, None, :], new[:, None, :, :]
-        beats = (a > b) | ((a == b) & (position[:, None] < position[None, :])[None, :, :, None])
+        beats = (a > b) | ((a == b) & later)
         # rank of chunk element j in the prefix ending at i: carried entries >= it, chunk elements j' <= i beating it
         chunk_rank = beats.cumsum(dim=1) + (carried[:, :, None, :] >= new[:, None, :, :]).sum(dim=1)[:, None]
-        chunk_rank = chunk_rank.masked_fill((position[:, None] < position[None, :])[None, :, :, None], k)
-        # rank of carried entry r: r, plus the chunk elements up to i with a strictly larger key
-        carry_rank = torch.arange(k, device=chunk.device)[None, None, :, None] + \
-            (new[:, :, None, :] > carried[:, None, :, :]).cumsum(dim=1)
-        ranks = torch.cat([carry_rank, chunk_rank], dim=2).clamp_(max=k)        # (B, C, k + C, D)
+        chunk_rank = chunk_rank.masked_fill(later, k)
+        # rank of carried entry r: r, plus the chunk elements up to i with a strictly larger key; empty slots never rank
+        slot = slot[None]
+        carry_rank = (slot + (new[:, :, None, :] > carried[:, None, :, :]).cumsum(dim=1)).masked_fill(slot >= seen, k)
+        ranks = torch.cat([carry_rank, chunk_rank], dim=2).clamp_(max=k)        # (B, C, k + C, S)
         # ranks below k are distinct within a prefix: scatter each winner's candidate index to its slot
-        candidate = torch.arange(k + C, device=chunk.device)[None, None, :, None].expand(B, C, k + C, D)
-        order = torch.zeros(B, C, k + 1, D, dtype=torch.int64, device=chunk.device)
-        order = order.scatter_(2, ranks, candidate)[:, :, :k]                    # (B, C, k, D)
+        candidate = torch.arange(k + C, device=device)[None, None, :, None].expand(B, C, k + C, S)
+        order = torch.full((B, C, k + 1, S), k + C, dtype=torch.int64, device=device)
+        order = order.scatter_(2, ranks, candidate)[:, :, :k]                    # (B, C, k, S)
         rank = torch.diagonal(chunk_rank, dim1=1, dim2=2).permute(0, 2, 1).clamp(max=k)
-    top = torch.gather(source, 1, order.reshape(B, C * k, D)).view(B, C, k, D)
-    return top, rank
+    return order, rank
+
+
+def running_topk_chunk(carry: torch.Tensor, chunk: torch.Tensor, seen: int):
+    """(top (B, C, k, S), rank): the running top-k values themselves (gathered, so differentiable), 0 in slots
+    the prefix cannot fill yet. See running_topk_indices."""
+    order, rank = running_topk_indices(carry, chunk, seen)
+    B, C, k, S = order.shape
+    source = torch.cat([carry, chunk, chunk.new_zeros(B, 1, S)], dim=1)
+    return torch.gather(source, 1, order.reshape(B, C * k, S)).view(B, C, k, S), rank
 
 
 @register_mixer("co4")
@@ -130,29 +141,22 @@ class Co4(Mixer):
         m_v = v_x * v_x + 2 * v_x + (q_l * k_l * (1 + v_l.abs())).mean(0)
         return (m_q, m_k, m_v), (q_l, k_l, v_l)
 
-    def _attend(self, latent_rows, tops, rank, start: int):
-        """Attention over [latent rows; top-k rows] at every position of a chunk; returns (B, C, D) mixed output."""
-        q_l, k_l, v_l = latent_rows
-        t_q, t_k, t_v = tops                              # (B, C, k, D)
-        B, C, k, D = t_q.shape
-        L, H, E = self.latents, self.num_heads, self.head_dim
-        seen = torch.arange(start + 1, start + C + 1, device=t_q.device)          # tokens in each prefix
-        filled = torch.arange(k, device=t_q.device)[None, :] < seen[:, None]     # (C, k) rows that exist
+    def _attend(self, rows: torch.Tensor, rank: torch.Tensor, start: int) -> torch.Tensor:
+        """rows (B, C, L + k, 3D): [latent rows; top-k rows] of q|k|v at each position of a chunk starting at
+        ``start``; rank (B, C, D): each token's rank in the top-k of M_V. Returns the (B, C, D) mixed output."""
+        B, C, R, _ = rows.shape
+        L, H, E, D = self.latents, self.num_heads, self.head_dim, self.d_model
+        k = R - L
+        seen = torch.arange(start + 1, start + C + 1, device=rows.device)        # tokens in each prefix
+        filled = torch.arange(k, device=rows.device)[None, :] < seen[:, None]    # (C, k) rows that exist
         key_valid = torch.cat([filled.new_ones(C, L), filled], dim=1)            # (C, L + k)
-
-        def rows(latent, top):
-            top = torch.where(filled[None, :, :, None], top, torch.zeros((), dtype=top.dtype, device=top.device))
-            both = torch.cat([latent.expand(B, C, L, D), top], dim=2)           # (B, C, L + k, D)
-            return both.view(B, C, L + k, H, E).transpose(2, 3)                  # (B, C, H, L + k, E)
-
-        q, kk, v = rows(q_l, t_q), rows(k_l, t_k), rows(v_l, t_v)
+        q, kk, v = (part.unflatten(-1, (H, E)).transpose(2, 3) for part in rows.split(D, dim=-1))  # (B, C, H, R, E)
         scores = (q @ kk.transpose(-1, -2)) * self.scale
         scores = scores.masked_fill(~key_valid[None, :, None, None, :], float("-inf"))
-        out = scores.softmax(dim=-1) @ v                                         # (B, C, H, L + k, E)
-        out = out.transpose(2, 3).reshape(B, C, L + k, D)
+        out = (scores.softmax(dim=-1) @ v).transpose(2, 3).reshape(B, C, R, D)
         # each channel reads the row of its own rank among the top-k of M_V (nothing where it is not in it)
-        own_rank = rank[:, :, None, :] == torch.arange(k, device=rank.device)[None, None, :, None]
-        mixed = (out[:, :, L:] * own_rank.to(out.dtype)).sum(dim=2)
+        own = out[:, :, L:].gather(2, rank.clamp(max=k - 1).unsqueeze(2)).squeeze(2)
+        mixed = own * (rank < k).to(out.dtype)
         if self.latent_output == "mean":
             mixed = mixed + out[:, :, :L].mean(dim=2)
         return mixed
@@ -167,16 +171,24 @@ class Co4(Mixer):
         else:
             carry = torch.cat([cache[name].to(x.dtype) for name in CACHE_NAMES], dim=-1)
             start = cache.seen
+        latent = torch.cat(latent_rows, dim=-1)                                  # (L, 3D): q|k|v of each latent
+        L, k = self.latents, self.topk
         outputs = []
         for c0 in range(0, T, self.chunk_size):
             c1 = min(T, c0 + self.chunk_size)
-            top, rank = running_topk_chunk(carry, streams[:, c0:c1])
-            # the top-k of everything up to the chunk's end; unfilled slots stay -inf for the next merge
-            last_filled = torch.arange(self.topk, device=x.device) < start + c1
-            carry = torch.where(last_filled[None, :, None], top[:, -1],
-                                torch.full((), float("-inf"), dtype=top.dtype, device=x.device))
-            mixed = self._attend(latent_rows, top.split(D, dim=-1), rank[..., 2 * D:], start + c0)
-            outputs.append(m_v[:, c0:c1] + mixed)
+            C = c1 - c0
+            order, rank = running_topk_indices(carry, streams[:, c0:c1], start + c0)
+            # one gather builds every position's rows: [latents; its top-k], padding (zeros) where none yet
+            source = torch.cat([carry, streams[:, c0:c1], streams.new_zeros(B, 1, 3 * D),
+                                latent.expand(B, L, 3 * D)], dim=1)
+            latent_index = torch.arange(k + C + 1, k + C + 1 + L, device=x.device)[None, None, :, None]
+            index = torch.cat([latent_index.expand(B, C, L, 3 * D), order], dim=2)
+            rows = torch.gather(source, 1, index.reshape(B, C * (L + k), 3 * D)).view(B, C, L + k, 3 * D)
+            # the top-k of everything up to the chunk's end; unfilled slots hold -inf for the next merge
+            last_filled = torch.arange(k, device=x.device) < start + c1
+            carry = torch.where(last_filled[None, :, None], rows[:, -1, L:],
+                                torch.full((), float("-inf"), dtype=rows.dtype, device=x.device))
+            outputs.append(m_v[:, c0:c1] + self._attend(rows, rank[..., 2 * D:], start + c0))
         y = torch.cat(outputs, dim=1)
         if cache is not None:
             for name, table in zip(CACHE_NAMES, carry.detach().split(D, dim=-1)):
