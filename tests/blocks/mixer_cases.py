@@ -12,6 +12,9 @@ EXTRA_CASES = {
     "attention": [{"num_heads": 2}, {"num_heads": 4, "window": 5}, {"num_heads": 2, "rotary": False}],
     "short_conv": [{"kernel_size": 4}],
     "mamba": [{"init": "mimetic"}],
+    # top-k saturated within the test lengths, chunks crossing it, several heads; the other latent/output modes
+    "co4": [{"latents": 2, "topk": 3, "num_heads": 4, "chunk_size": 5},
+            {"latent_output": "none", "output_projection": True, "chunk_size": 1}],
 }
 
 

@@ -58,6 +58,8 @@ CPU = Preset(
                                    {"feature_dim": 16, "d_models": [32, 64]}],
         "mingru": [{"d_models": [32, 64, 128]}],
         "minlstm": [{"d_models": [32, 64, 128]}],
+        # state 3 * topk * d_model (the running top-k of M_Q, M_K, M_V); 8 latents, 2 heads
+        "co4": [{"topk": 4, "d_models": [64]}, {"topk": 12, "d_models": [32, 64]}, {"topk": 32, "d_models": [64]}],
     },
 )
 
@@ -84,6 +86,7 @@ GPU = Preset(
         "based_linear_attention": [{"feature_dim": 8}, {"feature_dim": 16}, {"feature_dim": 24}],
         "mingru": [{}],
         "minlstm": [{}],
+        "co4": [{"topk": 8}, {"topk": 12}, {"topk": 32}],
     },
     precision="bf16-mixed",
     accelerator="gpu",

@@ -1,0 +1,219 @@
+"""Co4: the chunked block equals its O(N^2) oracle (outputs and every gradient), decodes like its parallel forward,
+keeps exactly state_size numbers, breaks top-k ties towards the earlier token, and rejects bad arguments."""
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from zoo.blocks.co4 import Co4, ranking_key, running_topk_chunk
+from zoo.blocks.co4_reference import co4_oracle
+from zoo.blocks.registry import MIXERS, build_mixer
+from zoo.model import LM
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
+F64 = dict(rtol=1e-9, atol=1e-9)
+
+# (hyperparameters, sequence length): top-k saturated or not, chunk boundaries inside and at the top-k size,
+# one head or several, each latent-output mode, with and without the optional projection
+SETTINGS = [
+    ({"latents": 2, "topk": 3, "num_heads": 4, "chunk_size": 5}, 17),
+    ({"latents": 1, "topk": 12, "num_heads": 1, "chunk_size": 4}, 9),     # fewer tokens than k
+    ({"latents": 4, "topk": 5, "num_heads": 2, "chunk_size": 64}, 23),    # one chunk
+    ({"latents": 3, "topk": 2, "num_heads": 2, "chunk_size": 1, "latent_output": "none",
+      "output_projection": True}, 11),
+]
+
+
+def _block(seed=0, d_model=32, dtype=torch.float64, **hyper):
+    torch.manual_seed(seed)
+    return Co4(d_model, **hyper).to(dtype)
+
+
+def _x(B, T, d=32, seed=1, dtype=torch.float64):
+    return torch.randn(B, T, d, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+def _outputs_and_grads(forward, block, x, weights):
+    x = x.clone().requires_grad_()
+    block.zero_grad()
+    y = forward(x)
+    (y * weights).sum().backward()
+    return y.detach(), x.grad, {name: p.grad.clone() for name, p in block.named_parameters()}
+
+
+def test_registered_under_its_config_name():
+    assert MIXERS["co4"] is Co4
+    block = build_mixer("co4", 32, layer_idx=1, latents=3, topk=5, num_heads=4)
+    assert (block.latents, block.topk, block.num_heads, block.head_dim, block.layer_idx) == (3, 5, 4, 8, 1)
+
+
+@pytest.mark.parametrize("hyper,seq", SETTINGS, ids=lambda v: str(v) if isinstance(v, int) else None)
+def test_chunked_equals_oracle_outputs_and_gradients(hyper, seq):
+    block = _block(**hyper)
+    x = _x(2, seq)
+    weights = _x(2, seq, seed=7)
+    y, dx, grads = _outputs_and_grads(block, block, x, weights)
+    y_ref, dx_ref, grads_ref = _outputs_and_grads(lambda inp: co4_oracle(block, inp), block, x, weights)
+    torch.testing.assert_close(y, y_ref, **F64)
+    torch.testing.assert_close(dx, dx_ref, **F64)
+    assert set(grads) == set(grads_ref)
+    for name, grad in grads.items():
+        assert grad.abs().sum() > 0, f"{name} gets no gradient"
+        torch.testing.assert_close(grad, grads_ref[name], **F64, msg=lambda m, n=name: f"grad of {n}: {m}")
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 8, 100])
+def test_results_do_not_depend_on_chunk_size(chunk_size):
+    x = _x(2, 30)
+    expected = _block(topk=6, chunk_size=30)(x)
+    torch.testing.assert_close(_block(topk=6, chunk_size=chunk_size)(x), expected, **F64)
+
+
+@pytest.mark.parametrize("hyper,seq", SETTINGS, ids=lambda v: str(v) if isinstance(v, int) else None)
+def test_causal_across_chunk_boundaries(hyper, seq):
+    block = _block(**hyper)
+    x = _x(1, seq)
+    y = block(x)
+    for t in range(seq - 1):
+        changed = x.clone()
+        changed[:, t + 1:] = _x(1, seq - t - 1, seed=t + 20)
+        y_changed = block(changed)
+        torch.testing.assert_close(y_changed[:, : t + 1], y[:, : t + 1], **F64)
+        assert not torch.allclose(y_changed[:, t + 1], y[:, t + 1]), f"output {t + 1} ignores its own input"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("prefill", [0, 1, 4, 13])
+def test_prefill_then_decode_equals_parallel_forward(prefill, dtype):
+    block = _block(dtype=dtype, latents=3, topk=4, num_heads=2, chunk_size=5)
+    x = _x(2, 21, dtype=dtype)
+    with torch.no_grad():
+        expected = block(x)
+        cache = block.allocate_cache(2, dtype=dtype)
+        pieces = [block(x[:, :prefill], cache)] if prefill else []
+        pieces += [block(x[:, t: t + 1], cache) for t in range(prefill, x.shape[1])]
+    assert cache.seen == 21 and cache["top_v"].dtype == dtype
+    tolerance = F64 if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat(pieces, 1), expected, **tolerance)
+
+
+def test_cache_holds_the_running_top_k_of_each_modulated_stream():
+    block = _block(topk=4)
+    x = _x(2, 9)
+    cache = block.allocate_cache(2)
+    with torch.no_grad():
+        block(x, cache)
+        streams, _ = block.modulate(x)
+    for name, m in zip(("top_q", "top_k", "top_v"), streams):
+        order = ranking_key(m).sort(dim=1, descending=True, stable=True).indices[:, :4]
+        torch.testing.assert_close(cache[name], m.gather(1, order), **F64)
+
+
+def test_state_size_is_exact_and_constant():
+    block = _block(d_model=32, topk=5)
+    assert block.state_size(0) == block.state_size(1) == block.state_size(10_000) == 3 * 5 * 32
+    for seq in (1, 3, 5, 12):
+        cache = block.allocate_cache(3)
+        with torch.no_grad():
+            block(_x(3, seq), cache)
+        assert cache.numel_per_sequence() == block.state_size(seq)
+    # the latent rows are parameters, not state
+    assert sum(t[0].numel() for t in cache.values()) == 3 * 5 * 32
+
+
+def test_ties_go_to_the_earlier_token():
+    """Equal values everywhere: token t's rank is t (every earlier equal token wins), and the top-k rows are
+    taken from the first k tokens (the gradient of the top rows lands there and nowhere else)."""
+    k, C = 3, 4
+    values = torch.ones(1, 10, 2, dtype=torch.float64, requires_grad=True)
+    carry = torch.full((1, k, 2), float("-inf"), dtype=torch.float64)
+    ranks, top = [], None
+    for c0 in range(0, 10, C):
+        top, rank = running_topk_chunk(carry, values[:, c0: c0 + C], c0)
+        ranks.append(rank)
+        carry = top[:, -1]
+    rank = torch.cat(ranks, dim=1)[0, :, 0]
+    assert rank.tolist() == [0, 1, 2, 3, 3, 3, 3, 3, 3, 3]  # k = 3 means "not in the top-k"
+    top[:, -1].sum().backward()
+    assert values.grad[0, :, 0].tolist() == [1, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 25])
+def test_running_top_k_matches_a_brute_force_ranking_with_many_ties(chunk_size):
+    k, T, D = 4, 25, 3
+    values = torch.randint(0, 4, (2, T, D), generator=torch.Generator().manual_seed(3)).double()
+    carry = torch.full((2, k, D), float("-inf"), dtype=torch.float64)
+    tops, ranks = [], []
+    for c0 in range(0, T, chunk_size):
+        top, rank = running_topk_chunk(carry, values[:, c0: c0 + chunk_size], c0)
+        tops.append(top)
+        ranks.append(rank)
+        carry = top[:, -1]
+    top, rank = torch.cat(tops, 1), torch.cat(ranks, 1)
+    for t in range(T):
+        beaten_by = (values[:, :t] >= values[:, t: t + 1]).sum(1)  # earlier tokens that are larger or equal
+        assert torch.equal(rank[:, t], beaten_by.clamp(max=k))
+        n = min(t + 1, k)
+        assert torch.equal(top[:, t, :n], values[:, : t + 1].sort(1, descending=True).values[:, :n])
+
+
+def test_float64_and_bfloat16_run_and_decode():
+    for dtype in (torch.float64, torch.bfloat16):
+        block = _block(dtype=dtype, topk=3, chunk_size=4)
+        x = _x(1, 9, dtype=dtype)
+        with torch.no_grad():
+            y = block(x)
+            cache = block.allocate_cache(1, dtype=dtype)
+            steps = torch.cat([block(x[:, t: t + 1], cache) for t in range(9)], 1)
+        assert y.dtype == steps.dtype == dtype and torch.isfinite(steps).all()
+        tolerance = F64 if dtype == torch.float64 else dict(rtol=5e-2, atol=5e-2)
+        torch.testing.assert_close(steps.double(), y.double(), **tolerance)
+
+
+@pytest.mark.parametrize("bad,named", [
+    ({"latents": 0}, "0"), ({"topk": -2}, "-2"), ({"num_heads": 3}, "num_heads=3"), ({"chunk_size": 1.5}, "1.5"),
+    ({"latent_output": "max"}, "'max'"), ({"output_projection": "yes"}, "'yes'"), ({"topk": True}, "True"),
+])
+def test_bad_arguments_raise_value_error_naming_the_value(bad, named):
+    with pytest.raises(ValueError) as error:
+        Co4(32, **bad)
+    assert named in str(error.value) and list(bad)[0] in str(error.value)
+
+
+def test_bad_state_size_argument():
+    with pytest.raises(ValueError, match="-1"):
+        Co4(32).state_size(-1)
+
+
+@pytest.mark.parametrize("config", ["co4", "co4_babylm", "conv_co4"])
+def test_model_configs_build_and_generate(config):
+    spec = yaml.safe_load((CONFIGS / f"{config}.yaml").read_text())
+    torch.manual_seed(0)
+    spec["d_model"] = 32  # the configs' layers at a test width
+    model = LM(vocab_size=50, **spec).double()
+    prompt = torch.randint(0, 50, (2, 6))
+    generated = model.generate(prompt, max_new_tokens=4)
+    # greedy decoding through the caches equals greedy argmax of the parallel forward
+    with torch.no_grad():
+        logits = model(generated[:, :-1])
+    assert torch.equal(logits[:, 5:].argmax(-1), generated[:, 6:])
+    co4_layers = [layer.mixer for layer in model.layers if isinstance(layer.mixer, Co4)]
+    assert co4_layers, "the config has a Co4 layer"
+    if config == "co4_babylm":  # the BabyLM shape: one layer, two heads, no MLP
+        assert len(model.layers) == 1 and co4_layers[0].num_heads == 2 and model.layers[0].mlp is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_repeated_inputs_decode_like_the_parallel_forward(dtype):
+    """A repeated token ties exactly in the parallel forward; one-token decode steps compute its projection with
+    another matrix shape (an ulp apart), and the rounded ranking key keeps the tie, so the ranks agree."""
+    block = _block(dtype=dtype, topk=4, chunk_size=8)
+    vocabulary = _x(1, 3, dtype=dtype)[0]
+    x = vocabulary[torch.tensor([[0, 1, 0, 2, 1, 0, 0, 2, 1, 1, 0, 2, 2, 0]])]
+    with torch.no_grad():
+        expected = block(x)
+        cache = block.allocate_cache(1, dtype=dtype)
+        steps = torch.cat([block(x[:, :3], cache)] + [block(x[:, t: t + 1], cache) for t in range(3, 14)], 1)
+    tolerance = F64 if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(steps, expected, **tolerance)
