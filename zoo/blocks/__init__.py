@@ -5,6 +5,7 @@ from zoo.blocks.registry import MIXERS, MLPS, build_mixer, build_mlp, register_m
 # each family module registers its classes on import
 from zoo.blocks.attention import Attention
 from zoo.blocks.based import BasedLinearAttention
+from zoo.blocks.hpm import HierarchicalMemoryFFN
 from zoo.blocks.mamba import Mamba
 from zoo.blocks.mingru import MinGRU, MinLSTM
 from zoo.blocks.mlp import GeluMLP, SwiGLU
