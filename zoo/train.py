@@ -55,6 +55,7 @@ def train(cfg: DictConfig, output_dir: Path) -> dict:
         "task": OmegaConf.to_container(cfg.task, resolve=True),
         "optim": OmegaConf.to_container(cfg.optim, resolve=True),
         "num_parameters": model.num_parameters(),
+        "sizes": model.size_report(),  # a memory adds bank / fetched / anchor / active counts
         "mean_accuracy": sum(r["accuracy"] for r in rows) / len(rows),
         "slices": rows,
     }
