@@ -7,8 +7,9 @@ attribute's own ``values_per_attribute`` value tokens.
 
 Training corpus: ``num_documents`` documents, each ``[BOS] (family name attribute value) x facts_per_document``
 about one topic: the first entity is drawn from a Zipf law (exponent ``zipf_exponent``) over all entities, the
-others from the same law restricted to that topic, the attributes uniformly. So mention frequency is
-long-tailed and documents are grouped by topic. Documents are embedded (``embedder``), clustered into the
+others from the same law restricted to that topic, the attributes uniformly. Popularity ranks are interleaved
+over topics (every topic has popular and rare entities). So mention frequency is long-tailed and documents are
+grouped by topic. Documents are embedded (``embedder``), clustered into the
 balanced k-means tree (``levels`` x ``branching``), and the documents of one leaf are packed together into
 training sequences of ``seq_len`` tokens; each sequence carries its leaf's path as ``memory_path`` (with
 probability ``generic_probability``, the generic memory's path instead: co-training).
@@ -119,7 +120,10 @@ class FactsDataModule(L.LightningDataModule):
     # ---- corpus ----------------------------------------------------------------------------------------------
     def _documents(self, rng, num_documents: int, per_document: int, exponent: float):
         world = self.world
-        rank = rng.permutation(world.num_entities)  # entity -> popularity rank
+        # popularity ranks interleaved over topics (the i-th most popular entity is in topic i mod num_topics), so
+        # every topic has its popular and its rare entities and topics carry similar mass
+        within = np.stack([rng.permutation(world.names_per_topic) for _ in range(world.num_topics)])
+        rank = (within * world.num_topics + rng.permutation(world.num_topics)[:, None]).reshape(-1)
         weight = 1.0 / (rank + 1.0) ** exponent
         topic_of = np.arange(world.num_entities) // world.names_per_topic
         first = rng.choice(world.num_entities, size=num_documents, p=weight / weight.sum())
