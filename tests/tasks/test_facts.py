@@ -12,8 +12,8 @@ from zoo.tasks.mqar import IGNORE_INDEX
 
 @pytest.fixture(scope="module")
 def task():
-    return build_task("facts", num_topics=4, names_per_topic=8, num_attributes=4, values_per_attribute=8,
-                      num_documents=600, facts_per_document=4, seq_len=32, levels=2, branching=2,
+    return build_task("facts", num_topics=4, names_per_topic=16, num_attributes=4, values_per_attribute=8,
+                      num_documents=300, facts_per_document=4, seq_len=32, levels=2, branching=2,
                       bucket_edges=[1, 3, 9], probes_per_bucket=30, batch_size=16, seed=1)
 
 
