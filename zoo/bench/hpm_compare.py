@@ -5,7 +5,9 @@ Each model trains on the same tokens (one datamodule, same order and seed) for t
 tested once, and the accuracy per frequency bucket goes into a table (stdout, Markdown, CSV), JSON and a PNG.
 """
 import argparse
+import concurrent.futures
 import csv
+import multiprocessing
 from pathlib import Path
 
 import torch
@@ -21,6 +23,8 @@ QUIET = ["+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=fa
 
 def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--out", default="bench_results/hpm-compare", help="output folder")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="models trained at once, in separate processes (default 1: one after another)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to experiment=hpm_compare")
 
 
@@ -37,21 +41,33 @@ def variants(memory: dict, d_model: int) -> dict[str, dict]:
     return {"anchor": anchor, "memory": memory, "dense": dense}
 
 
-def run(args) -> int:
+def train_one(name: str, config: dict, out: Path) -> dict:
     from zoo.train import train
 
+    print(f"[hpm] training {name}: mlp={config['model']['mlp']}", flush=True)
+    result = train(OmegaConf.create(config), out / name)
+    accuracy = ", ".join(f"{s['slice']} {s['accuracy']:.3f}" for s in result["slices"])
+    print(f"[hpm] {name}: {result['sizes']} | {accuracy}", flush=True)
+    return result
+
+
+def run(args) -> int:
     out = Path(args.out)
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         base = compose("train", overrides=["experiment=hpm_compare", *args.overrides, *QUIET])
     memory = OmegaConf.to_container(base.model.mlp, resolve=True)
-    results = {}
+    configs = {}
     for name, mlp in variants(memory, base.model.d_model).items():
-        cfg = base.copy()
-        cfg.model.mlp = mlp
-        print(f"[hpm] training {name}: mlp={mlp}", flush=True)
-        results[name] = train(cfg, out / name)
-        accuracy = ", ".join(f"{s['slice']} {s['accuracy']:.3f}" for s in results[name]["slices"])
-        print(f"[hpm] {name}: {results[name]['sizes']} | {accuracy}", flush=True)
+        config = OmegaConf.to_container(base, resolve=True)
+        config["model"]["mlp"] = mlp
+        configs[name] = config
+    if args.workers > 1:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+            futures = {name: pool.submit(train_one, name, config, out) for name, config in configs.items()}
+            results = {name: future.result() for name, future in futures.items()}
+    else:
+        results = {name: train_one(name, config, out) for name, config in configs.items()}
     rows = table_rows(results)
     columns = list(rows[0])
     print(format_table(rows, columns))
