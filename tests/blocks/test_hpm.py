@@ -192,3 +192,29 @@ def test_bad_block_sizes_fail():
         HierarchicalMemoryFFN(8, levels=2, block_sizes=[4, 4, 4])
     with pytest.raises(ValueError, match="positive integer"):
         HierarchicalMemoryFFN(8, levels=1, block_sizes=[0])
+
+
+def test_litlm_training_steps_only_the_fetched_blocks_with_lazy_state(tmp_path):
+    """Through Lightning: LitLM's dense AdamW leaves the bank alone and SparseBlockAdam steps the fetched rows."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from zoo.lit import LitLM
+
+    model = memory_lm()
+    lit = LitLM(model, slice_keys=["all"], lr=1e-2, weight_decay=0.1)
+    ids = torch.randint(0, VOCAB, (3, 9))
+    batch = {"input_ids": ids, "labels": ids.roll(-1, dims=1), "memory_path": torch.tensor([[0, 1], [0, 1], [2, 0]])}
+    before = copy.deepcopy(model.state_dict())
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(lit, train_dataloaders=DataLoader([batch] * 3, batch_size=None))
+    assert lit.sparse_optimizer is not None
+    assert all(id(p) not in {id(q) for q in model.parameters() if getattr(q, "_sparse_grad", False)}
+               for group in trainer.optimizers[0].param_groups for p in group["params"])
+    for name, value in model.state_dict().items():
+        if "bank" in name:
+            moved = (value != before[name]).any(1).nonzero().squeeze(1).tolist()
+            assert moved == ([0, 2] if name.endswith("0") else [1, 6]), name
+    assert lit.sparse_optimizer.state_rows() == 2 * 2 * (2 + 2)
+    assert not torch.equal(model.layers[0].mlp.anchor.down_proj.weight, before["layers.0.mlp.anchor.down_proj.weight"])
