@@ -102,7 +102,7 @@ def test_mlp_inputs_reach_the_mlp():
     ({"layers": [{"name": "nope"}]}, "known mixers: .*attention"),
     ({"layers": [{"kernel_size": 3}]}, "'name' key"),
     ({"layers": []}, "at least one mixer"),
-    ({"mlp": {"name": "moe"}}, "known mlps: gelu, swiglu"),
+    ({"mlp": {"name": "moe"}}, "known mlps: gelu, hpm, swiglu"),
     ({"norm": "batchnorm"}, "norm='batchnorm'"),
     ({"n_layers": 0}, "n_layers"),
 ])

@@ -13,18 +13,23 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.checkpoints import build_model
+from zoo.sparse_adam import SparseBlockAdam, sparse_parameters
 from zoo.tasks.mqar import IGNORE_INDEX
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no weight decay on norms, biases, embeddings, or parameters marked _no_weight_decay."""
+    """AdamW groups: no weight decay on norms, biases, embeddings, or parameters marked _no_weight_decay.
+
+    Parameters marked _sparse_grad (a memory bank) are left out: SparseBlockAdam steps them.
+    """
     no_decay_ids = set()
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
             if (isinstance(module, (nn.LayerNorm, nn.RMSNorm, nn.Embedding)) or name == "bias" or param.ndim < 2
                     or getattr(param, "_no_weight_decay", False)):
                 no_decay_ids.add(id(param))
-    params = {id(p): p for p in model.parameters() if p.requires_grad}  # tied weights counted once
+    params = {id(p): p for p in model.parameters()  # tied weights counted once
+              if p.requires_grad and not getattr(p, "_sparse_grad", False)}
     decay = [p for i, p in params.items() if i not in no_decay_ids]
     no_decay = [p for i, p in params.items() if i in no_decay_ids]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -157,8 +162,21 @@ class LitLM(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(parameter_groups(self.model, self.weight_decay), lr=self.lr, betas=self.betas)
+        # row-sparse parameters (a memory bank) get their own optimizer, stepped in optimizer_step below
+        sparse = sparse_parameters(self.model)
+        self.sparse_optimizer = (SparseBlockAdam(sparse, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+                                 if sparse else None)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, int(self.warmup_fraction * total))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, total, warmup, self.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)  # forward, backward, dense step
+        if getattr(self, "sparse_optimizer", None) is not None:
+            lr = optimizer.param_groups[0]["lr"]  # the dense schedule's current rate, shared
+            for group in self.sparse_optimizer.param_groups:
+                group["lr"] = lr
+            self.sparse_optimizer.step()
+            self.sparse_optimizer.zero_grad(set_to_none=True)

@@ -6,6 +6,8 @@ embed -> n_layers x [norm -> mixer -> +residual, (norm -> mlp -> +residual)] -> 
 uniform stack, several give a hybrid (zoology's [short_conv, mixer] pairing, BASED's conv / linear attention /
 sliding window interleave, "attention every k-th layer").
 """
+import functools
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 
@@ -30,6 +32,21 @@ def _spec(spec, what: str) -> dict:
     raise ValueError(f"{what} must be a name or a mapping with a 'name' key, got {spec!r}")
 
 
+@functools.lru_cache(maxsize=None)
+def _keyword_inputs(mlp_class: type) -> frozenset | None:
+    """The keyword inputs an MLP's forward accepts besides x; None when it takes **kwargs (it gets all)."""
+    parameters = list(inspect.signature(mlp_class.forward).parameters.values())[2:]  # after self, x
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return frozenset(p.name for p in parameters)
+
+
+def _inputs_for(mlp: nn.Module, mlp_inputs: dict) -> dict:
+    """Only the extras an MLP declares: a task may supply a memory path to a model whose MLPs take none."""
+    accepted = _keyword_inputs(type(mlp))
+    return mlp_inputs if accepted is None else {k: v for k, v in mlp_inputs.items() if k in accepted}
+
+
 class Layer(nn.Module):
     def __init__(self, d_model: int, layer_idx: int, mixer: dict, mlp: dict | None, norm: str):
         super().__init__()
@@ -42,7 +59,7 @@ class Layer(nn.Module):
         x = x + self.mixer(self.mixer_norm(x), cache=cache)
         if self.mlp is not None:
             # mlp_inputs lets an MLP take per-sequence extras (e.g. a memory path) without changing the trunk
-            x = x + self.mlp(self.mlp_norm(x), **mlp_inputs)
+            x = x + self.mlp(self.mlp_norm(x), **_inputs_for(self.mlp, mlp_inputs))
         return x
 
 
@@ -104,26 +121,42 @@ class LM(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def size_report(self) -> dict:
+        """Parameter counts: ``parameters`` (all), plus the sums of every block's own ``size_report()``.
+
+        A memory reports ``bank`` (parameters stored, of which each context uses a part) and ``fetched`` (the
+        part one context uses); then ``anchor`` = parameters - bank and ``active`` = anchor + fetched.
+        """
+        report = {"parameters": self.num_parameters()}
+        for module in self.modules():
+            if module is not self and callable(getattr(module, "size_report", None)):
+                for key, value in module.size_report().items():
+                    report[key] = report.get(key, 0) + value
+        if "bank" in report:
+            report["anchor"] = report["parameters"] - report["bank"]
+            report["active"] = report["anchor"] + report.get("fetched", 0)
+        return report
+
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
                  top_k: int | None = None, top_p: float | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, **mlp_inputs) -> torch.Tensor:
         """Prefill the prompt through every layer's cache, then decode one token at a time.
 
         temperature 0 is greedy; otherwise sample from softmax(logits / temperature), restricted to the top_k
         most likely tokens and/or the smallest set whose probability reaches top_p (nucleus sampling).
-        Returns (batch, prompt + max_new_tokens) token ids.
+        mlp_inputs (e.g. a memory_path) go to every step. Returns (batch, prompt + max_new_tokens) token ids.
         """
         require_positive_int("max_new_tokens", max_new_tokens, "LM.generate")
         check_sampling(temperature, top_k, top_p)
         caches = self.allocate_cache(input_ids.shape[0], device=input_ids.device)
-        logits = self(input_ids, caches=caches, last_only=True)[:, -1]
+        logits = self(input_ids, caches=caches, last_only=True, **mlp_inputs)[:, -1]
         tokens = [input_ids]
         for step in range(max_new_tokens):
             next_token = _sample(logits, temperature, top_k, top_p, generator)
             tokens.append(next_token)
             if step + 1 < max_new_tokens:
-                logits = self(next_token, caches=caches)[:, -1]
+                logits = self(next_token, caches=caches, **mlp_inputs)[:, -1]
         return torch.cat(tokens, dim=1)
 
 

@@ -246,6 +246,7 @@ def execute(run: Run, output_dir: Path, callbacks=()) -> dict:
         "task": plain(cfg.task),
         "optim": plain(cfg.optim),
         "num_parameters": model.num_parameters(),
+        "sizes": model.size_report(),  # a memory adds bank / fetched / anchor / active counts
         "mean_accuracy": sum(r["accuracy"] for r in rows) / len(rows),
         "tested": tested,
         "validation": {"monitor": metric, "mode": mode,

@@ -18,11 +18,12 @@ Resuming mid-epoch without lost or repeated batches: inherit ``zoo.tasks.data.Re
 the train loader's batch sampler with its ``train_sampler(...)`` (a task without it restarts the interrupted
 epoch from its first batch)."""
 from zoo.checks import require_known_keywords
+from zoo.tasks.facts import FactsDataModule
 from zoo.tasks.mqar_datamodule import MQARDataModule
 from zoo.tasks.recall_suite import SUITE_TASKS
 from zoo.tasks.text import TextDataModule
 
-TASKS = {"mqar": MQARDataModule, "text": TextDataModule, **SUITE_TASKS}
+TASKS = {"mqar": MQARDataModule, "text": TextDataModule, "facts": FactsDataModule, **SUITE_TASKS}
 
 
 def build_task(name: str, **options):

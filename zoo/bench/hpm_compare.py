@@ -1,0 +1,124 @@
+"""Anchor vs anchor + hierarchical memory vs a dense model of the anchor's plus the fetched size, on task=facts:
+``python -m zoo.bench hpm [--out DIR] [hydra overrides ...]`` (the models come from experiment=hpm_compare).
+
+Each model trains on the same tokens (one datamodule, same order and seed) for the same number of epochs, is
+tested once, and the accuracy per frequency bucket goes into a table (stdout, Markdown, CSV), JSON and a PNG.
+"""
+import argparse
+import concurrent.futures
+import csv
+import multiprocessing
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from zoo.bench.environment import describe
+from zoo.bench.report import format_table, pyplot, write_json, write_markdown
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+QUIET = ["+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", "print_test_table=false"]
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--out", default="bench_results/hpm-compare", help="output folder")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="models trained at once, in separate processes (default 1: one after another)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to experiment=hpm_compare")
+
+
+def variants(memory: dict, d_model: int) -> dict[str, dict]:
+    """The three MLPs: the anchor's SwiGLU, the memory, and a SwiGLU with the anchor's + the fetched hidden units."""
+    from zoo.blocks.hpm import HierarchicalMemoryFFN
+
+    options = {k: v for k, v in memory.items() if k != "name"}
+    ffn = HierarchicalMemoryFFN(d_model, **options)
+    anchor_hidden = ffn.anchor.down_proj.in_features
+    dense_hidden = anchor_hidden + sum(ffn.block_sizes)
+    anchor = {"name": "swiglu", "expand": anchor_hidden / d_model, "multiple_of": 1}
+    dense = {"name": "swiglu", "expand": dense_hidden / d_model, "multiple_of": 1}
+    return {"anchor": anchor, "memory": memory, "dense": dense}
+
+
+def train_one(name: str, config: dict, out: Path) -> dict:
+    from zoo.train import train
+
+    print(f"[hpm] training {name}: mlp={config['model']['mlp']}", flush=True)
+    result = train(OmegaConf.create(config), out / name)
+    accuracy = ", ".join(f"{s['slice']} {s['accuracy']:.3f}" for s in result["slices"])
+    print(f"[hpm] {name}: {result['sizes']} | {accuracy}", flush=True)
+    return result
+
+
+def run(args) -> int:
+    out = Path(args.out)
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        base = compose("train", overrides=["experiment=hpm_compare", *args.overrides, *QUIET])
+    memory = OmegaConf.to_container(base.model.mlp, resolve=True)
+    configs = {}
+    for name, mlp in variants(memory, base.model.d_model).items():
+        config = OmegaConf.to_container(base, resolve=True)
+        config["model"]["mlp"] = mlp
+        configs[name] = config
+    if args.workers > 1:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+            futures = {name: pool.submit(train_one, name, config, out) for name, config in configs.items()}
+            results = {name: future.result() for name, future in futures.items()}
+    else:
+        results = {name: train_one(name, config, out) for name, config in configs.items()}
+    rows = table_rows(results)
+    columns = list(rows[0])
+    print(format_table(rows, columns))
+    sizes = {name: r["sizes"] for name, r in results.items()}
+    print("parameters:", sizes)
+    environment = describe(torch.device("cpu"))
+    write_json(out / "hpm_compare.json", {"rows": rows, "sizes": sizes, "results": results,
+                                          "environment": environment})
+    write_markdown(out / "hpm_compare.md", rows, columns, environment)
+    with open(out / "hpm_compare.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, sizes, out / "hpm_compare.png")
+    print(f"wrote {out}/hpm_compare.json, .md, .csv, .png")
+    return 0
+
+
+def table_rows(results: dict) -> list[dict]:
+    """One row per frequency bucket (and a mean row): the three accuracies and the memory's gain over each."""
+    slices = results["memory"]["slices"]
+    rows = []
+    for i, info in enumerate(slices):
+        row = {"bucket": info["slice"], "probes": info["num_probes"], "path_at_home": info["path_at_home"]}
+        for name in ("anchor", "memory", "dense"):
+            row[name] = results[name]["slices"][i]["accuracy"]
+        row["memory-anchor"] = row["memory"] - row["anchor"]
+        row["memory-dense"] = row["memory"] - row["dense"]
+        rows.append(row)
+    mean = {"bucket": "mean", "probes": sum(r["probes"] for r in rows), "path_at_home": None}
+    for key in ("anchor", "memory", "dense", "memory-anchor", "memory-dense"):
+        mean[key] = sum(r[key] for r in rows) / len(rows)
+    return rows + [mean]
+
+
+def plot(rows: list[dict], sizes: dict, path: Path):
+    plt = pyplot()
+    buckets = [r for r in rows if r["bucket"] != "mean"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.27
+    for k, name in enumerate(("anchor", "memory", "dense")):
+        active = sizes[name].get("active", sizes[name]["parameters"])
+        label = f"{name} ({active / 1e3:.0f}k active" + (f", {sizes[name]['bank'] / 1e3:.0f}k bank)" if "bank" in
+                                                            sizes[name] else ")")
+        ax.bar([i + (k - 1) * width for i in range(len(buckets))], [r[name] for r in buckets], width, label=label)
+    ax.set_xticks(range(len(buckets)), [r["bucket"] for r in buckets])
+    ax.set_xlabel("how often the probed fact occurs in training (rare -> frequent)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("task=facts: accuracy per frequency bucket")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
