@@ -125,8 +125,14 @@ def _backward_kernel(X, G, H, H0, DH, DHT, DX, DG, DH0, T, D,
         tl.store(DH0 + pid_b * D + cols, (a0 * carry).to(DH0.dtype.element_ty), mask=col_ok)
 
 
+# Set by tests: fill fresh output buffers with NaN so that any entry a kernel forgets to write shows up.
+FILL_FRESH_BUFFERS_WITH_NAN = False
+
+
 def _new_buffer(like: torch.Tensor, *shape, dtype=None) -> torch.Tensor:
-    """Uninitialised output buffer (tests swap in NaN-filled ones to expose entries a kernel forgot to write)."""
+    """Uninitialised output buffer (NaN-filled under FILL_FRESH_BUFFERS_WITH_NAN)."""
+    if FILL_FRESH_BUFFERS_WITH_NAN:
+        return torch.full(shape or like.shape, float("nan"), dtype=dtype or like.dtype, device=like.device)
     return torch.empty(shape or like.shape, dtype=dtype or like.dtype, device=like.device)
 
 

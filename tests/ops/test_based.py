@@ -90,18 +90,16 @@ KERNEL_SHAPES = [
 @pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=lambda s: "B{}T{}H{}K{}V{}".format(*s[:5]))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("use_norm", [True, False], ids=["norm", "nonorm"])
-def test_triton_matches_quadratic_reference(shape, dtype, use_norm, monkeypatch):
-    pytest.importorskip("triton")
+def test_triton_matches_quadratic_reference(shape, dtype, use_norm, monkeypatch, triton_device):
     from ops.based import triton as kernels
     monkeypatch.setattr(kernels, "FILL_FRESH_BUFFERS_WITH_NAN", True)
     B, T, H, K, V, fwd_blocks, bwd_blocks = shape
     inputs = _inputs(B, T, H, K, V, dtype, seed=T + K)
     grad_out = torch.randn(B, T, H, V, generator=torch.Generator().manual_seed(7))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     scale = K ** -0.5
     def fused(q, k, v):
         return kernels.based_attention_triton(q, k, v, scale, use_norm, 1e-6, fwd_blocks, bwd_blocks)
-    actual = _grads(fused, [x.to(device) for x in inputs], grad_out.to(device))
+    actual = _grads(fused, [x.to(triton_device) for x in inputs], grad_out.to(triton_device))
     # the fp32 reference on the same (rounded) inputs
     expected = _grads(lambda q, k, v: based_attention_quadratic(q, k, v, scale, use_norm),
                       [x.float() for x in inputs], grad_out)
@@ -125,11 +123,15 @@ def test_public_op_dispatch_and_defaults():
         ops.based_attention(q, k, v[:, :10])
     with pytest.raises(ValueError, match="unknown backend"):
         ops.based_attention(q, k, v, backend="fast")
-    if importlib.util.find_spec("triton") is not None:
-        with pytest.raises(ValueError, match="feature dim <= 128"):
-            ops.based_attention(q.double(), k.double(), v.double(), backend="triton")
     assert_close("auto falls back for float64", ops.based_attention(q.double(), k.double(), v.double(), 0.25).float(),
                  expected, torch.float32)
+
+
+def test_triton_backend_names_what_it_does_not_support(triton_device):
+    import ops
+    q, k, v = (x.double().to(triton_device) for x in _inputs(1, 20, 2, 16, 8, seed=5))
+    with pytest.raises(ValueError, match="feature dim <= 128"):
+        ops.based_attention(q, k, v, backend="triton")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fla parity needs CUDA")
