@@ -31,8 +31,9 @@ def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, dtype:
 # Largest error allowed at any one position, by the kernel's input dtype, as a fraction of RMS(expected) + |expected
 # there|: relative where values are large (rounding is relative), absolute near zero. The RMS bound above averages
 # over the whole tensor, so a wrong ragged tail or one unwritten tile of a large tensor can hide under it; a
-# position wrong by its own size fails this bound unless it is tiny next to the tensor's RMS.
-WORST_ERR = {torch.float64: 1e-6, torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 0.1}
+# position wrong by its own size fails this bound unless it is tiny next to the tensor's RMS (bf16: the selective
+# scan's worst positions measured ~0.006 in the interpreter at small shapes, so 5e-2 leaves ~8x room).
+WORST_ERR = {torch.float64: 1e-6, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
 def assert_close_everywhere(name: str, actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype,
