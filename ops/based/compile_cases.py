@@ -24,4 +24,4 @@ def cases(K: int = 16, V: int = 64):
             yield CompileCase(f"backward {kind} use_norm={use_norm}", kernels._based_bwd_kernel, types,
                               dict(flags, BT=BT, BS=BS), warps, stages)
         yield CompileCase(f"backward pre-pass {kind}", kernels._based_bwd_prepass_kernel, types,
-                          dict(widths, BT=kernels.BACKWARD_BLOCKS[kind][0]), 4)
+                          dict(widths, BT=kernels.PREPASS_ROWS), 4)

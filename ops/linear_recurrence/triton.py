@@ -61,23 +61,43 @@ def _row_or_zeros(ptr, pid_b, D, cols, col_ok, PRESENT: tl.constexpr, BLOCK_D: t
     return tl.zeros([BLOCK_D], dtype=tl.float32)
 
 
-@triton.autotune(configs=_configs(), key=["D"])
 @triton.jit
-def _forward_kernel(X, G, H0, H, HT, T, D,
+def _load_tile(G, X, seq, rows, start, T, D, cols, col_ok):
+    """The raw (g, x) tile of rows start .. start + BLOCK_T; zeros past T (and for a start past T: no traffic)."""
+    t = start + rows
+    ok = (t[:, None] < T) & col_ok[None, :]
+    offs = seq + t[:, None] * D + cols[None, :]
+    return tl.load(G + offs, mask=ok, other=0.0), tl.load(X + offs, mask=ok, other=0.0)
+
+
+def _length_bucket(T: int) -> int:
+    """The autotune key's view of the sequence length: the power of two at or above it (capped at 64k), so a
+    config tuned on a short prefill is not reused at training lengths, without re-tuning for every length."""
+    return min(triton.next_power_of_2(T), 1 << 16)
+
+
+# T_BUCKET (= _length_bucket(T)) only keys the autotuner: the kernels do not read it.
+@triton.autotune(configs=_configs(), key=["D", "T_BUCKET"])
+@triton.jit
+def _forward_kernel(X, G, H0, H, HT, T, D, T_BUCKET,
                     LOG_VALUES: tl.constexpr, HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr,
                     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_b, cols, col_ok, rows, seq = _program_tile(T, D, BLOCK_T, BLOCK_D)
     h = _row_or_zeros(H0, pid_b, D, cols, col_ok, HAS_H0, BLOCK_D)
 
+    # the next tile's loads are issued before this tile's scan, so its memory latency overlaps the scan
+    g_raw, x_raw = _load_tile(G, X, seq, rows, 0, T, D, cols, col_ok)
     for start in range(0, T, BLOCK_T):
         t = start + rows
         ok = (t[:, None] < T) & col_ok[None, :]
         offs = seq + t[:, None] * D + cols[None, :]
+        g_next, x_next = _load_tile(G, X, seq, rows, start + BLOCK_T, T, D, cols, col_ok)
         # rows past T get a = 1, b = 0: they carry the last state unchanged to the tile's last row
-        a = tl.exp(tl.load(G + offs, mask=ok, other=0.0).to(tl.float32))
-        b = tl.load(X + offs, mask=ok, other=0.0).to(tl.float32)
+        a = tl.exp(g_raw.to(tl.float32))
+        b = x_raw.to(tl.float32)
         if LOG_VALUES:
             b = tl.where(ok, tl.exp(b), 0.0)
+        g_raw, x_raw = g_next, x_next
         a_cum, b_cum = tl.associative_scan((a, b), 0, _compose)
         h_tile = a_cum * h[None, :] + b_cum
         tl.store(H + offs, h_tile.to(H.dtype.element_ty), mask=ok)
@@ -87,9 +107,9 @@ def _forward_kernel(X, G, H0, H, HT, T, D,
         tl.store(HT + pid_b * D + cols, h, mask=col_ok)
 
 
-@triton.autotune(configs=_configs(), key=["D"])
+@triton.autotune(configs=_configs(), key=["D", "T_BUCKET"])
 @triton.jit
-def _backward_kernel(X, G, H, H0, DH, DHT, DX, DG, DH0, T, D,
+def _backward_kernel(X, G, H, H0, DH, DHT, DX, DG, DH0, T, D, T_BUCKET,
                      LOG_VALUES: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr,
                      BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_b, cols, col_ok, rows, seq = _program_tile(T, D, BLOCK_T, BLOCK_D)
@@ -150,7 +170,7 @@ class _LinearRecurrence(torch.autograd.Function):
         h = _new_buffer(values)
         final_state = _new_buffer(values, batch, width, dtype=torch.float32) if output_final_state else None
         _forward_kernel[lambda meta: _grid(meta, batch, width)](
-            values, g, initial_state, h, final_state, length, width,
+            values, g, initial_state, h, final_state, length, width, _length_bucket(length),
             LOG_VALUES=log_values, HAS_H0=initial_state is not None, STORE_FINAL=output_final_state)
         ctx.save_for_backward(values, g, h, initial_state)
         ctx.log_values = log_values
@@ -167,7 +187,7 @@ class _LinearRecurrence(torch.autograd.Function):
         _backward_kernel[lambda meta: _grid(meta, batch, width)](
             values, g, h, initial_state, grad_h,
             grad_final.contiguous() if grad_final is not None else None,
-            grad_values, grad_g, grad_initial, length, width,
+            grad_values, grad_g, grad_initial, length, width, _length_bucket(length),
             LOG_VALUES=ctx.log_values, HAS_H0=initial_state is not None, HAS_DHT=grad_final is not None)
         return grad_values, grad_g, grad_initial, None, None
 

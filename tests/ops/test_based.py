@@ -109,6 +109,37 @@ def test_triton_matches_quadratic_reference(shape, dtype, use_norm, monkeypatch,
         assert_close(name, a.float().cpu(), e, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_reads_slices_of_a_fused_projection_in_place(dtype, monkeypatch, triton_device):
+    """q, k, v as strided views of one (B, T, H*(2K+V)) projection: the kernel reads them through their strides
+    (no copies) and gives the reference's outputs and gradients, the gradients landing in the fused tensor."""
+    from ops.based import triton as kernels
+    monkeypatch.setattr(kernels, "FILL_FRESH_BUFFERS_WITH_NAN", True)
+    B, T, H, K, V = 2, 45, 2, 16, 24
+    fused = torch.randn(B, T, H * (2 * K + V), generator=torch.Generator().manual_seed(3)).to(dtype)
+    grad_out = torch.randn(B, T, H, V, generator=torch.Generator().manual_seed(4))
+
+    def split(x):
+        q, k, v = x.split([H * K, H * K, H * V], dim=-1)
+        return q.view(B, T, H, K), k.view(B, T, H, K), v.view(B, T, H, V)
+
+    results = []
+    for device, run in ((triton_device, lambda q, k, v: kernels.based_attention_triton(q, k, v, K ** -0.5)),
+                        ("cpu", lambda q, k, v: based_attention_quadratic(q, k, v))):
+        x = fused.detach().to(device) if device != "cpu" else fused.detach().float()
+        x.requires_grad_()
+        q, k, v = split(x)
+        assert not q.is_contiguous() and q.stride() == k.stride()
+        if device != "cpu":
+            assert kernels._readable_in_place(q, k, v)[0].data_ptr() == q.data_ptr(), "q was copied"
+        out = run(q, k, v)
+        out.backward(grad_out.to(device).to(out.dtype))
+        results.append((out.detach().float().cpu(), x.grad.float().cpu()))
+    (out, grad), (want_out, want_grad) = results
+    assert_close("o", out, want_out, dtype)
+    assert_close("grad of the fused projection", grad, want_grad, dtype)
+
+
 def test_public_op_dispatch_and_defaults():
     import ops
     q, k, v = _inputs(1, 20, 2, 16, 8, seed=5)
