@@ -15,10 +15,12 @@ from ops.testing import assert_close_everywhere
 
 
 @triton.jit
-def _scan_2d_kernel(A, X, OUT_A, OUT_X, ROWS: tl.constexpr, COLS: tl.constexpr, REVERSE: tl.constexpr):
-    """linear_recurrence's scan: a (time, channels) tile, scanned along axis 0 with ``_compose``."""
+def _scan_2d_kernel(A, X, OUT_A, OUT_X, ROWS: tl.constexpr, COLS: tl.constexpr, AXIS: tl.constexpr,
+                    REVERSE: tl.constexpr):
+    """A 2-D tile scanned along AXIS with ``_compose``: axis 0 is linear_recurrence's (time, channels) tile, axis 1
+    a (states or channels, time) tile as the selective scan's chunk scans use."""
     offs = tl.arange(0, ROWS)[:, None] * COLS + tl.arange(0, COLS)[None, :]
-    a_cum, x_cum = tl.associative_scan((tl.load(A + offs), tl.load(X + offs)), 0, _compose, reverse=REVERSE)
+    a_cum, x_cum = tl.associative_scan((tl.load(A + offs), tl.load(X + offs)), AXIS, _compose, reverse=REVERSE)
     tl.store(OUT_A + offs, a_cum)
     tl.store(OUT_X + offs, x_cum)
 
@@ -51,18 +53,21 @@ def inputs(shape, seed):
     return torch.rand(shape, generator=g) * 0.5 + 0.5, torch.randn(shape, generator=g)
 
 
-# (tile shape, warps): as the linear-recurrence configs launch them (time x channels), one and several warps
-TILES_2D = [((32, 32), 1), ((64, 16), 2), ((128, 16), 4), ((32, 128), 4)]
+# (tile shape, scanned axis, warps): the linear-recurrence configs' (time x channels) tiles along axis 0, and
+# (states x time) tiles along axis 1; one and several warps
+TILES_2D = [((32, 32), 0, 1), ((64, 16), 0, 2), ((128, 16), 0, 4), ((32, 128), 0, 4), ((16, 64), 1, 4),
+            ((16, 128), 1, 8)]
 TILES_3D = [((4, 64, 16), 4), ((8, 32, 16), 8)]
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("tile, warps", TILES_2D, ids=lambda v: str(v))
-def test_scan_along_time_of_a_2d_tile(tile, warps, reverse, triton_device):
+@pytest.mark.parametrize("tile, axis, warps", TILES_2D, ids=lambda v: str(v))
+def test_scan_along_time_of_a_2d_tile(tile, axis, warps, reverse, triton_device):
     a, x = inputs(tile, seed=sum(tile))
     out_a, out_x = torch.empty(tile, device=triton_device), torch.empty(tile, device=triton_device)
-    _scan_2d_kernel[(1,)](a.to(triton_device), x.to(triton_device), out_a, out_x, *tile, reverse, num_warps=warps)
-    want_a, want_x = loop_scan(a, x, 0, reverse)
+    _scan_2d_kernel[(1,)](a.to(triton_device), x.to(triton_device), out_a, out_x, *tile, axis, reverse,
+                          num_warps=warps)
+    want_a, want_x = loop_scan(a, x, axis, reverse)
     assert_close_everywhere("decay product", out_a.cpu(), want_a, torch.float32)
     assert_close_everywhere("state", out_x.cpu(), want_x, torch.float32)
 
