@@ -17,13 +17,17 @@ The protocol of an op's ``ops/<op>/compile_cases.py``:
   one divisible by 16 is marked so; pointers are marked 16-byte aligned, as fresh torch allocations are), the
   constants and warps are those the wrapper (or the autotuner's pick for that shape) would use, and
   ``loop_elements`` is how many elements one iteration of the kernel's main loop processes in one program (for
-  the selective scan: (d, l, n) triples).
+  the selective scan: (d, l, n) triples). A kernel whose main loop holds a hot inner loop (the selective scan's
+  loop over states inside its loop over chunks) sets ``inner_trips`` to that loop's trip count and
+  ``loop_elements`` to the elements of one outer iteration.
 
 The report (a static read of the compiled code, not a measurement) gives per case: registers and spill bytes
 (ptxas -v), shared memory (Triton's allocation), CTAs per SM (the H100 limits below: registers, shared memory,
 warps, blocks), and SASS instructions per element: the cubin is disassembled with the nvdisasm Triton ships, the
 main loop is the longest backward branch's span (inner loops inside it counted once), and its instruction count
-is divided by the elements one thread processes per iteration (``loop_elements / (32 * num_warps)``).
+is divided by the elements one thread processes per iteration (``loop_elements / (32 * num_warps)``). With
+``inner_trips`` the instructions executed per outer iteration are inner * inner_trips + the rest of the outer
+body, and loop_sass, loop_barriers and loop_shuffles describe the inner loop.
 """
 import argparse
 import importlib
@@ -53,6 +57,7 @@ class CompileCase:
     shape: str = ""     # the anchor shape this launch belongs to (report cases)
     values: dict = field(default_factory=dict)  # integer arguments of the launch -> value, specialised as launched
     loop_elements: int = 0  # elements one main-loop iteration processes per program (0: not reported)
+    inner_trips: int = 0    # the main loop holds a hot inner loop that runs this many times per iteration
 
 
 def _specialise(case: CompileCase, names):
@@ -137,15 +142,28 @@ def sass(compiled) -> list:
     return instructions, labels
 
 
-def main_loop(instructions, labels) -> list:
-    """The instructions of the longest loop (a backward branch's span; inner loops inside it appear once)."""
-    best = []
+def loops(instructions, labels) -> list:
+    """(start, end) addresses of every loop: the span of each backward branch."""
+    spans = []
     for address, text in instructions:
         target = re.search(r"BRA\s.*\((\.L_x_\d+)\)", text)
         if target and labels.get(target.group(1), address + 1) < address:
-            body = [i for a, i in instructions if labels[target.group(1)] <= a <= address]
-            best = max(best, body, key=len)
-    return best
+            spans.append((labels[target.group(1)], address))
+    return spans
+
+
+def main_loop(instructions, labels, nested: bool = False):
+    """The main loop's instructions: the longest loop, and with ``nested`` the longest loop inside it as well
+    (inner, outer). Without ``nested`` an inner loop's instructions count once."""
+    spans = loops(instructions, labels)
+    body = lambda span: [i for a, i in instructions if span[0] <= a <= span[1]]
+    if not spans:
+        return ([], []) if nested else []
+    outer = max(spans, key=lambda s: len(body(s)))
+    if not nested:
+        return body(outer)
+    inner = [s for s in spans if s != outer and outer[0] <= s[0] and s[1] <= outer[1]]
+    return (body(max(inner, key=lambda s: len(body(s)))) if inner else body(outer)), body(outer)
 
 
 def ctas_per_sm(registers: int, shared: int, warps: int) -> int:
@@ -173,12 +191,18 @@ def cost_row(op: str, case: CompileCase, compiled, arch: int) -> dict:
                ctas_per_sm=ctas_per_sm(registers, shared, case.num_warps) if registers else None,
                loop_sass=None, loop_barriers=None, loop_shuffles=None, sass_per_element=None)
     if case.loop_elements:
-        body = main_loop(*sass(compiled))
         per_thread = case.loop_elements / (32 * case.num_warps)
+        if case.inner_trips:  # the inner loop runs inner_trips times, the rest of the outer body once
+            inner, outer = main_loop(*sass(compiled), nested=True)
+            body = inner
+            executed = len(inner) * case.inner_trips + len(outer) - len(inner)
+        else:
+            body = main_loop(*sass(compiled))
+            executed = len(body)
         opcodes = [_opcode(i) for i in body]
         row.update(loop_sass=len(body), loop_barriers=sum(o.startswith("BAR") for o in opcodes),
                    loop_shuffles=sum(o.startswith("SHFL") for o in opcodes),
-                   sass_per_element=round(len(body) / per_thread, 1))
+                   sass_per_element=round(executed / per_thread, 1))
     return row
 
 
