@@ -9,6 +9,9 @@ file as its run finishes, so a phase killed from outside loses at most the run i
 ARCHIVE`` (the archive of an earlier call, brought back and carried in the working tree) unpacks it into DIR so
 that ``zoo.bench recall`` skips the runs already done.
 
+On the device machine, whose output folder $OUT returns at most 8 files, keep DIR elsewhere and put only the
+archive there:  python -m zoo.bench gpu --phase test --out /tmp/gpu --archive $OUT/gpu-test.tar
+
 Phase durations on one H100 are estimates from the sizes until a GPU session measures them (see PHASES). No
 phase imports Hydra: only ``recall`` needs omegaconf (through zoo.train); wheels found in ``--wheels`` (default
 ``.whl/``, filled on a machine with internet by ``bash scripts/peers.sh wheels``) are installed for the phase.
@@ -111,6 +114,8 @@ class Archive:
         files = sorted(p for p in under.rglob("*") if p.is_file()) if under.exists() else []
         count = 0
         for path in files:
+            if path.resolve() == self.path.resolve():
+                continue  # an archive kept inside DIR does not pack itself
             name = path.relative_to(self.root).as_posix()
             stat = path.stat()
             if self.added.get(name) == (stat.st_mtime, stat.st_size):
