@@ -2,7 +2,7 @@
 # Install the peers' Python code without their CUDA builds, for tests/peers on a machine without a GPU:
 # mamba-ssm's and causal-conv1d's reference functions and Mamba module, fla-core's naive references and its
 # Triton kernels (run by Triton's interpreter). No dependencies are pulled, so the installed torch stays.
-# The versions are the ones ../shared/device/peers.sh builds with CUDA on the GPU machine for the benchmarks.
+# The versions are the ones scripts/peers.sh builds with CUDA on a GPU machine for the benchmarks (docs/peers.md).
 set -euo pipefail
 # the build helpers the two source packages import in setup.py (--no-build-isolation builds against our torch)
 python -m pip install -q setuptools wheel packaging

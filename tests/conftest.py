@@ -1,8 +1,22 @@
 import os
 
+import pytest
 import torch
 
 # Without a GPU, Triton kernels run in Triton's interpreter. The flag is read when kernels are defined,
 # so it must be set before any test module imports one.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def triton_device() -> torch.device:
+    """Where a ``backend="triton"`` test runs its kernel: the GPU when there is one (compiled kernels), else the
+    CPU under Triton's interpreter. Tests build their inputs on the CPU (seeded CPU generators, so both machines
+    draw the same numbers), move them here for the kernel, and compare on the CPU against the reference."""
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.fail("no CUDA device and TRITON_INTERPRET is not 1: backend='triton' cannot run here")
+    return torch.device("cpu")

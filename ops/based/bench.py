@@ -1,6 +1,6 @@
 """Timing cases for BASED linear attention: ``python -m zoo.bench ops based``.
 
-GPU preset: the anchor shape B8 T2048 H12 F16 V64 (../shared/ANCHORS.md). Peers, when importable: fla's
+GPU preset: the anchor shape B8 T2048 H12 F16 V64 (docs/peers.md). Peers, when importable: fla's
 ``parallel_based`` (the ratio column's base) and ``fused_chunk_based``; torch SDPA causal softmax attention with
 head dim 64 on the same B, T, H for context (it is the quadratic-exact alternative BASED competes with).
 """

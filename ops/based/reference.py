@@ -6,7 +6,8 @@ With s = scale * q.k (scale defaults to 1/sqrt(feature_dim)) every causal pair (
 
 and o_t = sum_s A[t, s] v_s, divided by z_t + eps with z_t = sum_s A[t, s] when ``use_norm``. This is fla's
 ``parallel_based(q, k, v, scale, use_norm)`` (the scale multiplies q.k; eps = 1e-6 is added to z). Layout:
-q, k (batch, T, heads, feature_dim), v (batch, T, heads, head_dim). Everything accumulates in float32.
+q, k (batch, T, heads, feature_dim), v (batch, T, heads, head_dim). Everything accumulates in float32 (float64
+for float64 inputs).
 
 Three forms of the same function:
 - ``based_attention_quadratic``: the masked T x T form, for tests.
@@ -20,6 +21,11 @@ import math
 import torch
 
 DEFAULT_EPS = 1e-6  # fla adds this to the normaliser
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """float32 for 16- and 32-bit inputs, float64 for float64 ones: the sums never run below float32."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def default_scale(feature_dim: int) -> float:
@@ -37,13 +43,13 @@ def taylor_feature_map(x: torch.Tensor, scale: float | None = None) -> torch.Ten
     phi(x) = [1, sqrt(scale) x, scale x_i^2 / sqrt(2) (i = j), scale x_i x_j (i < j)]: the upper triangle of
     vec(x x^T) / sqrt(2) with the off-diagonal entries weighted by sqrt(2), because each appears twice in the
     full outer product. With scale = 1/sqrt(d) this is the paper's [1, x / d^(1/4), vec(x x^T) / (sqrt(2) sqrt(d))].
-    Returns float32, last dimension ``expanded_dim(d)``.
+    Returns ``compute_dtype(x)`` (float32, or float64 for float64 x), last dimension ``expanded_dim(d)``.
     """
     d = x.shape[-1]
     scale = default_scale(d) if scale is None else scale
-    x = x.float()
+    x = x.to(compute_dtype(x))
     rows, cols, weight = _upper_triangle(d, x.device)
-    second = x[..., rows] * x[..., cols] * (weight * scale)
+    second = x[..., rows] * x[..., cols] * (weight.to(x.dtype) * scale)
     return torch.cat([torch.ones_like(x[..., :1]), x * math.sqrt(scale), second], dim=-1)
 
 
@@ -52,7 +58,7 @@ def _upper_triangle(d: int, device: torch.device):
     """Index pairs i <= j of the d x d outer product and their weights (1/sqrt(2) on the diagonal, 1 off it);
     cached because decoding builds features for one token at a time."""
     rows, cols = torch.triu_indices(d, d, device=device)
-    weight = torch.where(rows == cols, 2 ** -0.5, 1.0).to(device=device, dtype=torch.float32)
+    weight = torch.where(rows == cols, 2 ** -0.5, 1.0).to(device=device, dtype=torch.float64)
     return rows, cols, weight
 
 
@@ -63,9 +69,10 @@ def _taylor_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tens
 
 
 def based_attention_quadratic(q, k, v, scale: float | None = None, use_norm: bool = True, eps: float = DEFAULT_EPS):
-    """The T x T masked form. Returns o (B, T, H, V) in float32."""
+    """The T x T masked form. Returns o (B, T, H, V) in float32 (float64 for float64 inputs)."""
     scale = default_scale(q.shape[-1]) if scale is None else scale
-    q, k, v = q.float(), k.float(), v.float()
+    acc = compute_dtype(q)
+    q, k, v = q.to(acc), k.to(acc), v.to(acc)
     T = q.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
     a = _taylor_scores(q, k, scale).masked_fill(~causal, 0.0)
@@ -81,16 +88,17 @@ def based_attention_chunked(q, k, v, scale: float | None = None, use_norm: bool 
 
     ``initial_state``/final state: (kv_state (B, H, D, V), k_state (B, H, D)) with D = expanded_dim(K), the
     sums of phi(k) v^T and phi(k) over the tokens before (float32). Returns o (B, T, H, V) float32, and the
-    final state when ``output_final_state``.
+    final state when ``output_final_state`` (float64 throughout for float64 inputs).
     """
+    acc = compute_dtype(q)
     scale = default_scale(q.shape[-1]) if scale is None else scale
     B, T, H, K = q.shape
     V = v.shape[-1]
     C = chunk_size
     N = -(-T // C)
     pad = N * C - T
-    q, k, v = (torch.nn.functional.pad(x.float(), (0, 0, 0, 0, 0, pad)) for x in (q, k, v))
-    valid = (torch.arange(N * C, device=q.device) < T).float()[None, :, None, None]
+    q, k, v = (torch.nn.functional.pad(x.to(acc), (0, 0, 0, 0, 0, pad)) for x in (q, k, v))
+    valid = (torch.arange(N * C, device=q.device) < T).to(acc)[None, :, None, None]
 
     phi_q = taylor_feature_map(q, scale)
     phi_k = taylor_feature_map(k, scale) * valid  # padded keys (phi(0) = [1, 0...]) must not enter the state
@@ -104,8 +112,8 @@ def based_attention_chunked(q, k, v, scale: float | None = None, use_norm: bool 
     k_before = k_inc.cumsum(1) - k_inc
     if initial_state is not None:
         kv0, k0 = initial_state
-        kv_before = kv_before + kv0.float()[:, None]
-        k_before = k_before + k0.float()[:, None]
+        kv_before = kv_before + kv0.to(acc)[:, None]
+        k_before = k_before + k0.to(acc)[:, None]
     num = torch.einsum("bnchd,bnhdv->bnchv", phi_q_c, kv_before)
     z = torch.einsum("bnchd,bnhd->bnch", phi_q_c, k_before)
 
@@ -120,16 +128,17 @@ def based_attention_chunked(q, k, v, scale: float | None = None, use_norm: bool 
     o = o.reshape(B, N * C, H, V)[:, :T]
     if not output_final_state:
         return o
-    kv_final = kv_inc.sum(1) + (0 if initial_state is None else initial_state[0].float())
-    k_final = k_inc.sum(1) + (0 if initial_state is None else initial_state[1].float())
+    kv_final = kv_inc.sum(1) + (0 if initial_state is None else initial_state[0].to(acc))
+    k_final = k_inc.sum(1) + (0 if initial_state is None else initial_state[1].to(acc))
     return o, (kv_final, k_final)
 
 
 def based_step(q, k, v, kv_state, k_state, scale: float | None = None, use_norm: bool = True, eps: float = DEFAULT_EPS):
-    """One decoding step. q, k (B, H, K), v (B, H, V); updates the float32 states in place; returns o (B, H, V)."""
-    phi_q = taylor_feature_map(q, scale)
-    phi_k = taylor_feature_map(k, scale)
-    kv_state.add_(phi_k.unsqueeze(-1) * v.float().unsqueeze(-2))
+    """One decoding step. q, k (B, H, K), v (B, H, V); updates the states (float32, or float64) in place and
+    computes in their dtype; returns o (B, H, V)."""
+    phi_q = taylor_feature_map(q, scale).to(kv_state.dtype)
+    phi_k = taylor_feature_map(k, scale).to(kv_state.dtype)
+    kv_state.add_(phi_k.unsqueeze(-1) * v.to(kv_state.dtype).unsqueeze(-2))
     k_state.add_(phi_k)
     o = torch.einsum("bhd,bhdv->bhv", phi_q, kv_state)
     if use_norm:

@@ -5,7 +5,8 @@ Design (flash-attention style tiling of the Taylor scores; K = feature dim is sm
   without masks, then the diagonal tiles with the causal mask; scores s = scale q.k^T on the tensor cores,
   A = 1 + s + s^2/2 in fp32 registers, the row sums z and A v accumulated in fp32. The normalisation is fused:
   o = A v / (z + eps) is written once in the input dtype, and g = 1/(z + eps) (fp32, B*H*T numbers) is kept
-  for the backward. Inputs are read in their (B, T, H, D) layout through strides: no transposes, no copies.
+  for the backward. Inputs are read in their (B, T, H, D) layout through their own strides: no transposes, and
+  no copies of q, k, v that are strided slices of one fused projection.
   The longest query tiles (the last ones) are launched first so that short ones fill the tail of the grid.
 - backward: with g and dz_t = -g_t (do_t . o_t) (a small row-wise pre-pass), dA[t, s] = g_t do_t.v_s + dz_t,
   dS = dA (1 + s), dq = scale dS k, dk = scale dS^T q, dv = (A g)^T do. One program per (tile i, batch*head)
@@ -27,8 +28,13 @@ FILL_FRESH_BUFFERS_WITH_NAN = False
 # yet: chosen from ptxas's register report for sm_90 at K=16, V=64 (no GPU in the session that wrote them): the
 # 16-bit picks use wgmma with no spills (forward 127 registers at 8 warps, backward 236); fp32 (IEEE dots, no tensor
 # cores) needs smaller tiles to stay out of local memory. A GPU session should time the alternatives.
+# 16-bit backward: one warpgroup (4 warps, wgmma's 64 rows) per 64 rows of the tile, so no two warpgroups compute
+# the same rows' scores and dA. Checked with ptxas for sm_90 (bf16, K=16, V=64): (128, 32, 8) and (64, 32, 4) use
+# 255 registers and spill nothing; (64, 64, 4) spills 28 bytes and (128, 64, 8) 4; the former (64, 64, 8) put two
+# warpgroups on 64 rows. (128, 32, 8) halves the programs that re-read every key and query tile.
 FORWARD_BLOCKS = {"16bit": (128, 64, 8, 2), "fp32": (64, 32, 4, 2)}
-BACKWARD_BLOCKS = {"16bit": (64, 64, 8, 2), "fp32": (32, 32, 4, 2)}
+BACKWARD_BLOCKS = {"16bit": (128, 32, 8, 2), "fp32": (32, 32, 4, 2)}
+PREPASS_ROWS = 64  # rows per program of the small backward pre-pass (dz)
 
 
 def _fresh(shape, dtype, device) -> torch.Tensor:
@@ -69,7 +75,7 @@ def _fwd_tile(b_q, k, v, rows, start, T, scale, stride_qt, stride_vt, cols_k, co
 @triton.jit
 def _based_fwd_kernel(
     q, k, v, o, g,
-    stride_qb, stride_qt, stride_qh, stride_vb, stride_vt, stride_vh,
+    stride_qb, stride_qt, stride_qh, stride_vb, stride_vt, stride_vh, stride_ob, stride_ot, stride_oh,
     T, H, scale, eps,
     K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     BT: tl.constexpr, BS: tl.constexpr, USE_NORM: tl.constexpr, PRECISION: tl.constexpr,
@@ -81,7 +87,7 @@ def _based_fwd_kernel(
     q += i_b * stride_qb + i_h * stride_qh
     k += i_b * stride_qb + i_h * stride_qh
     v += i_b * stride_vb + i_h * stride_vh
-    o += i_b * stride_vb + i_h * stride_vh
+    o += i_b * stride_ob + i_h * stride_oh
 
     rows = i_t * BT + tl.arange(0, BT)
     cols_k, cols_v = tl.arange(0, BK), tl.arange(0, BV)
@@ -104,7 +110,7 @@ def _based_fwd_kernel(
         b_g = 1.0 / (z + eps)
         acc = acc * b_g[:, None]
         tl.store(g + i_bh * T + rows, b_g, mask=rows < T)
-    tl.store(o + rows[:, None] * stride_vt + cols_v[None, :], acc.to(o.dtype.element_ty),
+    tl.store(o + rows[:, None] * stride_ot + cols_v[None, :], acc.to(o.dtype.element_ty),
              mask=(rows[:, None] < T) & in_v[None, :])
 
 
@@ -145,14 +151,14 @@ def _dq_tile(b_q, b_do, b_g, b_dz, k, v, rows, start, T, scale, stride_qt, strid
 
 
 @triton.jit
-def _dkdv_tile(b_k, b_v, q, do, g, dz, rows, start, T, scale, stride_qt, stride_vt, cols_k, cols_v, in_k, in_v,
+def _dkdv_tile(b_k, b_v, q, do, g, dz, rows, start, T, scale, stride_qt, stride_ot, cols_k, cols_v, in_k, in_v,
                BS: tl.constexpr, DIAGONAL: tl.constexpr, USE_NORM: tl.constexpr, PRECISION: tl.constexpr):
     """dS^T q (unscaled) and (A g)^T do for the key rows against one query tile. Query rows past T load as zeros
     with g = dz = 0, so they add nothing."""
     queries = start + tl.arange(0, BS)
     in_t = queries < T
     b_q = tl.load(q + queries[:, None] * stride_qt + cols_k[None, :], mask=in_t[:, None] & in_k[None, :], other=0.0)
-    b_do = tl.load(do + queries[:, None] * stride_vt + cols_v[None, :], mask=in_t[:, None] & in_v[None, :],
+    b_do = tl.load(do + queries[:, None] * stride_ot + cols_v[None, :], mask=in_t[:, None] & in_v[None, :],
                    other=0.0).to(b_q.dtype)
     s = _mm(b_k, tl.trans(b_q), PRECISION) * scale  # [keys, queries]
     a = _taylor(s)
@@ -174,21 +180,24 @@ def _dkdv_tile(b_k, b_v, q, do, g, dz, rows, start, T, scale, stride_qt, stride_
 def _based_bwd_kernel(
     q, k, v, do, g, dz, dq, dk, dv,
     stride_qb, stride_qt, stride_qh, stride_vb, stride_vt, stride_vh,
+    stride_dqb, stride_dqt, stride_dqh, stride_ob, stride_ot, stride_oh,
     T, H, scale,
     K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     BT: tl.constexpr, BS: tl.constexpr, USE_NORM: tl.constexpr, PRECISION: tl.constexpr,
 ):
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = (i_bh // H).to(tl.int64), (i_bh % H).to(tl.int64)
+    # q, k, v are read in place (they may be strided views of one fused projection); do, dq, dk, dv are dense
     qk_base = i_b * stride_qb + i_h * stride_qh
-    v_base = i_b * stride_vb + i_h * stride_vh
+    dqk_base = i_b * stride_dqb + i_h * stride_dqh
+    o_base = i_b * stride_ob + i_h * stride_oh
     q += qk_base
     k += qk_base
-    dq += qk_base
-    dk += qk_base
-    v += v_base
-    do += v_base
-    dv += v_base
+    dq += dqk_base
+    dk += dqk_base
+    v += i_b * stride_vb + i_h * stride_vh
+    do += o_base
+    dv += o_base
     g += i_bh * T
     dz += i_bh * T
 
@@ -201,7 +210,7 @@ def _based_bwd_kernel(
 
     # dq of the query rows of tile i_t: walk the keys up to the end of the tile
     b_q = tl.load(q + rows[:, None] * stride_qt + cols_k[None, :], mask=rows_qk, other=0.0)
-    b_do = tl.load(do + rows[:, None] * stride_vt + cols_v[None, :], mask=rows_v, other=0.0).to(b_q.dtype)
+    b_do = tl.load(do + rows[:, None] * stride_ot + cols_v[None, :], mask=rows_v, other=0.0).to(b_q.dtype)
     b_g = tl.zeros([BT], dtype=tl.float32)
     b_dz = tl.zeros([BT], dtype=tl.float32)
     if USE_NORM:
@@ -214,7 +223,7 @@ def _based_bwd_kernel(
     for start in range(i_t * BT, tl.minimum(tile_end, T), BS):
         b_dq += _dq_tile(b_q, b_do, b_g, b_dz, k, v, rows, start, T, scale, stride_qt, stride_vt,
                          cols_k, cols_v, in_k, in_v, BS, True, USE_NORM, PRECISION)
-    tl.store(dq + rows[:, None] * stride_qt + cols_k[None, :], (b_dq * scale).to(dq.dtype.element_ty), mask=rows_qk)
+    tl.store(dq + rows[:, None] * stride_dqt + cols_k[None, :], (b_dq * scale).to(dq.dtype.element_ty), mask=rows_qk)
 
     # dk, dv of the key rows of tile i_t: walk the queries from the tile to the end
     b_k = tl.load(k + rows[:, None] * stride_qt + cols_k[None, :], mask=rows_qk, other=0.0)
@@ -222,17 +231,17 @@ def _based_bwd_kernel(
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
     b_dv = tl.zeros([BT, BV], dtype=tl.float32)
     for start in range(i_t * BT, tl.minimum(tile_end, T), BS):
-        ddk, ddv = _dkdv_tile(b_k, b_v, q, do, g, dz, rows, start, T, scale, stride_qt, stride_vt,
+        ddk, ddv = _dkdv_tile(b_k, b_v, q, do, g, dz, rows, start, T, scale, stride_qt, stride_ot,
                               cols_k, cols_v, in_k, in_v, BS, True, USE_NORM, PRECISION)
         b_dk += ddk
         b_dv += ddv
     for start in range(tile_end, T, BS):
-        ddk, ddv = _dkdv_tile(b_k, b_v, q, do, g, dz, rows, start, T, scale, stride_qt, stride_vt,
+        ddk, ddv = _dkdv_tile(b_k, b_v, q, do, g, dz, rows, start, T, scale, stride_qt, stride_ot,
                               cols_k, cols_v, in_k, in_v, BS, False, USE_NORM, PRECISION)
         b_dk += ddk
         b_dv += ddv
-    tl.store(dk + rows[:, None] * stride_qt + cols_k[None, :], (b_dk * scale).to(dk.dtype.element_ty), mask=rows_qk)
-    tl.store(dv + rows[:, None] * stride_vt + cols_v[None, :], b_dv.to(dv.dtype.element_ty), mask=rows_v)
+    tl.store(dk + rows[:, None] * stride_dqt + cols_k[None, :], (b_dk * scale).to(dk.dtype.element_ty), mask=rows_qk)
+    tl.store(dv + rows[:, None] * stride_ot + cols_v[None, :], b_dv.to(dv.dtype.element_ty), mask=rows_v)
 
 
 def _widths(K: int, V: int) -> tuple[int, int]:
@@ -245,10 +254,20 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # tf32 is ignored for 16-bit operands
 
 
+def _readable_in_place(q, k, v):
+    """q, k, v as the kernels read them: through their own strides, so slices of a fused projection are not
+    copied. Copies only what the kernels cannot read: a feature dimension that is not contiguous, or q and k with
+    different strides (they share one set of stride arguments)."""
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
+    if q.stride() != k.stride():
+        q, k = q.contiguous(), k.contiguous()
+    return q, k, v
+
+
 class BasedAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale, use_norm, eps, forward_blocks, backward_blocks):
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        q, k, v = _readable_in_place(q, k, v)
         B, T, H, K = q.shape
         V = v.shape[-1]
         BK, BV = _widths(K, V)
@@ -258,6 +277,7 @@ class BasedAttentionFunction(torch.autograd.Function):
         _based_fwd_kernel[(triton.cdiv(T, BT), B * H)](
             q, k, v, o, g,
             q.stride(0), q.stride(1), q.stride(2), v.stride(0), v.stride(1), v.stride(2),
+            o.stride(0), o.stride(1), o.stride(2),
             T, H, scale, eps,
             K=K, V=V, BK=BK, BV=BV, BT=BT, BS=BS, USE_NORM=use_norm, PRECISION=_precision(q.dtype),
             num_warps=warps, num_stages=stages,
@@ -269,7 +289,7 @@ class BasedAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, g = ctx.saved_tensors
-        do = do.contiguous()
+        do = do.contiguous()  # the same (dense) strides as o, dv
         B, T, H, K = q.shape
         V = v.shape[-1]
         BK, BV = _widths(K, V)
@@ -277,8 +297,8 @@ class BasedAttentionFunction(torch.autograd.Function):
         dz = g
         if ctx.use_norm:
             dz = _fresh((B, H, T), torch.float32, q.device)
-            _based_bwd_prepass_kernel[(triton.cdiv(T, BT), B * H)](
-                o, do, g, dz, o.stride(0), o.stride(1), o.stride(2), T, H, V=V, BV=BV, BT=BT,
+            _based_bwd_prepass_kernel[(triton.cdiv(T, PREPASS_ROWS), B * H)](
+                o, do, g, dz, o.stride(0), o.stride(1), o.stride(2), T, H, V=V, BV=BV, BT=PREPASS_ROWS,
             )
         dq = _fresh(q.shape, q.dtype, q.device)
         dk = _fresh(k.shape, k.dtype, k.device)
@@ -286,6 +306,7 @@ class BasedAttentionFunction(torch.autograd.Function):
         _based_bwd_kernel[(triton.cdiv(T, BT), B * H)](
             q, k, v, do, g, dz, dq, dk, dv,
             q.stride(0), q.stride(1), q.stride(2), v.stride(0), v.stride(1), v.stride(2),
+            dq.stride(0), dq.stride(1), dq.stride(2), do.stride(0), do.stride(1), do.stride(2),
             T, H, ctx.scale,
             K=K, V=V, BK=BK, BV=BV, BT=BT, BS=BS, USE_NORM=ctx.use_norm, PRECISION=_precision(q.dtype),
             num_warps=warps, num_stages=stages,

@@ -25,11 +25,13 @@ def _configs():
     if triton_interpreting():  # one config: the interpreter would otherwise time every candidate
         return [triton.Config({"BLOCK_T": 32, "BLOCK_D": 16}, num_warps=1)]
     # narrow D tiles give many programs (B * D / BLOCK_D) to fill the SMs; few warps per tile keep more of each
-    # column's rows in one thread, where the scan runs in registers without shared memory. Dropped untimed, from
-    # ptxas's report for sm_90 (`python -m ops.compile_check linear_recurrence --report`): the candidates whose
-    # backward spills 0.4-15 KB per thread, (64, 32, 1), (128, 32, 1), (128, 32, 4) and (64, 64, 2); the two
-    # kept ones that spill, (32, 32, 1) and (32, 128, 4), spill under 100 bytes.
-    shapes = [(32, 32, 1), (64, 16, 2), (128, 16, 4), (32, 32, 2), (64, 32, 4), (32, 64, 4), (32, 128, 4)]
+    # column's rows in one thread, where the scan runs in registers without shared memory. Checked untimed with
+    # `python -m ops.compile_check linear_recurrence --report` (sm_90, compiled as launched: bf16, B8 T2048 D1536):
+    # every candidate below spills nothing; (64, 32, 1) has the fewest main-loop instructions per element (31.5
+    # forward, 44.9 backward). Dropped: (128, 32, 1), whose backward spills 1212 bytes, and (64, 64, 2), whose
+    # forward spills 56.
+    shapes = [(32, 32, 1), (64, 32, 1), (64, 16, 2), (128, 16, 4), (32, 32, 2), (64, 32, 4), (128, 32, 4),
+              (32, 64, 4), (32, 128, 4)]
     return [triton.Config({"BLOCK_T": block_t, "BLOCK_D": block_d}, num_warps=warps) for block_t, block_d, warps in shapes]
 
 
@@ -61,14 +63,24 @@ def _row_or_zeros(ptr, pid_b, D, cols, col_ok, PRESENT: tl.constexpr, BLOCK_D: t
     return tl.zeros([BLOCK_D], dtype=tl.float32)
 
 
-@triton.autotune(configs=_configs(), key=["D"])
+def _length_bucket(T: int) -> int:
+    """The autotune key's view of the sequence length: the power of two at or above it (capped at 64k), so a
+    config tuned on a short prefill is not reused at training lengths, without re-tuning for every length."""
+    return min(triton.next_power_of_2(T), 1 << 16)
+
+
+# T_BUCKET (= _length_bucket(T)) only keys the autotuner: the kernels do not read it.
+@triton.autotune(configs=_configs(), key=["D", "T_BUCKET"])
 @triton.jit
-def _forward_kernel(X, G, H0, H, HT, T, D,
+def _forward_kernel(X, G, H0, H, HT, T, D, T_BUCKET,
                     LOG_VALUES: tl.constexpr, HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr,
                     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_b, cols, col_ok, rows, seq = _program_tile(T, D, BLOCK_T, BLOCK_D)
     h = _row_or_zeros(H0, pid_b, D, cols, col_ok, HAS_H0, BLOCK_D)
 
+    # No hand-written prefetch of the next tile: loading it before this tile's scan compiled (sm_90, bf16, B8 T2048
+    # D1536) to 2-5% more main-loop instructions and up to 40 more registers (32x128: 3 -> 2 CTAs per SM) in every
+    # candidate, so it waits for a GPU timing that shows the latency it hides is worth that.
     for start in range(0, T, BLOCK_T):
         t = start + rows
         ok = (t[:, None] < T) & col_ok[None, :]
@@ -87,9 +99,9 @@ def _forward_kernel(X, G, H0, H, HT, T, D,
         tl.store(HT + pid_b * D + cols, h, mask=col_ok)
 
 
-@triton.autotune(configs=_configs(), key=["D"])
+@triton.autotune(configs=_configs(), key=["D", "T_BUCKET"])
 @triton.jit
-def _backward_kernel(X, G, H, H0, DH, DHT, DX, DG, DH0, T, D,
+def _backward_kernel(X, G, H, H0, DH, DHT, DX, DG, DH0, T, D, T_BUCKET,
                      LOG_VALUES: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr,
                      BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_b, cols, col_ok, rows, seq = _program_tile(T, D, BLOCK_T, BLOCK_D)
@@ -125,8 +137,14 @@ def _backward_kernel(X, G, H, H0, DH, DHT, DX, DG, DH0, T, D,
         tl.store(DH0 + pid_b * D + cols, (a0 * carry).to(DH0.dtype.element_ty), mask=col_ok)
 
 
+# Set by tests: fill fresh output buffers with NaN so that any entry a kernel forgets to write shows up.
+FILL_FRESH_BUFFERS_WITH_NAN = False
+
+
 def _new_buffer(like: torch.Tensor, *shape, dtype=None) -> torch.Tensor:
-    """Uninitialised output buffer (tests swap in NaN-filled ones to expose entries a kernel forgot to write)."""
+    """Uninitialised output buffer (NaN-filled under FILL_FRESH_BUFFERS_WITH_NAN)."""
+    if FILL_FRESH_BUFFERS_WITH_NAN:
+        return torch.full(shape or like.shape, float("nan"), dtype=dtype or like.dtype, device=like.device)
     return torch.empty(shape or like.shape, dtype=dtype or like.dtype, device=like.device)
 
 
@@ -144,7 +162,7 @@ class _LinearRecurrence(torch.autograd.Function):
         h = _new_buffer(values)
         final_state = _new_buffer(values, batch, width, dtype=torch.float32) if output_final_state else None
         _forward_kernel[lambda meta: _grid(meta, batch, width)](
-            values, g, initial_state, h, final_state, length, width,
+            values, g, initial_state, h, final_state, length, width, _length_bucket(length),
             LOG_VALUES=log_values, HAS_H0=initial_state is not None, STORE_FINAL=output_final_state)
         ctx.save_for_backward(values, g, h, initial_state)
         ctx.log_values = log_values
@@ -161,7 +179,7 @@ class _LinearRecurrence(torch.autograd.Function):
         _backward_kernel[lambda meta: _grid(meta, batch, width)](
             values, g, h, initial_state, grad_h,
             grad_final.contiguous() if grad_final is not None else None,
-            grad_values, grad_g, grad_initial, length, width,
+            grad_values, grad_g, grad_initial, length, width, _length_bucket(length),
             LOG_VALUES=ctx.log_values, HAS_H0=initial_state is not None, HAS_DHT=grad_final is not None)
         return grad_values, grad_g, grad_initial, None, None
 

@@ -105,24 +105,27 @@ def test_bad_hyperparameters_raise_value_error(bad):
     assert str(list(bad.values())[0]) in str(error.value)
 
 
-def test_triton_backend_matches_reference():
-    """The whole block at tiny size with the Triton scan (interpreter on CPU): outputs, cache and gradients."""
-    reference, fused = make(d_model=8, d_state=4), make(d_model=8, d_state=4, backend="triton")
+def test_triton_backend_matches_reference(triton_device):
+    """The whole block at tiny size with the Triton scan (the GPU, or the interpreter on CPU) against the reference
+    block on the CPU: outputs, cache and gradients."""
+    reference = make(d_model=8, d_state=4)
+    fused = make(d_model=8, d_state=4, backend="triton").to(triton_device)
     fused.load_state_dict(reference.state_dict())
     x = inputs(batch=2, seq=37, d_model=8)
     weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
     outs = {}
-    for name, mixer in (("reference", reference), ("triton", fused)):
-        cache = mixer.allocate_cache(2)
-        head = mixer(x[:, :20], cache=cache)
-        tail = mixer(x[:, 20:], cache=cache)          # continuation: initial state through the kernel
+    for name, mixer, device in (("reference", reference, "cpu"), ("triton", fused, triton_device)):
+        cache = mixer.allocate_cache(2, device=device)
+        xd = x.to(device)
+        head = mixer(xd[:, :20], cache=cache)
+        tail = mixer(xd[:, 20:], cache=cache)          # continuation: initial state through the kernel
         y = torch.cat([head, tail], dim=1)
-        (y * weights).sum().backward()
-        outs[name] = (y, cache["ssm"].clone(), cache["conv"].clone())
+        (y * weights.to(device)).sum().backward()
+        outs[name] = (y.detach().cpu(), cache["ssm"].cpu(), cache["conv"].cpu())
     for label, a, b in zip(("out", "ssm state", "conv state"), outs["triton"], outs["reference"]):
         assert_close(label, a, b, torch.float32)
     for (name, p_ref), p_fused in zip(reference.named_parameters(), fused.parameters()):
-        assert_close(f"grad {name}", p_fused.grad, p_ref.grad, torch.float32)
+        assert_close(f"grad {name}", p_fused.grad.cpu(), p_ref.grad, torch.float32)
 
 
 def _mamba_ssm_class():

@@ -91,10 +91,9 @@ def test_bad_arguments_raise():
 
 @pytest.mark.skipif(not triton_importable(), reason="triton is not installed")
 @pytest.mark.parametrize("name", BLOCKS)
-def test_triton_block_equals_reference_block(name):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def test_triton_block_equals_reference_block(name, triton_device):
     results = []
-    for backend in ("triton", "reference"):
+    for backend, device in (("triton", triton_device), ("reference", "cpu")):
         block = make_block(name, d_model=6, expand=2, backend=backend).to(device)
         x = torch.randn(2, 40, 6, generator=torch.Generator().manual_seed(3)).to(device).requires_grad_()
         y = block(x)

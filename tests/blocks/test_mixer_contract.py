@@ -44,7 +44,7 @@ def test_causal(case):
         assert not torch.allclose(y_changed[:, t + 1:], y[:, t + 1:]), "later outputs ignore the input"
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_token_by_token_decode_equals_parallel_forward(case, dtype):
     mixer = make(case, dtype=dtype)
@@ -54,6 +54,7 @@ def test_token_by_token_decode_equals_parallel_forward(case, dtype):
         cache = mixer.allocate_cache(x.shape[0], device=x.device, dtype=dtype)
         steps = [mixer(x[:, t: t + 1], cache=cache) for t in range(x.shape[1])]
     assert cache.seen == x.shape[1]
+    assert expected.dtype == dtype and all(step.dtype == dtype for step in steps), "the model's dtype is kept"
     # bf16: each path rounds differently, so the bound scales with the dtype (and is checked, never skipped)
     assert_close("decode", torch.cat(steps, dim=1).float(), expected.float(), dtype, scale=2.0)
 
@@ -114,21 +115,23 @@ TRITON_CASES = [case for case in CASES if "triton" in MIXERS[case[0]].backends]
 
 
 @pytest.mark.parametrize("case", TRITON_CASES, ids=case_id)
-def test_triton_backend_matches_reference_backend(case):
-    """Same weights, both paths: outputs and every gradient agree (Triton runs in its interpreter on CPU)."""
-    pytest.importorskip("triton")
+def test_triton_backend_matches_reference_backend(case, triton_device):
+    """Same weights, both paths: outputs and every gradient agree (Triton on the GPU, or in its interpreter on CPU;
+    the reference on the CPU)."""
     name, hyper = case
     reference = make(case)
     torch.manual_seed(0)
-    fused = build_mixer(name, D_MODEL, layer_idx=0, backend="triton", **hyper)
+    fused = build_mixer(name, D_MODEL, layer_idx=0, backend="triton", **hyper).to(triton_device)
     fused.load_state_dict(reference.state_dict())
     x = inputs(seq=9)
     weights = torch.randn(x.shape)
     results = []
-    for mixer in (reference, fused):
-        xi = x.clone().requires_grad_()
-        (mixer(xi) * weights).sum().backward()
-        results.append((mixer(x).detach(), xi.grad, {n: p.grad for n, p in mixer.named_parameters()}))
+    for mixer, device in ((reference, torch.device("cpu")), (fused, triton_device)):
+        xi = x.clone().to(device).requires_grad_()
+        (mixer(xi) * weights.to(device)).sum().backward()
+        with torch.no_grad():
+            y = mixer(x.to(device)).cpu()
+        results.append((y, xi.grad.cpu(), {n: p.grad.cpu() for n, p in mixer.named_parameters()}))
     (y_ref, dx_ref, grads_ref), (y, dx, grads) = results
     assert_close("output", y, y_ref, torch.float32)
     assert_close("input grad", dx, dx_ref, torch.float32)

@@ -90,18 +90,16 @@ KERNEL_SHAPES = [
 @pytest.mark.parametrize("shape", KERNEL_SHAPES, ids=lambda s: "B{}T{}H{}K{}V{}".format(*s[:5]))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("use_norm", [True, False], ids=["norm", "nonorm"])
-def test_triton_matches_quadratic_reference(shape, dtype, use_norm, monkeypatch):
-    pytest.importorskip("triton")
+def test_triton_matches_quadratic_reference(shape, dtype, use_norm, monkeypatch, triton_device):
     from ops.based import triton as kernels
     monkeypatch.setattr(kernels, "FILL_FRESH_BUFFERS_WITH_NAN", True)
     B, T, H, K, V, fwd_blocks, bwd_blocks = shape
     inputs = _inputs(B, T, H, K, V, dtype, seed=T + K)
     grad_out = torch.randn(B, T, H, V, generator=torch.Generator().manual_seed(7))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     scale = K ** -0.5
     def fused(q, k, v):
         return kernels.based_attention_triton(q, k, v, scale, use_norm, 1e-6, fwd_blocks, bwd_blocks)
-    actual = _grads(fused, [x.to(device) for x in inputs], grad_out.to(device))
+    actual = _grads(fused, [x.to(triton_device) for x in inputs], grad_out.to(triton_device))
     # the fp32 reference on the same (rounded) inputs
     expected = _grads(lambda q, k, v: based_attention_quadratic(q, k, v, scale, use_norm),
                       [x.float() for x in inputs], grad_out)
@@ -109,6 +107,37 @@ def test_triton_matches_quadratic_reference(shape, dtype, use_norm, monkeypatch)
     for name, a, e in zip(("o", "dq", "dk", "dv"), actual, expected):
         assert a.dtype == dtype, f"{name} dtype {a.dtype}"
         assert_close(name, a.float().cpu(), e, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_reads_slices_of_a_fused_projection_in_place(dtype, monkeypatch, triton_device):
+    """q, k, v as strided views of one (B, T, H*(2K+V)) projection: the kernel reads them through their strides
+    (no copies) and gives the reference's outputs and gradients, the gradients landing in the fused tensor."""
+    from ops.based import triton as kernels
+    monkeypatch.setattr(kernels, "FILL_FRESH_BUFFERS_WITH_NAN", True)
+    B, T, H, K, V = 2, 45, 2, 16, 24
+    fused = torch.randn(B, T, H * (2 * K + V), generator=torch.Generator().manual_seed(3)).to(dtype)
+    grad_out = torch.randn(B, T, H, V, generator=torch.Generator().manual_seed(4))
+
+    def split(x):
+        q, k, v = x.split([H * K, H * K, H * V], dim=-1)
+        return q.view(B, T, H, K), k.view(B, T, H, K), v.view(B, T, H, V)
+
+    results = []
+    for device, run in ((triton_device, lambda q, k, v: kernels.based_attention_triton(q, k, v, K ** -0.5)),
+                        ("cpu", lambda q, k, v: based_attention_quadratic(q, k, v))):
+        x = fused.detach().to(device) if device != "cpu" else fused.detach().float()
+        x.requires_grad_()
+        q, k, v = split(x)
+        assert not q.is_contiguous() and q.stride() == k.stride()
+        if device != "cpu":
+            assert kernels._readable_in_place(q, k, v)[0].data_ptr() == q.data_ptr(), "q was copied"
+        out = run(q, k, v)
+        out.backward(grad_out.to(device).to(out.dtype))
+        results.append((out.detach().float().cpu(), x.grad.float().cpu()))
+    (out, grad), (want_out, want_grad) = results
+    assert_close("o", out, want_out, dtype)
+    assert_close("grad of the fused projection", grad, want_grad, dtype)
 
 
 def test_public_op_dispatch_and_defaults():
@@ -125,11 +154,15 @@ def test_public_op_dispatch_and_defaults():
         ops.based_attention(q, k, v[:, :10])
     with pytest.raises(ValueError, match="unknown backend"):
         ops.based_attention(q, k, v, backend="fast")
-    if importlib.util.find_spec("triton") is not None:
-        with pytest.raises(ValueError, match="feature dim <= 128"):
-            ops.based_attention(q.double(), k.double(), v.double(), backend="triton")
     assert_close("auto falls back for float64", ops.based_attention(q.double(), k.double(), v.double(), 0.25).float(),
                  expected, torch.float32)
+
+
+def test_triton_backend_names_what_it_does_not_support(triton_device):
+    import ops
+    q, k, v = (x.double().to(triton_device) for x in _inputs(1, 20, 2, 16, 8, seed=5))
+    with pytest.raises(ValueError, match="feature dim <= 128"):
+        ops.based_attention(q, k, v, backend="triton")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fla parity needs CUDA")

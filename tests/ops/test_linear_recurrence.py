@@ -108,13 +108,12 @@ needs_triton = pytest.mark.skipif(not triton_importable(), reason="triton is not
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("form", ["linear", "log"])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_triton_matches_reference(shape, form, dtype, with_initial_state, monkeypatch):
+def test_triton_matches_reference(shape, form, dtype, with_initial_state, monkeypatch, triton_device):
     from ops.linear_recurrence import triton as kernel
     monkeypatch.setattr(kernel, "_new_buffer", lambda like, *shape, dtype=None: torch.full(
         shape or like.shape, float("nan"), dtype=dtype or like.dtype, device=like.device))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     values, decays, h0 = make_inputs(shape, form, dtype, with_initial_state)
-    got = outputs_and_grads(form, "triton", *(None if t is None else t.to(device) for t in (values, decays, h0)))
+    got = outputs_and_grads(form, "triton", *(None if t is None else t.to(triton_device) for t in (values, decays, h0)))
     # fp32 reference on the same (dtype-rounded) inputs
     expected = outputs_and_grads(form, "reference", *(None if t is None else t.float() for t in (values, decays, h0)))
     names = ["h", "final_state", "d values", "d decays", "d initial_state"]
@@ -124,11 +123,10 @@ def test_triton_matches_reference(shape, form, dtype, with_initial_state, monkey
 
 
 @needs_triton
-def test_triton_gradients_without_final_state_output():
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def test_triton_gradients_without_final_state_output(triton_device):
     values, decays, h0 = make_inputs((1, 40, 20), "linear", torch.float32, True)
     results = []
-    for backend in ("triton", "reference"):
+    for backend, device in (("triton", triton_device), ("reference", "cpu")):
         leaves = [t.clone().to(device).requires_grad_() for t in (values, decays, h0)]
         h, final = ops.linear_recurrence(*leaves, backend=backend)
         assert final is None
@@ -153,9 +151,9 @@ def test_same_semantics_as_fla_chunk_hgrn():
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
-def test_log_form_with_extreme_gates_stays_finite(backend):
+def test_log_form_with_extreme_gates_stays_finite(backend, request):
     """Saturated gates (log-coefficients from about -600 to exactly 0) and values spanning e^-495 .. e^5 over 160 steps."""
-    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    device = request.getfixturevalue("triton_device") if backend == "triton" else torch.device("cpu")
     gen = torch.Generator().manual_seed(0)
     log_coeffs = -F.softplus(200 * torch.randn(2, 160, 3, generator=gen))
     log_coeffs[:, ::7] = 0.0  # a gate that keeps everything

@@ -156,26 +156,32 @@ def test_complex_A_is_rejected():
         selective_scan(**inputs, backend="reference")
 
 
-def _compare_triton(inputs, dtype, softplus, scale=1.0):
-    """Triton on `dtype` inputs vs the fp32 reference on the same rounded inputs: out, last state, all grads."""
-    mine = leaves(inputs, dtype)
-    ref = {k: (v.detach().clone().float().requires_grad_(True) if v is not None else None) for k, v in mine.items()}
+def _compare_triton(inputs, dtype, softplus, device, scale=1.0):
+    """Triton on `device` with `dtype` inputs vs the fp32 reference on the CPU on the same rounded inputs: out,
+    last state, all grads."""
+    mine = {k: (v.detach().to(device).requires_grad_(True) if v is not None else None)
+            for k, v in leaves(inputs, dtype).items()}
+    ref = {k: (v.detach().cpu().float().requires_grad_(True) if v is not None else None) for k, v in mine.items()}
     out, last = selective_scan(**mine, delta_softplus=softplus, return_last_state=True, backend="triton")
     expected, expected_last = reference_scan(**ref, delta_softplus=softplus, return_last_state=True)
     assert out.dtype == dtype and last.dtype == torch.float32
-    assert_close("out", out.float(), expected, dtype, scale)
-    assert_close("last state", last, expected_last, dtype, scale)
+    assert_close("out", out.float().cpu(), expected, dtype, scale)
+    assert_close("last state", last.cpu(), expected_last, dtype, scale)
     g = torch.Generator().manual_seed(2)
     w_out = torch.randn(out.shape, generator=g)
     w_last = torch.randn(last.shape, generator=g)
-    ((out.float() * w_out).sum() + (last * w_last).sum()).backward()
+    ((out.float() * w_out.to(device)).sum() + (last * w_last.to(device)).sum()).backward()
     ((expected * w_out).sum() + (expected_last * w_last).sum()).backward()
     for name in INPUT_NAMES:
         if mine[name] is None:
             continue
         assert mine[name].grad is not None, f"no gradient for {name}"
         assert mine[name].grad.dtype == mine[name].dtype, f"grad {name} dtype"
-        assert_close(f"grad {name}", mine[name].grad.float(), ref[name].grad, dtype, scale)
+        assert_close(f"grad {name}", mine[name].grad.float().cpu(), ref[name].grad, dtype, scale)
+
+
+def _on(inputs, device):
+    return {k: (v.to(device) if v is not None else None) for k, v in inputs.items()}
 
 
 @pytest.fixture(autouse=True)
@@ -194,19 +200,19 @@ def small_tiles(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bc", ["variable", "grouped"])
-def test_triton_matches_reference(dtype, bc, small_tiles):
+def test_triton_matches_reference(dtype, bc, small_tiles, triton_device):
     # L 21: three chunks of 8, the last ragged; dim 6: a ragged channel block; N 5: a padded state width
     inputs = make_inputs(2, 6, 21, 5, bc=bc, with_h0=True)
-    _compare_triton(inputs, dtype, softplus=True)
+    _compare_triton(inputs, dtype, softplus=True, device=triton_device)
 
 
 @pytest.mark.parametrize("ckpt_every", [2, 4])
-def test_triton_sparse_checkpoints(ckpt_every, small_tiles, monkeypatch):
+def test_triton_sparse_checkpoints(ckpt_every, small_tiles, monkeypatch, triton_device):
     """Checkpoints every 2 or 4 chunks: the backward replays segments (the last one partly past the end)."""
     from ops.selective_scan import triton as kernel
     monkeypatch.setattr(kernel, "CKPT_EVERY", ckpt_every)
     inputs = make_inputs(2, 6, 21, 5, bc="variable", with_h0=True, seed=4)
-    _compare_triton(inputs, torch.float32, softplus=True)
+    _compare_triton(inputs, torch.float32, softplus=True, device=triton_device)
 
 
 @pytest.mark.parametrize("options", [
@@ -214,27 +220,27 @@ def test_triton_sparse_checkpoints(ckpt_every, small_tiles, monkeypatch):
     dict(with_d=True, with_z=False, with_bias=True, with_h0=False, softplus=False),
     dict(with_d=False, with_z=True, with_bias=False, with_h0=True, softplus=True),
 ])
-def test_triton_optional_inputs(options):
+def test_triton_optional_inputs(options, triton_device):
     options = dict(options)
     softplus = options.pop("softplus")
     inputs = make_inputs(1, 6, 33, 16, **options, seed=3)  # default tiles: 33 steps = two chunks
-    _compare_triton(inputs, torch.float32, softplus=softplus)
+    _compare_triton(inputs, torch.float32, softplus=softplus, device=triton_device)
 
 
-def test_triton_forward_only_and_plain_output():
+def test_triton_forward_only_and_plain_output(triton_device):
     inputs = make_inputs(1, 3, 9, 4)
     with torch.no_grad():
-        out = selective_scan(**inputs, delta_softplus=True, backend="triton")
+        out = selective_scan(**_on(inputs, triton_device), delta_softplus=True, backend="triton")
     expected = reference_scan(**inputs, delta_softplus=True)
     assert isinstance(out, torch.Tensor)
-    assert_close("out (no grad)", out, expected, torch.float32)
+    assert_close("out (no grad)", out.cpu(), expected, torch.float32)
 
 
-def test_time_invariant_bc_falls_back_to_reference_under_triton():
+def test_time_invariant_bc_falls_back_to_reference_under_triton(triton_device):
     inputs = make_inputs(1, 4, 10, 3, bc="invariant")
-    out = selective_scan(**inputs, backend="triton")
+    out = selective_scan(**_on(inputs, triton_device), backend="triton")
     expected, _ = sequential_scan(**inputs)
-    assert_close("out", out, expected, torch.float32)
+    assert_close("out", out.cpu(), expected, torch.float32)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="mamba_ssm parity needs CUDA")

@@ -1,4 +1,4 @@
-"""python -m zoo.bench {ops,speed,recall,hpm} ...  (each command's --help says more)."""
+"""python -m zoo.bench {ops,speed,recall,hpm,gpu} ...  (each command's --help says more)."""
 import argparse
 import importlib
 import shlex
@@ -12,6 +12,7 @@ COMMANDS = {
     "speed": ("zoo.bench.speed", "LM training / prefill / decode tokens per second and peak memory against length"),
     "recall": ("zoo.bench.recall", "MQAR recall against state size, one line per mixer"),
     "hpm": ("zoo.bench.hpm_compare", "anchor vs anchor + hierarchical memory vs dense, accuracy per fact frequency"),
+    "gpu": ("zoo.bench.gpu", "the GPU check, one phase per call (test, peers, ops, speed, recall), packed into one archive"),
 }
 
 

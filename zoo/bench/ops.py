@@ -90,7 +90,7 @@ def measure(case: OpCase, device: torch.device, bandwidth: float, with_backward:
 def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("ops", nargs="*", help=f"ops to time (default: all of {', '.join(OPS_WITH_BENCHMARKS)})")
     parser.add_argument("--preset", choices=("cpu", "gpu"), default=None,
-                        help="shapes: 'gpu' = the anchor shapes of ../shared/ANCHORS.md, 'cpu' = small ones "
+                        help="shapes: 'gpu' = the anchor shapes of docs/peers.md, 'cpu' = small ones "
                              "(default: gpu on CUDA, cpu otherwise)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="input dtype (default bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--no-backward", action="store_true", help="time the forward only")
