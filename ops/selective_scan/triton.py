@@ -1,28 +1,35 @@
 """Fused Triton selective scan: forward and backward, for variable B/C ((batch, N, L) or (batch, G, N, L)).
 
 The structure is the one that makes mamba-ssm's CUDA kernel fast. One program owns one batch row, BLOCK_D
-channels and the whole sequence, which it walks in chunks of BLOCK_L steps (>= 512 in launches); inside a chunk
-each thread holds consecutive time steps of one channel. The per-(d, l) work (u and delta loads, softplus, the
-D skip, the z gate) is done once per chunk; a loop over the N states then runs, for state n, the recurrence
-h_t = exp(dt_t A_n) h_{t-1} + dt_t u_t B_t[n] as a forward associative scan over the chunk's (BLOCK_D, BLOCK_L)
-tile and adds h_t C_t[n] into y, which stays in registers (no cross-lane sum over N).
+channels and the whole sequence, which it walks in chunks of BLOCK_L = 512 steps; inside a chunk each thread
+holds consecutive time steps of one channel, and one warp spans the chunk, so no scan crosses warps. The
+per-(d, l) work (u and delta loads, softplus, the D skip, the z gate) is done once per chunk; a loop over the N
+states then runs, for state n, h_t = exp(dt_t A_n) h_{t-1} + dt_t u_t B_t[n] as a forward associative scan over
+the chunk's (BLOCK_D, BLOCK_L) tile (the state entering the chunk joins the first step's input, so the scan
+yields the states themselves) and adds h_t C_t[n] into y, which stays in registers (no cross-lane sum over N).
 
 The state carried from chunk to chunk lives in ``ckpt`` (batch, dim, chunks + 1, N) float32: chunk c reads
-state n from slot c and writes slot c + 1 (one store per (channel, state) by the thread holding the chunk's last
-step; a barrier per chunk makes it visible to the rest of the program). These are also the backward's
-checkpoints: one per chunk boundary, every BLOCK_L steps; slot ``chunks`` is the last state.
+state n from slot c and writes slot c + 1 (the chunk's last state, picked out within the warp); a barrier per
+chunk makes it visible to the rest of the program. These are also the backward's checkpoints, one every
+BLOCK_L steps; slot ``chunks`` is the last state.
 
 The backward walks the chunks from the last to the first and, per state, runs two forward-direction scans:
 the states h (recomputed from the chunk's checkpoint) over the chunk read in time order, and the adjoint
-lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t[n] over the chunk read time-reversed (every load indexes
-t = end - 1 - i), so no reverse associative scan is compiled (Triton's reverse lowering with a non-commutative
-combine has had correctness bugs, Triton issue 4362, that the interpreter cannot show). The two orders meet
-through a small per-program scratch: the forward-order pass stores a_t h_{t-1} = h_t - x_t, the reversed pass
-reads it back reversed. dC (forward order) and dB (reversed order) are summed over the program's channels
-before float32 atomics; dA accumulates per (channel, state) in a float32 buffer.
+lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t[n] over the chunk read time-reversed (u, delta, g_out, z loads
+index t = end - 1 - i once per chunk; B and C come from time-reversed copies, small (batch, G, N, L) tensors,
+so their per-state loads stay contiguous). No reverse associative scan is compiled: Triton's reverse lowering
+with a non-commutative combine has had correctness bugs (Triton issue 4362) that the interpreter cannot show.
+The two orders meet through a small per-program scratch: the forward-order pass stores a_t h_{t-1} = h_t - x_t,
+the reversed pass reads it back reversed. dC (forward order) and dB (reversed order) are summed over the
+program's channels before relaxed float32 atomics; dA accumulates per (channel, state) in a float32 buffer;
+the pre-gate output y is kept by the forward (only when a backward can follow) for dL/dz.
+
+Static costs at the anchor shapes (python -m ops.compile_check selective_scan --report; results/kernels-sm90.md):
+the forward lands at about 20 SASS instructions per (d, l, n) element with no barrier in its state loop; the
+backward does not yet meet its budget of 45 (about 80-90): its reversed reads, scratch hand-over and channel
+sums pass through shared memory, with ~34 barriers per state. Not yet timed on a GPU.
 
 Scope: real A only; time-invariant B/C ((dim, N)) are left to the reference by ``ops.selective_scan``.
-Not yet timed on a GPU; ``python -m ops.compile_check selective_scan --report`` gives its static costs.
 """
 import torch
 import triton
@@ -122,7 +129,7 @@ def _scan_fwd_kernel(
 
 @triton.jit
 def _scan_bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, ckpt_ptr, g_out_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Bf_ptr, Cf_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, ckpt_ptr, g_out_ptr,
     g_u_ptr, g_delta_ptr, g_z_ptr, g_A_ptr, g_B_ptr, g_C_ptr, g_D_ptr, g_bias_ptr, lam_ptr, scratch_ptr,
     DIM, L, N, G, CH_PER_GROUP, N_CHUNKS,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
@@ -135,7 +142,8 @@ def _scan_bwd_kernel(
     group = d_safe // CH_PER_GROUP
     i = tl.arange(0, BLOCK_L)
     rev = BLOCK_L - 1 - i
-    is_first = (i == BLOCK_L - 1)[None, :] & d_mask[:, None]  # reversed order: the chunk's first step comes last
+    is_start_f = (i == 0)[None, :]  # the first element of a tile, in either order
+    is_first = (i == BLOCK_L - 1)[None, :]  # reversed order: the chunk's first step comes last
     row = (batch_id * DIM + d) * L
     state_row = (batch_id * DIM + d_safe) * N
     ckpt_row = (batch_id * DIM + d_safe) * (N_CHUNKS + 1) * N
@@ -156,6 +164,8 @@ def _scan_bwd_kernel(
         # forward order (f) for the states, reversed order (r) for the adjoint
         t_f = c * BLOCK_L + i
         t_r = c * BLOCK_L + rev
+        t_flip = L - 1 - t_r  # B and C also come time-reversed in memory (Bf, Cf), so their reversed tiles load
+        #                       as contiguous vectors; u, delta, g_out, z are read reversed once per chunk
         mask_f = d_mask[:, None] & (t_f < L)[None, :]
         mask_r = d_mask[:, None] & (t_r < L)[None, :]
         offs_f = row[:, None] + t_f[None, :]
@@ -196,8 +206,10 @@ def _scan_bwd_kernel(
             C_f = tl.load(C_ptr + bc_f, mask=mask_f, other=0.0).to(tl.float32)
             h_in = tl.load(ckpt_ptr + ckpt_row + c * N + n)
             x_f = dtu_f * B_f
-            a_cum, x_cum = tl.associative_scan((tl.exp2(dt_f * A2[:, None]), x_f), 1, _combine)
-            h = x_cum + a_cum * h_in[:, None]
+            decay_f = tl.exp2(dt_f * A2[:, None])
+            # the state entering the chunk joins the first step's input (as in the forward kernel)
+            _, h = tl.associative_scan((decay_f, tl.where(is_start_f, decay_f * h_in[:, None], 0.0) + x_f), 1,
+                                       _combine)
             tl.store(slot + i[None, :], h - x_f)  # a_t h_{t-1}
             g_hC = h * g_y_f  # d/dC
             if GROUPED:
@@ -209,11 +221,12 @@ def _scan_bwd_kernel(
             tl.debug_barrier()  # the reversed pass reads the slot from other threads
 
             # adjoint, time reversed: lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t, carried in from the later chunk
-            bc_r = _bc_offsets(batch_id, group, n, t_r, N, L, G, GROUPED)
-            B_r = tl.load(B_ptr + bc_r, mask=mask_r, other=0.0).to(tl.float32)
-            C_r = tl.load(C_ptr + bc_r, mask=mask_r, other=0.0).to(tl.float32)
-            b_cum, l_cum = tl.associative_scan((tl.exp2(dt_next_r * A2[:, None]), g_y_r * C_r), 1, _combine)
-            lam = l_cum + b_cum * lam_in[:, None]
+            bc_flip = _bc_offsets(batch_id, group, n, t_flip, N, L, G, GROUPED)
+            B_r = tl.load(Bf_ptr + bc_flip, mask=mask_r, other=0.0).to(tl.float32)
+            C_r = tl.load(Cf_ptr + bc_flip, mask=mask_r, other=0.0).to(tl.float32)
+            decay_r = tl.exp2(dt_next_r * A2[:, None])
+            _, lam = tl.associative_scan((decay_r, tl.where(is_start_f, decay_r * lam_in[:, None], 0.0) + g_y_r * C_r),
+                                         1, _combine)
             decayed_prev = tl.load(slot + rev[None, :])
             q = lam * decayed_prev
             g_u_acc += lam * B_r
@@ -222,12 +235,13 @@ def _scan_bwd_kernel(
             tl.store(g_A_ptr + state_row + n, g_A_old + tl.sum(q * dt_r, axis=1), mask=d_mask)
             g_inp = lam * dtu_r  # d/dB
             if GROUPED:
-                tl.atomic_add(g_B_ptr + bc_r, g_inp, mask=mask_r, sem="relaxed")
+                tl.atomic_add(g_B_ptr + _bc_offsets(batch_id, group, n, t_r, N, L, G, GROUPED), g_inp, mask=mask_r,
+                              sem="relaxed")
             else:
                 tl.atomic_add(g_B_ptr + (batch_id * N + n) * L + t_r, tl.sum(g_inp, axis=0), mask=t_r < L,
                               sem="relaxed")
             # lambda at the chunk's first step, for the chunk before
-            tl.store(lam_ptr + state_row[:, None] + n + 0 * i[None, :], lam, mask=is_first)
+            tl.store(lam_ptr + state_row + n, tl.sum(tl.where(is_first, lam, 0.0), axis=1), mask=d_mask)
 
         g_u = g_u_acc * dt_r + g_y_r * skip[:, None]
         g_dt = g_dt_acc
@@ -244,10 +258,13 @@ def _scan_bwd_kernel(
     tl.store(g_bias_ptr + batch_id * DIM + d, g_bias_acc, mask=d_mask)
 
 
-# Launch shapes. A program owns BLOCK_D channels (one warp each) and walks time in chunks of BLOCK_L steps; the
-# chunk is the checkpoint stride. Chosen from the static report (python -m ops.compile_check selective_scan
-# --report), not from timings: none were taken yet.
-BLOCK_D, BLOCK_L, WARPS = 4, 256, 4
+# Launch shapes. A program owns BLOCK_D channels and walks time in chunks of BLOCK_L steps (the checkpoint stride,
+# shared by both kernels). Each kernel's (BLOCK_D, warps) keeps one warp along time, so that its scans never cross
+# warps. Chosen from the static report (python -m ops.compile_check selective_scan --report), not from timings:
+# none were taken yet.
+BLOCK_L = 512
+FWD_BLOCK_D, FWD_WARPS = 1, 1
+BWD_BLOCK_D, BWD_WARPS = 2, 4
 # Kept so that older tests that vary it still run: the states are checkpointed at every chunk boundary (every
 # BLOCK_L >= 512 steps in launches), and this no longer changes the kernel.
 CKPT_EVERY = 1
@@ -266,8 +283,12 @@ def _fresh(shape, like, dtype=None):
     return torch.empty(shape, device=like.device, dtype=dtype)
 
 
-def _tiles():
-    return _TEST_TILES if _TEST_TILES is not None else (BLOCK_D, BLOCK_L)
+def _tiles(backward=False):
+    """(BLOCK_D, BLOCK_L, warps) of the forward or backward kernel."""
+    block_d, warps = (BWD_BLOCK_D, BWD_WARPS) if backward else (FWD_BLOCK_D, FWD_WARPS)
+    if _TEST_TILES is not None:
+        return (*_TEST_TILES, warps)
+    return block_d, BLOCK_L, warps
 
 
 def _as_grouped(X):
@@ -288,7 +309,7 @@ class SelectiveScanFn(torch.autograd.Function):
         if dim % groups:
             raise ValueError(f"selective_scan: dim {dim} is not divisible by the number of B/C groups {groups}")
         z = z.contiguous() if z is not None else None
-        block_d, block_l = _tiles()
+        block_d, block_l, warps = _tiles()
         n_chunks = triton.cdiv(length, block_l)
         out = _fresh(u.shape, u)
         save_y = save and z is not None
@@ -304,11 +325,11 @@ class SelectiveScanFn(torch.autograd.Function):
             dim, length, n_state, groups, dim // groups, n_chunks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(delta_softplus), SAVE_Y=save_y, GROUPED=groups > 1,
-            BLOCK_D=block_d, BLOCK_L=block_l, num_warps=WARPS,
+            BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps,
         )
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, y, ckpt)
-            ctx.delta_softplus, ctx.tiles = bool(delta_softplus), (block_d, block_l)
+            ctx.delta_softplus = bool(delta_softplus)
             ctx.b_shape, ctx.c_shape = b_shape, c_shape
             ctx.h0_dtype = initial_state.dtype if initial_state is not None else None
         return out, ckpt[:, :, n_chunks].clone()
@@ -318,8 +339,9 @@ class SelectiveScanFn(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias, y, ckpt = ctx.saved_tensors
         batch, dim, length = u.shape
         n_state, groups = A.shape[1], B.shape[1]
-        block_d, block_l = ctx.tiles  # the checkpoints fix the chunk length
+        block_d, block_l, warps = _tiles(backward=True)
         n_chunks = ckpt.shape[2] - 1
+        assert n_chunks == triton.cdiv(length, block_l), "the forward's checkpoints fix the chunk length"
         g_u, g_delta = _fresh(u.shape, u), _fresh(delta.shape, delta)
         g_z = _fresh(z.shape, z) if z is not None else None
         g_A = torch.zeros((batch, dim, n_state), device=u.device, dtype=torch.float32)
@@ -332,13 +354,14 @@ class SelectiveScanFn(torch.autograd.Function):
                else torch.zeros((batch, dim, n_state), device=u.device, dtype=torch.float32))
         grid = (triton.cdiv(dim, block_d), batch)
         scratch = torch.empty(batch * grid[0] * 2 * block_d * block_l, device=u.device, dtype=torch.float32)
+        B_flip, C_flip = B.flip(-1), C.flip(-1)  # small: (batch, G, N, L)
         _scan_bwd_kernel[grid](
-            u, delta, A, B, C, D, z, delta_bias, y, ckpt, g_out.contiguous(),
+            u, delta, A, B, C, B_flip, C_flip, D, z, delta_bias, y, ckpt, g_out.contiguous(),
             g_u, g_delta, g_z, g_A, g_B, g_C, g_D, g_bias, lam, scratch,
             dim, length, n_state, groups, dim // groups, n_chunks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=ctx.delta_softplus, GROUPED=groups > 1,
-            BLOCK_D=block_d, BLOCK_L=block_l, num_warps=WARPS,
+            BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps,
         )
         g_h0 = None
         if ctx.h0_dtype is not None:  # dL/dh_{-1} = a_0 lambda_0
