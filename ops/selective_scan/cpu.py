@@ -8,7 +8,7 @@ writes (batch, dim, L) outputs plus a state checkpoint every 64 steps, which its
 Split of work: PyTorch (plain autograd) does the cheap (batch, dim, L) parts, i.e. delta_bias and softplus, the
 D skip and the z gate, and lays B and C out as (batch, G, L, N); ``_Scan`` (a custom autograd Function) calls
 the kernel for the recurrence and its gradients, with rows split over ``torch.get_num_threads()`` threads
-(ctypes drops the GIL), each with its own d_A, d_B, d_C buffers, summed afterwards.
+(ctypes drops the GIL) in a few ranges per thread, each with its own d_A, d_B, d_C buffers, summed afterwards.
 
 The kernel is compiled at first use by ``ops._native`` (needs a C compiler; cached on disk). ``available()``
 says whether it can run here; ``ops.selective_scan.selective_scan(backend="auto")`` uses it on CPU when it
@@ -28,7 +28,8 @@ from ops.selective_scan.reference import discretize_delta
 KERNEL_SOURCE = Path(__file__).with_name("cpu_kernel.c")
 CHUNK = 64                          # steps between the forward's state checkpoints (the backward's recompute span)
 MAX_STATE = 256                     # the backward keeps 2 * CHUNK * N floats per thread on its stack
-PRIVATE_BUFFER_FLOATS = 1 << 26     # cap on the per-thread d_B/d_C copies; fewer threads beyond it
+PRIVATE_BUFFER_FLOATS = 1 << 26     # cap on the per-task d_A/d_B/d_C copies; fewer tasks beyond it
+TASKS_PER_THREAD = 4                # rows are cut finer than the threads, so a thread the OS pauses holds no one up
 
 _pool: ThreadPoolExecutor | None = None
 _pointer = ctypes.c_void_p
@@ -73,20 +74,23 @@ def _row_ranges(rows: int, workers: int) -> list:
 
 
 def _run(fn, ranges: list, make_args):
-    """Call ``fn(*make_args(i), begin, end)`` for each row range, on worker threads when there is more than one."""
+    """Call ``fn(*make_args(i), begin, end)`` for each row range i, on ``torch.get_num_threads()`` threads."""
     global _pool
-    calls = [(i, begin, end) for i, (begin, end) in enumerate(ranges)]
-    if len(calls) == 1:
-        fn(*make_args(0), calls[0][1], calls[0][2])
+    threads = min(torch.get_num_threads(), len(ranges))
+    if threads <= 1:
+        for i, (begin, end) in enumerate(ranges):
+            fn(*make_args(i), begin, end)
         return
-    if _pool is None or _pool._max_workers < len(calls):
-        _pool = ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="selective-scan-cpu")
-    for future in [_pool.submit(fn, *make_args(i), begin, end) for i, begin, end in calls]:
+    if _pool is None or _pool._max_workers != threads:
+        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="selective-scan-cpu")
+    for future in [_pool.submit(fn, *make_args(i), begin, end) for i, (begin, end) in enumerate(ranges)]:
         future.result()
 
 
-def _workers(rows: int, private_floats: int) -> int:
-    return max(1, min(torch.get_num_threads(), rows, PRIVATE_BUFFER_FLOATS // max(private_floats, 1)))
+def _tasks(rows: int, private_floats: int) -> int:
+    """How many row ranges to cut: a few per thread, fewer when each needs private buffers of this size."""
+    wanted = torch.get_num_threads() * TASKS_PER_THREAD if torch.get_num_threads() > 1 else 1
+    return max(1, min(wanted, rows, PRIVATE_BUFFER_FLOATS // max(private_floats, 1)))
 
 
 class _Scan(torch.autograd.Function):
@@ -106,7 +110,7 @@ class _Scan(torch.autograd.Function):
         checkpoints = u.new_empty(batch, dim, n_chunks, n_state)
         common = (_ptr(delta), _ptr(u), _ptr(A), _ptr(B), _ptr(C), *_bc_layout(B, dim), *_bc_layout(C, dim))
         tail = (_ptr(h0), _ptr(y), _ptr(checkpoints), _ptr(last), dim, length)
-        _run(lib.selective_scan_forward, _row_ranges(rows, _workers(rows, 0)), lambda i: (*common, *tail))
+        _run(lib.selective_scan_forward, _row_ranges(rows, _tasks(rows, 0)), lambda i: (*common, *tail))
         ctx.save_for_backward(delta, u, A, B, C, checkpoints)
         ctx.has_h0 = h0 is not None
         return y, last
@@ -121,8 +125,7 @@ class _Scan(torch.autograd.Function):
         rows = batch * dim
         dy = torch.zeros_like(u) if dy is None else dy.float().contiguous()
         d_last = None if d_last is None else d_last.float().contiguous()
-        workers = _workers(rows, B.numel() + C.numel() + A.numel())
-        ranges = _row_ranges(rows, workers)
+        ranges = _row_ranges(rows, _tasks(rows, B.numel() + C.numel() + A.numel()))
         d_delta, d_u = torch.empty_like(delta), torch.empty_like(u)
         d_A = A.new_zeros(len(ranges), *A.shape)
         d_B = B.new_zeros(len(ranges), *B.shape)

@@ -101,7 +101,7 @@ class Mamba(Mixer):
         return self.backend  # validated above; "auto" stays "auto" so the op picks its CPU kernel too
 
     def _conv_backend(self) -> str:
-        return "cuda" if self.backend == "cuda" else "reference"
+        return self.backend if self.backend in ("cuda", "auto") else "reference"
 
     # ---- forward ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
