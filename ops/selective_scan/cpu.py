@@ -5,10 +5,10 @@ only changes how the recurrence runs. The reference builds several (batch, dim, 
 bound by memory traffic on a CPU; the kernel keeps each row's state in registers, reads its inputs once and
 writes (batch, dim, L) outputs plus a state checkpoint every 64 steps, which its backward recomputes from.
 
-Split of work: PyTorch (plain autograd) does the cheap (batch, dim, L) parts, i.e. delta_bias and softplus, the
-D skip and the z gate, and lays B and C out as (batch, G, L, N); ``_Scan`` (a custom autograd Function) calls
-the kernel for the recurrence and its gradients, with rows split over ``torch.get_num_threads()`` threads
-(ctypes drops the GIL) in a few ranges per thread, each with its own d_A, d_B, d_C buffers, summed afterwards.
+Split of work: PyTorch only casts to float32 and lays B and C out as (batch, G, L, N) (autograd maps their
+gradients back); ``_Scan`` (a custom autograd Function) runs the whole op in the kernel, delta_bias, softplus,
+the D skip and the z gate included, and all its gradients, with rows cut into a few ranges per thread of
+``torch.get_num_threads()`` (ctypes drops the GIL), each range with its own d_A, d_B, d_C buffers, summed after.
 
 The kernel is compiled at first use by ``ops._native`` (needs a C compiler; cached on disk). ``available()``
 says whether it can run here; ``ops.selective_scan.selective_scan(backend="auto")`` uses it on CPU when it
@@ -19,11 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ops._native import load, why_unavailable
-from ops.selective_scan.reference import discretize_delta
 
 KERNEL_SOURCE = Path(__file__).with_name("cpu_kernel.c")
 CHUNK = 64                          # steps between the forward's state checkpoints (the backward's recompute span)
@@ -34,8 +32,8 @@ TASKS_PER_THREAD = 4                # rows are cut finer than the threads, so a 
 _pool: ThreadPoolExecutor | None = None
 _pointer = ctypes.c_void_p
 _size = ctypes.c_int64
-_FORWARD_ARGS = [_pointer] * 5 + [_size] * 8 + [_pointer] * 4 + [_size] * 4
-_BACKWARD_ARGS = [_pointer] * 5 + [_size] * 8 + [_pointer] * 9 + [_size] * 4
+_FORWARD_ARGS = [_pointer] * 5 + [_size] * 8 + [_pointer, _size] + [_pointer] * 6 + [_size] * 4
+_BACKWARD_ARGS = [_pointer] * 5 + [_size] * 8 + [_pointer, _size] + [_pointer] * 14 + [_size] * 4
 
 
 def _kernels(n_state: int):
@@ -94,48 +92,57 @@ def _tasks(rows: int, private_floats: int) -> int:
 
 
 class _Scan(torch.autograd.Function):
-    """(delta, u, A, B, C, h0) -> (y = sum_n C h, last state): the recurrence alone, all float32 and contiguous.
+    """The whole op on float32 contiguous tensors; returns (out before the cast to u's dtype, last state).
 
-    delta, u: (batch, dim, L); A: (dim, N); B, C: (batch|1, G, L|1, N); h0: (batch, dim, N) or None.
+    delta, u, z: (batch, dim, L); A: (dim, N); B, C: (batch|1, G, L|1, N); D, delta_bias: (dim,); h0: (batch,
+    dim, N); D, z, delta_bias and h0 may be None.
     """
 
     @staticmethod
-    def forward(ctx, delta, u, A, B, C, h0):
+    def forward(ctx, delta, u, A, B, C, D, z, delta_bias, h0, delta_softplus):
         batch, dim, length = u.shape
         n_state = A.shape[1]
         lib = _kernels(n_state)
         rows, n_chunks = batch * dim, -(-length // CHUNK)
-        y = u.new_empty(batch, dim, length)
+        out = u.new_empty(batch, dim, length)
         last = u.new_empty(batch, dim, n_state)
         checkpoints = u.new_empty(batch, dim, n_chunks, n_state)
-        common = (_ptr(delta), _ptr(u), _ptr(A), _ptr(B), _ptr(C), *_bc_layout(B, dim), *_bc_layout(C, dim))
-        tail = (_ptr(h0), _ptr(y), _ptr(checkpoints), _ptr(last), dim, length)
-        _run(lib.selective_scan_forward, _row_ranges(rows, _tasks(rows, 0)), lambda i: (*common, *tail))
-        ctx.save_for_backward(delta, u, A, B, C, checkpoints)
-        ctx.has_h0 = h0 is not None
-        return y, last
+        args = (_ptr(delta), _ptr(u), _ptr(A), _ptr(B), _ptr(C), *_bc_layout(B, dim), *_bc_layout(C, dim),
+                _ptr(delta_bias), int(delta_softplus), _ptr(D), _ptr(z),
+                _ptr(h0), _ptr(out), _ptr(checkpoints), _ptr(last), dim, length)
+        _run(lib.selective_scan_forward, _row_ranges(rows, _tasks(rows, 0)), lambda i: args)
+        ctx.save_for_backward(delta, u, A, B, C, D, z, delta_bias, checkpoints)
+        ctx.has_h0, ctx.delta_softplus = h0 is not None, delta_softplus
+        return out, last
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, dy, d_last):
-        delta, u, A, B, C, checkpoints = ctx.saved_tensors
+    def backward(ctx, d_out, d_last):
+        delta, u, A, B, C, D, z, delta_bias, checkpoints = ctx.saved_tensors
         batch, dim, length = u.shape
         n_state = A.shape[1]
         lib = _kernels(n_state)
         rows = batch * dim
-        dy = torch.zeros_like(u) if dy is None else dy.float().contiguous()
+        d_out = torch.zeros_like(u) if d_out is None else d_out.float().contiguous()
         d_last = None if d_last is None else d_last.float().contiguous()
         ranges = _row_ranges(rows, _tasks(rows, B.numel() + C.numel() + A.numel()))
         d_delta, d_u = torch.empty_like(delta), torch.empty_like(u)
+        d_z = torch.empty_like(z) if z is not None else None
+        d_bias_rows = u.new_empty(batch, dim) if delta_bias is not None else None
+        d_D_rows = u.new_empty(batch, dim) if D is not None else None
         d_A = A.new_zeros(len(ranges), *A.shape)
         d_B = B.new_zeros(len(ranges), *B.shape)
         d_C = C.new_zeros(len(ranges), *C.shape)
         d_h0 = u.new_empty(batch, dim, n_state) if ctx.has_h0 else None
         common = (_ptr(delta), _ptr(u), _ptr(A), _ptr(B), _ptr(C), *_bc_layout(B, dim), *_bc_layout(C, dim),
-                  _ptr(checkpoints), _ptr(dy), _ptr(d_last), _ptr(d_delta), _ptr(d_u))
+                  _ptr(delta_bias), int(ctx.delta_softplus), _ptr(D), _ptr(z),
+                  _ptr(checkpoints), _ptr(d_out), _ptr(d_last),
+                  _ptr(d_delta), _ptr(d_u), _ptr(d_z), _ptr(d_bias_rows), _ptr(d_D_rows))
         _run(lib.selective_scan_backward, ranges,
              lambda i: (*common, _ptr(d_A[i]), _ptr(d_B[i]), _ptr(d_C[i]), _ptr(d_h0), dim, length))
-        return d_delta, d_u, d_A.sum(0), d_B.sum(0), d_C.sum(0), d_h0
+        return (d_delta, d_u, d_A.sum(0), d_B.sum(0), d_C.sum(0),
+                None if D is None else d_D_rows.sum(0), d_z,
+                None if delta_bias is None else d_bias_rows.sum(0), d_h0, None)
 
 
 def _as_groups(X: torch.Tensor, batch: int, dim: int, length: int, n_state: int, name: str) -> torch.Tensor:
@@ -183,13 +190,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         state = initial_state.float() if initial_state is not None else u.new_zeros(batch, dim, n_state).float()
         return (u.new_zeros(u.shape), state) if return_last_state else u.new_zeros(u.shape)
 
-    delta = discretize_delta(delta, delta_bias, delta_softplus).contiguous()
-    u32 = u.float().contiguous()
-    h0 = initial_state.float().contiguous() if initial_state is not None else None
-    y, last = _Scan.apply(delta, u32, A.float().contiguous(), B4, C4, h0)
-    if D is not None:
-        y = y + D.float()[:, None] * u32
-    if z is not None:
-        y = y * F.silu(z.float())
-    out = y.to(u.dtype)
+    def f32(t):
+        return None if t is None else t.float().contiguous()
+
+    out, last = _Scan.apply(f32(delta), f32(u), f32(A), B4, C4, f32(D), f32(z), f32(delta_bias), f32(initial_state),
+                            bool(delta_softplus))
+    out = out.to(u.dtype)
     return (out, last) if return_last_state else out

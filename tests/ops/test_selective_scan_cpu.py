@@ -92,6 +92,13 @@ def test_long_sequence_stays_accurate(decay):
     assert_matches_reference(inputs)
 
 
+def test_softplus_beyond_its_linear_threshold():
+    """softplus(x) is x above 20 (torch's threshold), and its gradient 1: delta + bias spans about -30..30 here."""
+    inputs = make_inputs(length=40, delta_scale=15.0, a_scale=0.05)
+    assert (inputs["delta"] + inputs["delta_bias"][:, None]).abs().max() > 20
+    assert_matches_reference(inputs)
+
+
 def test_float64_inputs_compute_in_float32_like_the_reference():
     assert_matches_reference(make_inputs(length=70), dtype=torch.float64)
 
