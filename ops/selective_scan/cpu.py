@@ -15,6 +15,7 @@ says whether it can run here; ``ops.selective_scan.selective_scan(backend="auto"
 can and the reference otherwise. Accumulation is float32 whatever the input dtype, as in the reference.
 """
 import ctypes
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,6 +31,7 @@ PRIVATE_BUFFER_FLOATS = 1 << 26     # cap on the per-task d_A/d_B/d_C copies; fe
 TASKS_PER_THREAD = 4                # rows are cut finer than the threads, so a thread the OS pauses holds no one up
 
 _pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
 _pointer = ctypes.c_void_p
 _size = ctypes.c_int64
 _FORWARD_ARGS = [_pointer] * 5 + [_size] * 8 + [_pointer, _size] + [_pointer] * 6 + [_size] * 4
@@ -73,14 +75,15 @@ def _row_ranges(rows: int, workers: int) -> list:
 
 def _run(fn, ranges: list, make_args):
     """Call ``fn(*make_args(i), begin, end)`` for each row range i, on ``torch.get_num_threads()`` threads."""
-    global _pool
+    global _pool, _pool_pid
     threads = min(torch.get_num_threads(), len(ranges))
     if threads <= 1:
         for i, (begin, end) in enumerate(ranges):
             fn(*make_args(i), begin, end)
         return
-    if _pool is None or _pool._max_workers != threads:
-        _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="selective-scan-cpu")
+    # a new pool after a fork too: a forked child inherits the pool object but not its threads
+    if _pool is None or _pool._max_workers != threads or _pool_pid != os.getpid():
+        _pool, _pool_pid = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="selective-scan-cpu"), os.getpid()
     for future in [_pool.submit(fn, *make_args(i), begin, end) for i, (begin, end) in enumerate(ranges)]:
         future.result()
 

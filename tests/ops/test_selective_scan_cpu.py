@@ -188,3 +188,20 @@ def test_mamba_auto_uses_the_kernel_and_decodes_like_its_forward(monkeypatch):
         cache = fast.allocate_cache(2)
         steps = [fast(x[:, :70], cache)] + [fast(x[:, t:t + 1], cache) for t in range(70, 80)]
     assert_close("Mamba prefill + decode", torch.cat(steps, 1), got.detach(), torch.float32)
+
+
+def test_runs_in_a_forked_child_after_the_parent_used_its_threads(monkeypatch):
+    """A forked process (e.g. a fork-started worker) gets a fresh thread pool instead of the parent's dead one."""
+    import multiprocessing
+    monkeypatch.setattr(cpu.torch, "get_num_threads", lambda: 2)
+    inputs = make_inputs(batch=2, dim=8, length=70)
+    want = cpu.selective_scan(**inputs)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        got = pool.apply_async(_scan_in_child, (inputs,)).get(timeout=120)
+    assert_close("out in a forked child", got, want.detach(), torch.float32)
+
+
+def _scan_in_child(inputs):
+    cpu.torch.get_num_threads = lambda: 2  # the fork copied the patched function; keep two threads explicitly
+    return cpu.selective_scan(**inputs).detach()
