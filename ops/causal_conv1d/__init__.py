@@ -12,8 +12,9 @@ def causal_conv1d(x, weight, bias=None, seq_idx=None, initial_states=None, retur
 
     initial_states (batch, dim, W - 1): the inputs before x (prefill continuation). With return_final_states,
     returns (out, final_states (batch, dim, W - 1)), the last W - 1 inputs, ready to continue from.
-    backend: "cuda" uses the causal_conv1d package; every other choice runs the reference, whose depthwise
-    F.conv1d is already a single cuDNN call on GPU (there is no Triton kernel for this op).
+    backend: "cuda" uses the causal_conv1d package; "auto" on CPU runs ``shifted.py`` (W shifted multiply-adds,
+    faster there); every other choice runs the reference, whose depthwise F.conv1d is already a single cuDNN
+    call on GPU (there is no Triton kernel for this op).
     """
     which = resolve_backend(backend, x.device, "causal_conv1d", cuda_package="causal_conv1d")
     if which == "cuda":
@@ -21,8 +22,11 @@ def causal_conv1d(x, weight, bias=None, seq_idx=None, initial_states=None, retur
         return cuda_conv(x, weight, bias, seq_idx, initial_states, return_final_states, final_states_out, activation)
     if seq_idx is not None:
         raise ValueError("causal_conv1d: seq_idx (packed sequences) needs backend='cuda' (the causal_conv1d package)")
-    from ops.causal_conv1d.reference import causal_conv1d as reference_conv
-    result = reference_conv(x, weight, bias, initial_states, return_final_states, activation)
+    if backend == "auto" and x.device.type == "cpu":  # shifted multiply-adds beat depthwise F.conv1d on CPU
+        from ops.causal_conv1d.shifted import causal_conv1d as conv
+    else:
+        from ops.causal_conv1d.reference import causal_conv1d as conv
+    result = conv(x, weight, bias, initial_states, return_final_states, activation)
     if return_final_states and final_states_out is not None:
         final_states_out.copy_(result[1])
         result = (result[0], final_states_out)

@@ -11,7 +11,8 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     u, delta, z: (batch, dim, L); A: (dim, N) real; B, C: (dim, N), (batch, N, L) or (batch, G, N, L);
     D, delta_bias: (dim,); initial_state: (batch, dim, N) state before the first step (prefill continuation).
     Returns out (batch, dim, L) in u's dtype, or (out, last_state (batch, dim, N) float32).
-    backend: "auto" (Triton on CUDA, else reference) | "reference" | "triton" | "cuda" (mamba_ssm's CUDA kernel).
+    backend: "auto" (Triton on CUDA; on CPU the compiled kernel of ``ops.selective_scan.cpu`` when a C compiler
+    is there, else the reference) | "reference" | "triton" | "cuda" (mamba_ssm's CUDA kernel).
     """
     which = resolve_backend(backend, u.device, "selective_scan", cuda_package="mamba_ssm")
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
@@ -21,6 +22,10 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if which == "cuda":
         from ops.selective_scan.cuda import selective_scan as cuda_scan
         return cuda_scan(*args, initial_state=initial_state)
+    if backend == "auto" and u.device.type == "cpu":
+        from ops.selective_scan import cpu
+        if cpu.available(A.shape[-1]):
+            return cpu.selective_scan(*args, initial_state=initial_state)
     # reference, and the time-invariant B/C cases that the Triton kernel leaves to it
     from ops.selective_scan.reference import selective_scan as reference_scan
     return reference_scan(*args, initial_state=initial_state)

@@ -1,11 +1,13 @@
 """Selective-scan cases for ``python -m zoo.bench ops selective_scan``: Mamba-1 training shapes
-(variable B/C, z gate, delta_bias, delta_softplus), ours against mamba-ssm's CUDA ``selective_scan_fn``."""
+(variable B/C, z gate, delta_bias, delta_softplus), ours against mamba-ssm's CUDA ``selective_scan_fn``; on CPU
+the compiled CPU kernel (ops/selective_scan/cpu.py) against the reference, which is then the ratio's baseline."""
 import torch
 
 from zoo.bench.ops import OpCase, OpImpl
 
 GPU_SHAPES = [(8, 1536, 2048, 16), (2, 1536, 8192, 16), (8, 1536, 2048, 64)]   # (batch, dim, L, N), ANCHORS.md
-CPU_SHAPES = [(2, 64, 256, 16), (1, 64, 1024, 16)]
+# the first is the default Mamba LM's training step on CPU (batch 64 x L 64, d_inner 128), then long and short rows
+CPU_SHAPES = [(64, 128, 64, 16), (4, 128, 1024, 16), (1, 64, 1024, 16)]
 # the reference materialises several (batch, dim, L, N) float32 tensors per scan step for autograd: time its
 # backward only where one such tensor stays under this size, so the anchor N=64 case cannot run out of memory
 REFERENCE_BACKWARD_MAX_BYTES = 2 << 30
@@ -45,10 +47,18 @@ def cases(preset: str, device: torch.device, dtype: torch.dtype) -> list[OpCase]
         except ImportError:
             peer = None
 
+    cpu_kernel = None
+    if device.type == "cpu":
+        from ops.selective_scan import cpu
+        cpu_kernel = cpu.selective_scan if cpu.available() else None
+
     out = []
     for batch, dim, length, n_state in shapes:
         impls = [OpImpl("reference", lambda **kw: reference_scan(**kw, delta_softplus=True),
-                        backward=batch * dim * length * n_state * 4 <= REFERENCE_BACKWARD_MAX_BYTES)]
+                        backward=batch * dim * length * n_state * 4 <= REFERENCE_BACKWARD_MAX_BYTES,
+                        peer=cpu_kernel is not None)]   # on CPU the reference is what the kernel is compared with
+        if cpu_kernel is not None:
+            impls.append(OpImpl("cpu", lambda **kw: cpu_kernel(**kw, delta_softplus=True)))
         if device.type == "cuda":
             from ops.selective_scan.triton import selective_scan as triton_scan
             impls.append(OpImpl("triton", lambda **kw: triton_scan(**kw, delta_softplus=True)))

@@ -80,3 +80,10 @@ def test_generation_presets_skip_the_training_step():
     row = measure_point(model, preset, batch=2, seq_len=8, device=torch.device("cpu"))
     assert "train_tok_s" not in row
     assert row["prefill_tok_s"] > 0 and row["decode_tok_s"] > 0
+
+
+def test_cpu_preset_times_each_length_at_the_training_tokens_per_step():
+    """The configs' CPU training batch is 64 x 64 = 4096 tokens; longer lengths keep the tokens per step."""
+    from zoo.bench.speed import CPU
+    assert CPU.points() == [(64, 64), (16, 256), (4, 1024)]
+    assert TEST.points() == [(2, 8), (2, 16)]

@@ -86,3 +86,42 @@ def test_cuda_backend_matches_reference():
                                              activation="silu", backend="reference")
     assert_close("out", out, expected, torch.float32)
     assert_close("final state", final, expected_final, torch.float32)
+
+
+# ---- the CPU path (shifted.py) against the reference ---------------------------------------------------------
+@pytest.mark.parametrize("width", [2, 3, 4])
+@pytest.mark.parametrize("activation", [None, "silu"])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("with_initial_states", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_shifted_matches_reference_with_gradients(width, activation, with_bias, with_initial_states, dtype):
+    from ops.causal_conv1d.reference import causal_conv1d as reference_conv
+    from ops.causal_conv1d.shifted import causal_conv1d as shifted_conv
+    g = torch.Generator().manual_seed(width)
+    tensors = {"x": torch.randn(3, 5, 13, generator=g).to(dtype), "weight": torch.randn(5, width, generator=g),
+               "bias": torch.randn(5, generator=g) if with_bias else None,
+               "initial_states": torch.randn(3, 5, width - 1, generator=g).to(dtype) if with_initial_states else None}
+    weights = torch.randn(3, 5, 13, generator=g), torch.randn(3, 5, width - 1, generator=g)
+    results = []
+    for conv in (shifted_conv, reference_conv):
+        leaves = {k: None if v is None else v.clone().requires_grad_(True) for k, v in tensors.items()}
+        out, final = conv(**leaves, return_final_states=True, activation=activation)
+        ((out.float() * weights[0]).sum() + (final.float() * weights[1]).sum()).backward()
+        results.append({"out": out, "final states": final,
+                        **{f"d {k}": v.grad for k, v in leaves.items() if v is not None}})
+    for name, want in results[1].items():
+        assert results[0][name].dtype == want.dtype
+        assert_close(name, results[0][name].float(), want.float(), dtype)
+
+
+def test_auto_uses_the_shifted_path_on_cpu(monkeypatch):
+    import importlib
+    shifted = importlib.import_module("ops.causal_conv1d.shifted")
+    calls = []
+    original = shifted.causal_conv1d
+    monkeypatch.setattr(shifted, "causal_conv1d", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    x, weight = torch.randn(1, 2, 5), torch.randn(2, 4)
+    causal_conv1d(x, weight, backend="auto")
+    assert calls == [1]
+    causal_conv1d(x, weight, backend="reference")
+    assert calls == [1]

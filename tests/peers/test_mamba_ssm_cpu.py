@@ -105,7 +105,7 @@ OPTIONS = [
 ]
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "triton", "auto"])
 @pytest.mark.parametrize("layout", ["time_invariant", "variable", "grouped"])
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "+".join(o) or "plain")
 def test_selective_scan_matches_selective_scan_ref(backend, layout, options):

@@ -37,6 +37,13 @@ class SpeedPreset:
     knobs: dict = field(default_factory=dict)   # mixer -> constructor keywords (heads sized like the peers)
     cpu_reps: int = 5                 # timing repetitions on CPU (CUDA uses triton's do_bench)
     train: bool = True                # time the training step too (generation presets skip it)
+    tokens_per_step: int = 0          # when set: batch = tokens_per_step // seq_len at each length (batch_sizes unused)
+
+    def points(self) -> list:
+        """(batch, seq_len) pairs measured per mixer."""
+        if self.tokens_per_step:
+            return [(max(1, self.tokens_per_step // length), length) for length in self.seq_lens]
+        return [(batch, length) for batch in self.batch_sizes for length in self.seq_lens]
 
 
 GPU = SpeedPreset(name="gpu", d_model=768, n_layers=4, vocab_size=8192,
@@ -49,9 +56,13 @@ GENERATION = SpeedPreset(name="generation", d_model=1024, n_layers=8, vocab_size
                          batch_sizes=(32, 128), decode_steps=32, dtype="bf16", train=False,
                          knobs={"attention": {"num_heads": 16},
                                 "based_linear_attention": {"num_heads": 16, "feature_dim": 16}})
-CPU = SpeedPreset(name="cpu", d_model=64, n_layers=2, vocab_size=256, seq_lens=(128, 256, 512), batch_sizes=(1, 4),
-                  decode_steps=16, dtype="fp32",
-                  knobs={"attention": {"num_heads": 4}, "based_linear_attention": {"num_heads": 4, "feature_dim": 16}})
+# the configs/model defaults (d_model 64, 2 layers, no MLP, their mixer knobs) at the CPU training batch of
+# configs/task/mqar.yaml, 64 x 64 = 4096 tokens per step, and at longer lengths with the same tokens per step
+CPU = SpeedPreset(name="cpu", d_model=64, n_layers=2, vocab_size=256, seq_lens=(64, 256, 1024), batch_sizes=(),
+                  tokens_per_step=4096, decode_steps=16, dtype="fp32",
+                  knobs={"attention": {"num_heads": 1}, "based_linear_attention": {"num_heads": 1, "feature_dim": 16},
+                         "mamba": {"d_state": 16, "d_conv": 4, "expand": 2}, "mingru": {"expand": 1},
+                         "minlstm": {"expand": 1}, "short_conv": {"kernel_size": 3}})
 TEST = SpeedPreset(name="test", d_model=16, n_layers=1, vocab_size=32, seq_lens=(8, 16), batch_sizes=(2,),
                    decode_steps=2, dtype="fp32", knobs={"attention": {"num_heads": 2}}, cpu_reps=1)
 PRESETS = {p.name: p for p in (CPU, GPU, GENERATION, TEST)}
@@ -173,12 +184,13 @@ def plot(rows: list[dict], path: Path, preset: SpeedPreset, device_name: str):
     for ax, (column, title) in zip(axes.flat, panels):
         scale = 2 ** -30 if column.endswith("bytes") else 1
         for mixer in mixers:
-            for b, batch in enumerate(preset.batch_sizes):
+            lines = ([(None, f"{mixer}, {preset.tokens_per_step} tokens/step")] if preset.tokens_per_step else
+                     [(batch, f"{mixer}, batch {batch}") for batch in preset.batch_sizes])
+            for b, (batch, label) in enumerate(lines):
                 points = [(r["seq_len"], r[column] * scale) for r in rows
-                          if r["mixer"] == mixer and r["batch"] == batch and r.get(column) is not None]
+                          if r["mixer"] == mixer and batch in (None, r["batch"]) and r.get(column) is not None]
                 if points:
-                    ax.plot(*zip(*points), styles[b % len(styles)], marker="o", color=colors[mixer],
-                            label=f"{mixer}, batch {batch}")
+                    ax.plot(*zip(*points), styles[b % len(styles)], marker="o", color=colors[mixer], label=label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length")
@@ -197,7 +209,8 @@ def plot(rows: list[dict], path: Path, preset: SpeedPreset, device_name: str):
 
 def benchmark(preset: SpeedPreset, mixers: list[str], device: torch.device) -> list[dict]:
     dtype = DTYPES[preset.dtype]
-    points = [(m, b, L) for m in mixers for b in preset.batch_sizes for L in preset.seq_lens]
+    # each point is measured for every mixer in turn, so a ratio compares timings taken close together
+    points = [(m, b, L) for b, L in preset.points() for m in mixers]
     rows, models = [], {}
     for mixer, batch, seq_len in tqdm(points, desc="speed points", unit="point"):
         if mixer not in models:

@@ -136,10 +136,10 @@ class Mamba(Mixer):
         which = resolve_backend(self.backend, device, "Mamba selective_scan", cuda_package="mamba_ssm")
         if which == "cuda" and continuing:
             return "triton"  # mamba_ssm's selective_scan_fn takes no initial state
-        return which
+        return self.backend  # validated above; "auto" stays "auto" so the op picks its CPU kernel too
 
     def _conv_backend(self) -> str:
-        return "cuda" if self.backend == "cuda" else "reference"
+        return self.backend if self.backend in ("cuda", "auto") else "reference"
 
     # ---- forward ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:

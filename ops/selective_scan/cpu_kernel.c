@@ -1,0 +1,192 @@
+/* Selective scan (Mamba-1) on CPU: the recurrence of ops/selective_scan/reference.py, one row at a time.
+ *
+ * A row is one (batch b, channel d). Its state h[NSTATE] lives in registers for the whole sequence, so per
+ * (t, n) the forward reads nothing but its inputs and does one exp and three multiply-adds; nothing of size
+ * (batch, dim, L, N) is ever stored. The forward keeps the state at the start of every CHUNK-step chunk;
+ * the backward walks the chunks last to first, recomputes each chunk's states from its checkpoint into a
+ * small per-row buffer (it stays in L1), then runs the gradient recurrence backwards through the chunk.
+ *
+ * The (b, d, t) work around the recurrence is done here too, once per step rather than once per state:
+ *   dt_t = softplus(delta_t + delta_bias[d]) (bias, softplus optional), y_t = sum_n C h_t + D[d] u_t,
+ *   out_t = y_t * silu(z_t) (gate optional); and in the backward the gradients of all of those.
+ *
+ * Layouts (all float32, C-contiguous unless a stride says otherwise):
+ *   delta, u, z, out, d_out, d_delta, d_u, d_z: (rows, L), row r = b * dim + d; delta is the raw input
+ *   delta_bias, D: (dim,) or NULL; d_delta_bias_rows, d_D_rows: (rows,), each row's sum over t
+ *   A, d_A: (dim, NSTATE)
+ *   B, C, d_B, d_C: element (b, g, t, n) at b*s_b + g*s_g + t*s_t + n, where g = d / channels_per_group
+ *     (each of B and C has its own strides and grouping); a stride of 0 broadcasts (time-invariant B/C)
+ *   h0, last, d_last, d_h0: (rows, NSTATE); checkpoints: (rows, n_chunks, NSTATE)
+ * NSTATE and CHUNK are compile-time constants (-D), so h[] stays in registers and the n loops vectorise.
+ * Rows [row_begin, row_end) are done by one call; callers split rows across threads, each thread with its own
+ * d_A / d_B / d_C accumulators (they are sums over rows).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifndef NSTATE
+#error "compile with -DNSTATE=<state size>"
+#endif
+#ifndef CHUNK
+#define CHUNK 64
+#endif
+
+typedef struct {
+    int64_t batch_stride, group_stride, time_stride, channels_per_group;
+} bc_layout;
+
+static inline int64_t bc_offset(const bc_layout *s, int64_t b, int64_t d, int64_t t) {
+    return b * s->batch_stride + (d / s->channels_per_group) * s->group_stride + t * s->time_stride;
+}
+
+static inline float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }   /* torch's threshold 20 */
+static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* dt and the gate's sigmoid for the steps [t0, t0 + n) of a row, in loops of their own so that the compiler
+ * vectorises expf/log1pf (called once per step inside the scan loop they would run scalar, costing as much as the
+ * scan's N states). */
+static void chunk_prologue(const float *delta_row, const float *z_row, float bias, int64_t delta_softplus,
+                           int64_t t0, int64_t n, float *dts, float *raws, float *z_sig) {
+    for (int64_t j = 0; j < n; ++j) raws[j] = delta_row[t0 + j] + bias;
+    if (delta_softplus)
+        for (int64_t j = 0; j < n; ++j) dts[j] = softplus(raws[j]);
+    else
+        for (int64_t j = 0; j < n; ++j) dts[j] = raws[j];
+    if (z_row)
+        for (int64_t j = 0; j < n; ++j) z_sig[j] = sigmoid(z_row[t0 + j]);
+}
+
+void selective_scan_forward(const float *delta, const float *u, const float *A, const float *B, const float *C,
+                            int64_t B_batch_stride, int64_t B_group_stride, int64_t B_time_stride, int64_t B_group,
+                            int64_t C_batch_stride, int64_t C_group_stride, int64_t C_time_stride, int64_t C_group,
+                            const float *delta_bias, int64_t delta_softplus, const float *D, const float *z,
+                            const float *h0, float *out, float *checkpoints, float *last,
+                            int64_t dim, int64_t length, int64_t row_begin, int64_t row_end) {
+    const bc_layout sb = {B_batch_stride, B_group_stride, B_time_stride, B_group};
+    const bc_layout sc = {C_batch_stride, C_group_stride, C_time_stride, C_group};
+    const int64_t n_chunks = (length + CHUNK - 1) / CHUNK;
+    for (int64_t r = row_begin; r < row_end; ++r) {
+        const int64_t b = r / dim, d = r % dim;
+        const float *a_row = A + d * NSTATE;
+        const float *delta_row = delta + r * length, *u_row = u + r * length, *z_row = z ? z + r * length : 0;
+        const float bias = delta_bias ? delta_bias[d] : 0.0f, skip = D ? D[d] : 0.0f;
+        float *out_row = out + r * length;
+        float h[NSTATE];
+        for (int n = 0; n < NSTATE; ++n) h[n] = h0 ? h0[r * NSTATE + n] : 0.0f;
+        float dts[CHUNK], raws[CHUNK], z_sig[CHUNK];
+        for (int64_t t = 0; t < length; ++t) {
+            if (t % CHUNK == 0) {
+                memcpy(checkpoints + (r * n_chunks + t / CHUNK) * NSTATE, h, sizeof h);
+                chunk_prologue(delta_row, z_row, bias, delta_softplus, t,
+                               t + CHUNK < length ? CHUNK : length - t, dts, raws, z_sig);
+            }
+            const float dt = dts[t % CHUNK];
+            const float dtu = dt * u_row[t];
+            const float *b_t = B + bc_offset(&sb, b, d, t), *c_t = C + bc_offset(&sc, b, d, t);
+            float acc = 0.0f;
+            for (int n = 0; n < NSTATE; ++n) {
+                h[n] = expf(dt * a_row[n]) * h[n] + dtu * b_t[n];
+                acc += c_t[n] * h[n];
+            }
+            const float y = acc + skip * u_row[t];
+            out_row[t] = z_row ? y * z_row[t] * z_sig[t % CHUNK] : y;
+        }
+        memcpy(last + r * NSTATE, h, sizeof h);
+    }
+}
+
+/* Gradients, with g_t = dL/dh_t (g after the last step = d_last) and dy_t = d_out_t silu(z_t) (the gradient of y_t):
+ *   g_t      = dy_t C_t + exp(dt_{t+1} A) g_{t+1}
+ *   d_C_t   += dy_t h_t                d_B_t += g_t dt_t u_t               (summed over the group's channels)
+ *   d_u_t    = dt_t sum_n g_t B_t + D dy_t                d_D += dy_t u_t
+ *   d_dt_t   = u_t sum_n g_t B_t + sum_n q_t A, with q_t = g_t exp(dt_t A) h_{t-1} (the gradient of dt_t A)
+ *   d_delta_t = d_dt_t softplus'(delta_t + bias)          d_delta_bias += d_delta_t
+ *   d_z_t    = d_out_t y_t silu'(z_t)                      d_A += sum_t q_t dt_t      d_h0 = exp(dt_0 A) g_0
+ * d_A, d_B, d_C are accumulated (+=) into the caller's zeroed per-task buffers; the rest are written.
+ */
+void selective_scan_backward(const float *delta, const float *u, const float *A, const float *B, const float *C,
+                             int64_t B_batch_stride, int64_t B_group_stride, int64_t B_time_stride, int64_t B_group,
+                             int64_t C_batch_stride, int64_t C_group_stride, int64_t C_time_stride, int64_t C_group,
+                             const float *delta_bias, int64_t delta_softplus, const float *D, const float *z,
+                             const float *checkpoints, const float *d_out, const float *d_last,
+                             float *d_delta, float *d_u, float *d_z, float *d_delta_bias_rows, float *d_D_rows,
+                             float *d_A, float *d_B, float *d_C, float *d_h0,
+                             int64_t dim, int64_t length, int64_t row_begin, int64_t row_end) {
+    const bc_layout sb = {B_batch_stride, B_group_stride, B_time_stride, B_group};
+    const bc_layout sc = {C_batch_stride, C_group_stride, C_time_stride, C_group};
+    const int64_t n_chunks = (length + CHUNK - 1) / CHUNK;
+    float h_prev[CHUNK][NSTATE], decay[CHUNK][NSTATE];   /* h_{t-1} and exp(dt_t A) for the chunk's steps */
+    for (int64_t r = row_begin; r < row_end; ++r) {
+        const int64_t b = r / dim, d = r % dim;
+        const float *a_row = A + d * NSTATE;
+        const float *delta_row = delta + r * length, *u_row = u + r * length, *d_out_row = d_out + r * length;
+        const float *z_row = z ? z + r * length : 0;
+        const float bias = delta_bias ? delta_bias[d] : 0.0f, skip = D ? D[d] : 0.0f;
+        float *d_delta_row = d_delta + r * length, *d_u_row = d_u + r * length, *d_a_row = d_A + d * NSTATE;
+        float *d_z_row = z ? d_z + r * length : 0;
+        float g[NSTATE], d_a[NSTATE], d_bias_sum = 0.0f, d_skip_sum = 0.0f;
+        for (int n = 0; n < NSTATE; ++n) {
+            g[n] = d_last ? d_last[r * NSTATE + n] : 0.0f;
+            d_a[n] = 0.0f;
+        }
+        for (int64_t k = n_chunks - 1; k >= 0; --k) {
+            const int64_t t0 = k * CHUNK, t1 = t0 + CHUNK < length ? t0 + CHUNK : length;
+            float h[NSTATE], dts[CHUNK], raws[CHUNK], z_sig[CHUNK], d_softplus[CHUNK];
+            memcpy(h, checkpoints + (r * n_chunks + k) * NSTATE, sizeof h);
+            chunk_prologue(delta_row, z_row, bias, delta_softplus, t0, t1 - t0, dts, raws, z_sig);
+            if (delta_softplus)   /* softplus'(x) = sigmoid(x), and 1 above the threshold */
+                for (int64_t j = 0; j < t1 - t0; ++j) d_softplus[j] = raws[j] > 20.0f ? 1.0f : sigmoid(raws[j]);
+            for (int64_t t = t0; t < t1; ++t) {
+                const float dt = dts[t - t0];
+                const float dtu = dt * u_row[t];
+                const float *b_t = B + bc_offset(&sb, b, d, t);
+                float *hp = h_prev[t - t0], *dc = decay[t - t0];
+                for (int n = 0; n < NSTATE; ++n) {
+                    hp[n] = h[n];
+                    dc[n] = expf(dt * a_row[n]);
+                    h[n] = dc[n] * h[n] + dtu * b_t[n];
+                }
+            }
+            for (int64_t t = t1 - 1; t >= t0; --t) {
+                const float dt = dts[t - t0];
+                const float ut = u_row[t], dtu = dt * ut;
+                const float zt = z_row ? z_row[t] : 0.0f, gate_sig = z_row ? z_sig[t - t0] : 1.0f;
+                const float dyt = z_row ? d_out_row[t] * zt * gate_sig : d_out_row[t];
+                const int64_t ob = bc_offset(&sb, b, d, t), oc = bc_offset(&sc, b, d, t);
+                const float *b_t = B + ob, *c_t = C + oc;
+                float *db_t = d_B + ob, *dc_t = d_C + oc;
+                const float *hp = h_prev[t - t0], *dc = decay[t - t0];
+                float g_dot_b = 0.0f, q_dot_a = 0.0f, acc = 0.0f;
+                for (int n = 0; n < NSTATE; ++n) {
+                    const float h_t = dc[n] * hp[n] + dtu * b_t[n];
+                    const float g_t = g[n] + dyt * c_t[n];
+                    const float q = g_t * dc[n] * hp[n];
+                    acc += c_t[n] * h_t;
+                    dc_t[n] += dyt * h_t;
+                    db_t[n] += g_t * dtu;
+                    g_dot_b += g_t * b_t[n];
+                    q_dot_a += q * a_row[n];
+                    d_a[n] += q * dt;
+                    g[n] = g_t * dc[n];
+                }
+                if (z_row) {
+                    const float y = acc + skip * ut;
+                    d_z_row[t] = d_out_row[t] * y * gate_sig * (1.0f + zt * (1.0f - gate_sig));
+                }
+                d_u_row[t] = dt * g_dot_b + skip * dyt;
+                d_skip_sum += dyt * ut;
+                const float d_dt = ut * g_dot_b + q_dot_a;
+                const float d_raw = delta_softplus ? d_dt * d_softplus[t - t0] : d_dt;
+                d_delta_row[t] = d_raw;
+                d_bias_sum += d_raw;
+            }
+        }
+        for (int n = 0; n < NSTATE; ++n) {
+            d_a_row[n] += d_a[n];
+            if (d_h0) d_h0[r * NSTATE + n] = g[n];
+        }
+        if (d_delta_bias_rows) d_delta_bias_rows[r] = d_bias_sum;
+        if (d_D_rows) d_D_rows[r] = d_skip_sum;
+    }
+}
