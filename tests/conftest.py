@@ -20,3 +20,17 @@ def triton_device() -> torch.device:
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.fail("no CUDA device and TRITON_INTERPRET is not 1: backend='triton' cannot run here")
     return torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def small_scan_tiles_in_the_interpreter(monkeypatch):
+    """The interpreter runs a kernel as NumPy, one program at a time: at the selective scan's launch tiles (512 time
+    steps per chunk) one small Mamba test takes minutes. Under the interpreter every test gets small tiles, which
+    also make small inputs span several ragged chunks and channel blocks; a test may still set its own. On a GPU
+    the launch tiles stay (compiled kernels at their real configuration)."""
+    if os.environ.get("TRITON_INTERPRET") == "1" and not torch.cuda.is_available():
+        try:
+            from ops.selective_scan import triton as scan_kernel
+        except ImportError:  # no triton installed: the Triton tests skip anyway
+            return
+        monkeypatch.setattr(scan_kernel, "_TEST_TILES", (4, 16))
