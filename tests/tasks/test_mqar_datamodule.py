@@ -77,7 +77,7 @@ def test_impossible_segment_fails_at_construction():
 
 
 def test_unknown_task_lists_known_ones():
-    with pytest.raises(ValueError, match="known tasks: mqar"):
+    with pytest.raises(ValueError, match="known tasks: .*mqar"):
         build_task("copying", vocab_size=10)
 
 

@@ -30,8 +30,8 @@ def test_mqar_reads_its_key_value_pairs_twice():
     options = dict(vocab_size=64, train_segments=[[16, 2, 20]], test_segments=[[16, 2, 20], [32, 4, 20]],
                    batch_size=8, seed=1)
     once, twice = build_task("mqar", **options), build_task("mqar", read_twice=True, **options)
-    once.setup("fit")
-    twice.setup("fit")
+    once.setup()
+    twice.setup()
     for a, b, kv in zip(once.test_sets, twice.test_sets, (2, 4)):
         (x, y), (x2, y2) = a.parts[0], b.parts[0]
         assert torch.equal(x2[:, :2 * kv], x[:, :2 * kv]) and torch.equal(x2[:, 2 * kv:], x)
