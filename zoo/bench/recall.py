@@ -169,27 +169,36 @@ def sweep(preset: Preset, mixers: list[str], out: Path, device: str, workers: in
 
 
 def _train_all(preset: Preset, configs: list[dict], device: str, workers: int, deadline: float | None = None):
-    """Yield (config, result) as runs finish: in this process, or in ``workers`` processes of one thread each.
+    """Yield (config, result) as runs finish: in this process, or in ``workers`` processes of one thread each."""
+    if not configs:
+        return
+    datamodule = make_datamodule(preset) if workers == 1 else None
+    yield from run_as_they_finish(configs, lambda config: train_run(config, datamodule, device),
+                                  _worker_train, (device,), workers, deadline, _worker_setup, (preset,))
+
+
+def run_as_they_finish(configs: list[dict], run_here, run_in_worker, worker_args: tuple, workers: int,
+                       deadline: float | None, initializer=None, initargs: tuple = ()):
+    """Yield (config, result) as runs finish: ``run_here(config)`` in this process when ``workers`` is 1, else
+    ``run_in_worker(config, *worker_args)`` in ``workers`` spawned processes of one intra-op thread share each.
 
     Small models on a CPU use a second core far better as a second run than as a second intra-op thread.
     Past ``deadline`` (time.monotonic), checked as each run finishes, no new run starts.
     """
-    if not configs:
-        return
     past_deadline = lambda: deadline is not None and time.monotonic() > deadline  # noqa: E731
     if workers == 1:
-        datamodule = make_datamodule(preset)
         for config in configs:
-            yield config, train_run(config, datamodule, device)
+            yield config, run_here(config)
             if past_deadline():
                 return
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_worker_setup, initargs=(preset, threads)) as pool:
+                                                initializer=_worker_init,
+                                                initargs=(threads, initializer, initargs)) as pool:
         queue = list(configs)
         # one run in flight per worker, the next submitted as one finishes: past the deadline none is submitted
-        running = {pool.submit(_worker_train, config, device): config for config in queue[:workers]}
+        running = {pool.submit(run_in_worker, config, *worker_args): config for config in queue[:workers]}
         del queue[:workers]
         while running:
             finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -197,14 +206,19 @@ def _train_all(preset: Preset, configs: list[dict], device: str, workers: int, d
                 yield running.pop(future), future.result()
             while queue and len(running) < workers and not past_deadline():
                 config = queue.pop(0)
-                running[pool.submit(_worker_train, config, device)] = config
+                running[pool.submit(run_in_worker, config, *worker_args)] = config
+
+
+def _worker_init(threads: int, initializer, initargs: tuple):
+    torch.set_num_threads(threads)
+    if initializer is not None:
+        initializer(*initargs)
 
 
 _WORKER_DATA = {}
 
 
-def _worker_setup(preset: Preset, threads: int):
-    torch.set_num_threads(threads)
+def _worker_setup(preset: Preset):
     _WORKER_DATA["datamodule"] = make_datamodule(preset)
 
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from zoo.bench.choices import resolve_preset
 from zoo.bench.environment import describe
-from zoo.bench.recall import _quiet_lightning, run_key
+from zoo.bench.recall import _quiet_lightning, run_as_they_finish, run_key
 from zoo.bench.recall_suite_grid import N_LAYERS, PAIRING, PUBLIC_SUITE_PRESETS, SUITE_PRESETS, SuitePreset
 from zoo.bench.report import format_table, pyplot, write_json, write_markdown
 
@@ -165,28 +165,8 @@ def run_suite(preset: SuitePreset, tasks: list[str], lines: list[str], read_twic
 
 def _train_all(configs: list[dict], device: str, workers: int, deadline: float | None):
     """(config, result) as runs finish: here, or in ``workers`` single-threaded processes (see recall.py)."""
-    import concurrent.futures
-    import multiprocessing
-    past_deadline = lambda: deadline is not None and time.monotonic() > deadline  # noqa: E731
-    if workers == 1:
-        for config in configs:
-            yield config, train_suite_run(config, device)
-            if past_deadline():
-                return
-        return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-        queue = list(configs)
-        running = {pool.submit(train_suite_run, c, device): c for c in queue[:workers]}
-        del queue[:workers]
-        while running:
-            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in finished:
-                yield running.pop(future), future.result()
-            while queue and len(running) < workers and not past_deadline():
-                config = queue.pop(0)
-                running[pool.submit(train_suite_run, config, device)] = config
+    yield from run_as_they_finish(configs, lambda config: train_suite_run(config, device), train_suite_run,
+                                  (device,), workers, deadline)
 
 
 def flat_row(record: dict) -> dict:
