@@ -317,6 +317,15 @@ def plot(best_rows: list[dict], path: Path, preset_name: str):
     plt.close(fig)
 
 
+def resolve_device(preset, requested: str | None) -> str:
+    """--device, else the preset's accelerator; a CUDA preset on a machine without CUDA exits with one line."""
+    device = requested or ("cuda" if preset.accelerator == "gpu" else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: preset {preset.name} trains on CUDA, which is not available here "
+                         f"(use --preset cpu, or --device cpu to run it anyway)")
+    return device
+
+
 def run(args) -> int:
     if getattr(args, "suite", False) or getattr(args, "task", None):
         from zoo.bench.recall_suite import run as run_suite
@@ -326,10 +335,7 @@ def run(args) -> int:
         mixers = resolve_mixers(args.mixers.split(",") if args.mixers else None)
     except ValueError as error:
         raise SystemExit(f"error: {error}")
-    device = args.device or ("cuda" if preset.accelerator == "gpu" else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: preset {preset.name} trains on CUDA, which is not available here "
-                         f"(use --preset cpu, or --device cpu to run it anyway)")
+    device = resolve_device(preset, args.device)
     out = Path(args.out or f"bench_results/recall-{preset.name}")
     workers = args.workers or preset.workers or os.cpu_count() or 1
     started = time.perf_counter()

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from zoo.bench.choices import resolve_preset
 from zoo.bench.environment import describe
-from zoo.bench.recall import _quiet_lightning, run_as_they_finish, run_key
+from zoo.bench.recall import _quiet_lightning, resolve_device, run_as_they_finish, run_key
 from zoo.bench.recall_suite_grid import N_LAYERS, PAIRING, PUBLIC_SUITE_PRESETS, SUITE_PRESETS, SuitePreset
 from zoo.bench.report import format_table, pyplot, write_json, write_markdown
 
@@ -267,10 +267,7 @@ def run(args) -> int:
             raise ValueError(f"--epochs must be a positive integer, got {args.epochs}")
     except ValueError as error:
         raise SystemExit(f"error: {error}")
-    device = args.device or ("cuda" if preset.accelerator == "gpu" else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: preset {preset.name} trains on CUDA, which is not available here "
-                         f"(use --preset cpu, or --device cpu to run it anyway)")
+    device = resolve_device(preset, args.device)
     out = Path(args.out or f"bench_results/recall-suite-{preset.name}")
     workers = args.workers or preset.workers or os.cpu_count() or 1
     started = time.perf_counter()

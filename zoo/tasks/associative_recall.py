@@ -16,23 +16,12 @@ from dataclasses import dataclass
 import torch
 
 from zoo.tasks.draws import distinct_ints, query_block
-from zoo.tasks.mqar import IGNORE_INDEX
+from zoo.tasks.mqar import IGNORE_INDEX, Segment
 from zoo.tasks.recall_datamodule import RecallTaskDataModule
 from zoo.checks import require_positive_int
 
 
 # ---- noisy recall ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class NoisySlice:
-    input_seq_len: int
-    num_kv_pairs: int
-    num_examples: int
-
-    @property
-    def slice_key(self) -> str:
-        return f"L{self.input_seq_len}_kv{self.num_kv_pairs}"
-
-
 def check_noisy(vocab_size: int, input_seq_len: int, num_kv_pairs: int, noise_vocab_size: int):
     require_positive_int("noise_vocab_size", noise_vocab_size, "noisy_recall")
     half = (vocab_size - noise_vocab_size) // 2
@@ -68,7 +57,7 @@ def noisy_recall(vocab_size: int, num_examples: int, input_seq_len: int, num_kv_
 
 class NoisyRecallDataModule(RecallTaskDataModule):
     task_name = "noisy_recall"
-    slice_type = NoisySlice
+    slice_type = Segment  # (input_seq_len, num_kv_pairs, num_examples), keyed L<len>_kv<pairs> as MQAR
 
     def __init__(self, *args, noise_vocab_size: int = 16, **kwargs):
         self.noise_vocab_size = noise_vocab_size
