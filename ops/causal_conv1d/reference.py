@@ -23,9 +23,14 @@ def causal_conv1d(x, weight, bias=None, initial_states=None, return_final_states
     padded = torch.cat([initial_states.to(x.dtype), x], dim=-1)            # (b, d, W - 1 + L)
     out = F.conv1d(padded.float(), weight.float()[:, None, :],
                    bias.float() if bias is not None else None, groups=dim)
+    return finish(out, padded, x.dtype, width, activation, return_final_states)
+
+
+def finish(out, padded, dtype, width: int, activation, return_final_states: bool):
+    """The float32 conv output -> activation, input dtype, and the last W - 1 inputs when asked (every path)."""
     if activation is not None:
         out = F.silu(out)
-    out = out.to(x.dtype)
+    out = out.to(dtype)
     if return_final_states:
         return out, padded[..., padded.shape[-1] - (width - 1):].contiguous()
     return out

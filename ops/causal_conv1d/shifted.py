@@ -9,7 +9,7 @@ output in x's dtype, like the reference.
 import torch
 import torch.nn.functional as F
 
-from ops.causal_conv1d.reference import check_activation
+from ops.causal_conv1d.reference import check_activation, finish
 
 
 def causal_conv1d(x, weight, bias=None, initial_states=None, return_final_states=False, activation=None):
@@ -26,9 +26,4 @@ def causal_conv1d(x, weight, bias=None, initial_states=None, return_final_states
         out = torch.addcmul(out, xf[..., k:k + length], w[:, k, None])
     if bias is not None:
         out = out + bias.float()[:, None]
-    if activation is not None:
-        out = F.silu(out)
-    out = out.to(x.dtype)
-    if return_final_states:
-        return out, padded[..., padded.shape[-1] - (width - 1):].contiguous()
-    return out
+    return finish(out, padded, x.dtype, width, activation, return_final_states)
