@@ -13,6 +13,7 @@ _PUBLIC = {
     "linear_recurrence": "ops.linear_recurrence",
     "log_linear_recurrence": "ops.linear_recurrence",
     "based_attention": "ops.based",
+    "running_topk": "ops.co4",  # Co4's causal running top-k
 }
 
 __all__ = sorted(_PUBLIC)

@@ -4,7 +4,8 @@ import sys
 
 import ops
 
-PUBLIC = ["selective_scan", "causal_conv1d", "linear_recurrence", "log_linear_recurrence", "based_attention"]
+PUBLIC = ["selective_scan", "causal_conv1d", "linear_recurrence", "log_linear_recurrence", "based_attention",
+          "running_topk"]
 
 
 def test_public_ops_are_functions():

@@ -1,0 +1,183 @@
+"""Fused Triton kernels for the causal running top-k (see reference.py for the definition), forward and backward.
+
+Work split: one program per (channel tile, batch row) walks the T steps in order with each channel's k-best list
+in registers: per slot its ranking key, value, source and rank (the row it occupies). The list is kept unsorted;
+a new entry takes the slot of the one it evicts (or the next empty slot), and the ranks of the slots it passes
+move down one, so a step is O(k) elementwise work with no shifting or sorting. Each step writes the k rows
+straight to their ranks (row r of token t at TOP[b, t, r]), the token's own rank, and optionally the sources.
+Empty slots hold "virtual" ranks (slot j sits at row j until filled), so every row is written at every step,
+zeros where the prefix cannot fill it yet, and nothing of size T x T is built.
+
+Backward replays the same list (the keys are recomputed from the inputs, so no indices are saved) and gives each
+slot a gradient accumulator: while an entry sits in the list it collects the incoming gradient of the row it
+occupies; when it is evicted, or at the end, the sum is written once to its source. Every source is written at
+most once, so there are no atomics; sources that never entered keep the zeros the buffer starts with.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ops._backend import triton_interpreting
+
+
+def launch_config(k: int):
+    """(padded slots, channels per program, warps). One warp, one channel per lane: the list of a channel lives in
+    one thread's registers, so ranking needs no shuffles. The interpreter takes narrow tiles so that small test
+    widths span several ragged tiles."""
+    return triton.next_power_of_2(k), (16 if triton_interpreting() else 32), 1
+
+
+@triton.jit
+def _key(x):
+    """ranking_key: the value rounded to bfloat16 (to nearest, ties to even, as torch rounds), kept in float32.
+    Rounded on the bits rather than by a cast: Triton's interpreter casts float32 -> bfloat16 by truncation, and
+    the kernel must rank the same way on both. float64 goes through float32 first, as in torch."""
+    bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _start(INIT, pid_b, C, initial_count, cols, col_ok, K: tl.constexpr, KP: tl.constexpr,
+           HAS_INIT: tl.constexpr, dtype: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The list before the first token: the initial table's slots (sources 0..K-1) in rank order, -inf keys on
+    empty slots; slot j's rank is j (the padded slots j >= K keep ranks >= K and never take part)."""
+    slot = tl.arange(0, KP)[:, None]
+    rank = slot + tl.zeros([KP, BLOCK_C], dtype=tl.int32)
+    src = rank
+    if HAS_INIT:
+        ok = (slot < initial_count) & col_ok[None, :]
+        val = tl.load(INIT + pid_b.to(tl.int64) * K * C + slot * C + cols[None, :], mask=ok, other=0.0)
+        key = tl.where(ok, _key(val), float("-inf"))
+    else:
+        val = tl.zeros([KP, BLOCK_C], dtype=dtype)
+        key = tl.full([KP, BLOCK_C], float("-inf"), dtype=tl.float32)
+    return key, val, src, rank
+
+
+@triton.jit
+def _place(key, rank, count, x_key, K: tl.constexpr, KP: tl.constexpr):
+    """Where the new entry goes: its rank r among the filled slots (ties: the stored, earlier ones win), whether it
+    enters (r < K), and the slot it takes (the empty slot at row ``count`` or the evicted one at row K - 1: both
+    are the slot whose rank is min(count, K - 1))."""
+    slot = tl.arange(0, KP)[:, None]
+    filled = slot < count
+    r = tl.sum((filled & (key >= x_key[None, :])).to(tl.int32), axis=0)
+    enter = r < K
+    target = (rank == tl.minimum(count, K - 1)) & enter[None, :]
+    moved = filled & (rank >= r[None, :]) & enter[None, :] & ~target
+    return r, enter, target, tl.where(target, r[None, :], tl.where(moved, rank + 1, rank))
+
+
+@triton.jit
+def _topk_fwd_kernel(X, INIT, TOP, RANK, INDEX, T, C, initial_count,
+                     K: tl.constexpr, KP: tl.constexpr, HAS_INIT: tl.constexpr, STORE_INDEX: tl.constexpr,
+                     BLOCK_C: tl.constexpr):
+    pid_c, pid_b = tl.program_id(0), tl.program_id(1)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < C
+    slot = tl.arange(0, KP)[:, None]
+    seq = pid_b.to(tl.int64) * T * C
+    key, val, src, rank = _start(INIT, pid_b, C, initial_count, cols, col_ok, K, KP, HAS_INIT,
+                                 X.dtype.element_ty, BLOCK_C)
+    count = initial_count
+    for t in range(0, T):
+        x = tl.load(X + seq + t * C + cols, mask=col_ok, other=0.0)
+        x_key = _key(x)
+        r, enter, target, rank = _place(key, rank, count, x_key, K, KP)
+        key = tl.where(target, x_key[None, :], key)
+        val = tl.where(target, x[None, :], val)
+        src = tl.where(target, K + t, src)
+        count = tl.minimum(count + 1, K)
+        filled = slot < count
+        # rows of this step: (b, t, r, c) at ((b * T + t) * K + r) * C + c, int64 (B*T*K*C passes 2^31)
+        row = (seq + t * C) * K + rank.to(tl.int64) * C + cols[None, :]
+        out_ok = (rank < K) & col_ok[None, :]
+        tl.store(TOP + row, tl.where(filled, val, 0.0), mask=out_ok)
+        if STORE_INDEX:
+            tl.store(INDEX + row, tl.where(filled, src, -1), mask=out_ok)
+        tl.store(RANK + seq + t * C + cols, tl.where(enter, r, K), mask=col_ok)
+
+
+@triton.jit
+def _flush(DX, DINIT, acc, src, which, pid_b, seq, C, cols, K: tl.constexpr, HAS_INIT: tl.constexpr):
+    """Write the gradient gathered by the slots in ``which`` to their sources: a token, or an initial slot."""
+    token = src >= K
+    tl.store(DX + seq + (src - K).to(tl.int64) * C + cols[None, :], acc, mask=which & token)
+    if HAS_INIT:
+        tl.store(DINIT + pid_b.to(tl.int64) * K * C + src * C + cols[None, :], acc, mask=which & ~token)
+
+
+@triton.jit
+def _topk_bwd_kernel(X, INIT, DTOP, DX, DINIT, T, C, initial_count,
+                     K: tl.constexpr, KP: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK_C: tl.constexpr):
+    pid_c, pid_b = tl.program_id(0), tl.program_id(1)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < C
+    slot = tl.arange(0, KP)[:, None]
+    seq = pid_b.to(tl.int64) * T * C
+    key, val, src, rank = _start(INIT, pid_b, C, initial_count, cols, col_ok, K, KP, HAS_INIT,
+                                 X.dtype.element_ty, BLOCK_C)
+    acc = tl.zeros([KP, BLOCK_C], dtype=DX.dtype.element_ty)  # float32, float64 for float64 inputs
+    count = initial_count
+    for t in range(0, T):
+        x_key = _key(tl.load(X + seq + t * C + cols, mask=col_ok, other=0.0))
+        r, enter, target, rank = _place(key, rank, count, x_key, K, KP)
+        # the evicted entry leaves for good: its gradient is complete
+        _flush(DX, DINIT, acc, src, target & (slot < count) & col_ok[None, :], pid_b, seq, C, cols, K, HAS_INIT)
+        acc = tl.where(target, 0.0, acc)
+        key = tl.where(target, x_key[None, :], key)
+        src = tl.where(target, K + t, src)
+        count = tl.minimum(count + 1, K)
+        held = (slot < count) & (rank < K) & col_ok[None, :]
+        row = (seq + t * C) * K + rank.to(tl.int64) * C + cols[None, :]
+        acc += tl.load(DTOP + row, mask=held, other=0.0).to(acc.dtype)
+    _flush(DX, DINIT, acc, src, (slot < count) & col_ok[None, :], pid_b, seq, C, cols, K, HAS_INIT)
+
+
+def _grid(B: int, C: int, block_c: int):
+    return (triton.cdiv(C, block_c), B)
+
+
+def _accumulation(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _RunningTopk(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, initial, k: int, initial_count: int, return_indices: bool):
+        values = values.contiguous()
+        initial = initial.contiguous() if initial is not None else None
+        B, T, C = values.shape
+        KP, block_c, warps = launch_config(k)
+        top = torch.empty(B, T, k, C, dtype=values.dtype, device=values.device)
+        rank = torch.empty(B, T, C, dtype=torch.int64, device=values.device)
+        index = torch.empty(B, T, k, C, dtype=torch.int64, device=values.device) if return_indices else None
+        _topk_fwd_kernel[_grid(B, C, block_c)](
+            values, initial, top, rank, index, T, C, initial_count, K=k, KP=KP, HAS_INIT=initial is not None,
+            STORE_INDEX=return_indices, BLOCK_C=block_c, num_warps=warps)
+        ctx.save_for_backward(values, initial)
+        ctx.k, ctx.initial_count = k, initial_count
+        ctx.mark_non_differentiable(*[t for t in (rank, index) if t is not None])
+        return top, rank, index
+
+    @staticmethod
+    def backward(ctx, grad_top, *_):
+        values, initial = ctx.saved_tensors
+        B, T, C = values.shape
+        k = ctx.k
+        KP, block_c, warps = launch_config(k)
+        accumulation = _accumulation(values.dtype)
+        grad_values = torch.zeros(B, T, C, dtype=accumulation, device=values.device)
+        grad_initial = torch.zeros(B, k, C, dtype=accumulation, device=values.device) if initial is not None else None
+        if grad_top is not None:
+            _topk_bwd_kernel[_grid(B, C, block_c)](
+                values, initial, grad_top.contiguous(), grad_values, grad_initial, T, C, ctx.initial_count,
+                K=k, KP=KP, HAS_INIT=initial is not None, BLOCK_C=block_c, num_warps=warps)
+        grad_initial = grad_initial.to(initial.dtype) if initial is not None else None
+        return grad_values.to(values.dtype), grad_initial, None, None, None
+
+
+def running_topk_triton(values, k, initial=None, initial_count=0, return_indices=False):
+    """(top, rank, index or None) of the running top-k, fused; see ops/co4/reference.py for the definition."""
+    return _RunningTopk.apply(values, initial, k, initial_count, return_indices)
