@@ -1,6 +1,6 @@
 """Compile every Triton kernel of the ops for a GPU target without a GPU; report what the compiled code costs.
 
-    TRITON_INTERPRET=0 python -m ops.compile_check [selective_scan linear_recurrence based] [--arch 90]
+    TRITON_INTERPRET=0 python -m ops.compile_check [selective_scan linear_recurrence based co4] [--arch 90]
     TRITON_INTERPRET=0 python -m ops.compile_check --report [--json FILE] [--markdown FILE]
 
 Triton's CPU interpreter runs kernels as NumPy and does not type-check them the way the GPU compiler does (a
@@ -39,7 +39,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 
-OPS = ("selective_scan", "linear_recurrence", "based")
+OPS = ("selective_scan", "linear_recurrence", "based", "co4")
 
 # H100 (sm_90) per-SM limits used for CTAs per SM
 SM90 = dict(registers=65536, register_unit=256, max_warps=64, max_ctas=32, shared=233472, shared_per_cta_reserved=1024,

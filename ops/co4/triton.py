@@ -21,10 +21,14 @@ from ops._backend import triton_interpreting
 
 
 def launch_config(k: int):
-    """(padded slots, channels per program, warps). One warp, one channel per lane: the list of a channel lives in
-    one thread's registers, so ranking needs no shuffles. The interpreter takes narrow tiles so that small test
-    widths span several ragged tiles."""
-    return triton.next_power_of_2(k), (16 if triton_interpreting() else 32), 1
+    """(padded slots, channels per program, warps). One warp; each channel's list spread over 32 / BLOCK_C lanes
+    so that a lane holds at most 16 slots: up to k = 16 one lane holds a whole list (ranking needs no shuffle),
+    beyond that the lanes of a channel share it (a few shuffles per step) instead of spilling, which 32 slots per
+    lane did (sm_90: 24-544 spilled bytes at k = 32, up to 18 kB at k = 64). The interpreter takes tiles of at
+    most 16 channels so that small test widths span several ragged tiles."""
+    slots = triton.next_power_of_2(k)
+    block_c = max(8, min(32, 512 // slots))
+    return slots, (min(block_c, 16) if triton_interpreting() else block_c), 1
 
 
 @triton.jit
@@ -135,6 +139,17 @@ def _topk_bwd_kernel(X, INIT, DTOP, DX, DINIT, T, C, initial_count,
     _flush(DX, DINIT, acc, src, (slot < count) & col_ok[None, :], pid_b, seq, C, cols, K, HAS_INIT)
 
 
+# Set by tests: fill fresh output buffers with NaN (integer ones with -2, which no rank or index takes) so that any
+# entry a kernel forgets to write shows up.
+FILL_FRESH_BUFFERS_WITH_NAN = False
+
+
+def _new_buffer(*shape, dtype, device) -> torch.Tensor:
+    if FILL_FRESH_BUFFERS_WITH_NAN:
+        return torch.full(shape, float("nan") if dtype.is_floating_point else -2, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def _grid(B: int, C: int, block_c: int):
     return (triton.cdiv(C, block_c), B)
 
@@ -150,9 +165,9 @@ class _RunningTopk(torch.autograd.Function):
         initial = initial.contiguous() if initial is not None else None
         B, T, C = values.shape
         KP, block_c, warps = launch_config(k)
-        top = torch.empty(B, T, k, C, dtype=values.dtype, device=values.device)
-        rank = torch.empty(B, T, C, dtype=torch.int64, device=values.device)
-        index = torch.empty(B, T, k, C, dtype=torch.int64, device=values.device) if return_indices else None
+        top = _new_buffer(B, T, k, C, dtype=values.dtype, device=values.device)
+        rank = _new_buffer(B, T, C, dtype=torch.int64, device=values.device)
+        index = _new_buffer(B, T, k, C, dtype=torch.int64, device=values.device) if return_indices else None
         _topk_fwd_kernel[_grid(B, C, block_c)](
             values, initial, top, rank, index, T, C, initial_count, K=k, KP=KP, HAS_INIT=initial is not None,
             STORE_INDEX=return_indices, BLOCK_C=block_c, num_warps=warps)

@@ -1,0 +1,160 @@
+"""running_topk (Co4's causal per-channel running top-k): the reference against a brute-force ranking of every
+prefix, and the fused Triton kernel against the reference on values, ranks, indices and every gradient
+(interpreter on CPU): ragged T and channel tiles, several k (one lane per list and lists shared by lanes), ties
+exact and within bfloat16 rounding, an initial table, float32 / bfloat16 / float64."""
+import pytest
+import torch
+
+import ops
+from ops.co4.reference import ranking_key, running_topk_reference
+from ops.testing import assert_close
+
+# (batch, T, C, k): one step; ragged T and C below and across the interpreter's 16-channel tiles; k above T;
+# k = 33 (64 padded slots: a list shared by 4 lanes in 8-channel tiles)
+SHAPES = [(2, 1, 3, 4), (2, 23, 19, 4), (1, 30, 21, 12), (1, 9, 5, 12), (1, 19, 9, 33)]
+
+
+def _values(shape, dtype, seed=0, ties=False):
+    B, T, C = shape
+    gen = torch.Generator().manual_seed(seed)
+    if ties:  # few distinct values: most comparisons are ties
+        return torch.randint(0, 4, (B, T, C), generator=gen).to(dtype)
+    return torch.randn(B, T, C, generator=gen).to(dtype)
+
+
+def _initial(B, k, C, dtype, seed=2):
+    """A sorted table as a cache holds it."""
+    gen = torch.Generator().manual_seed(seed)
+    table = torch.randn(B, k, C, generator=gen).to(dtype)
+    return table.gather(1, ranking_key(table).sort(dim=1, descending=True, stable=True).indices)
+
+
+def _run(backend, device, values, k, initial=None, initial_count=0, seed=1):
+    """Outputs and gradients (values, initial) of a random weighting of top, all on the CPU."""
+    leaves = [values.clone().to(device).requires_grad_()]
+    if initial is not None:
+        leaves.append(initial.clone().to(device).requires_grad_())
+    top, rank, index = ops.running_topk(leaves[0], k, leaves[1] if initial is not None else None, initial_count,
+                                        return_indices=True, backend=backend)
+    weights = torch.randn(top.shape, generator=torch.Generator().manual_seed(seed)).to(top.dtype).to(device)
+    grads = torch.autograd.grad((top * weights).sum(), leaves)
+    return [t.cpu() for t in (top.detach(), rank, index, *grads)]
+
+
+def _brute_force(values, k):
+    """For each t, sort the prefix (stable: ties to the earlier token) by the rounded key."""
+    B, T, C = values.shape
+    tops, ranks = [], []
+    keys = ranking_key(values)
+    for t in range(T):
+        order = keys[:, : t + 1].sort(dim=1, descending=True, stable=True).indices[:, :k]
+        top = values.gather(1, order)
+        tops.append(torch.cat([top, values.new_zeros(B, k - top.shape[1], C)], 1))
+        ranks.append((keys[:, :t] >= keys[:, t: t + 1]).sum(1).clamp(max=k))
+    return torch.stack(tops, 1), torch.stack(ranks, 1)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_reference_matches_brute_force(shape, ties):
+    B, T, C, k = shape
+    values = _values((B, T, C), torch.float64, ties=ties)
+    top, rank, index = running_topk_reference(values, k)
+    expected_top, expected_rank = _brute_force(values, k)
+    assert torch.equal(top, expected_top) and torch.equal(rank, expected_rank)
+    source = torch.cat([values.new_zeros(B, k, C), values], 1)
+    filled = index >= 0
+    assert torch.equal(filled.sum(2), torch.arange(1, T + 1).clamp(max=k)[None, :, None].expand(B, T, C))
+    assert torch.equal(source.gather(1, index.clamp(min=0).flatten(1, 2)).view_as(top) * filled, top)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_triton_matches_reference(shape, dtype, monkeypatch, triton_device):
+    from ops.co4 import triton as kernels
+    monkeypatch.setattr(kernels, "FILL_FRESH_BUFFERS_WITH_NAN", True)
+    B, T, C, k = shape
+    values = _values((B, T, C), dtype)
+    expected = _run("reference", "cpu", values, k)
+    actual = _run("triton", triton_device, values, k)
+    for name, a, e in zip(("top", "rank", "index"), actual, expected):
+        assert torch.equal(a, e), f"{name} differs"
+    # the kernel sums a row's gradient in float32 in time order; the reference's scatter in the input dtype
+    assert_close("d values", actual[3], expected[3], dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_triton_matches_reference_with_an_initial_table_and_ties(dtype, triton_device):
+    B, T, C, k = 1, 12, 18, 5
+    values = _values((B, T, C), dtype, ties=True)
+    initial = _values((B, k, C), dtype, seed=4, ties=True).sort(1, descending=True).values
+    for count in (0, 3, k):
+        expected = _run("reference", "cpu", values, k, initial, count)
+        actual = _run("triton", triton_device, values, k, initial, count)
+        for name, a, e in zip(("top", "rank", "index", "d values", "d initial"), actual, expected):
+            if name.startswith("d "):
+                assert_close(f"{name} (count {count})", a, e, dtype)
+            else:
+                assert torch.equal(a, e), f"{name} differs (count {count})"
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_ties_go_to_the_earlier_token_exact_and_within_rounding(backend, triton_device):
+    """Equal values: token t's rank is t, the rows come from the first k tokens, and so does their gradient. A later
+    value larger by less than bfloat16's rounding ties too and still loses to the earlier one."""
+    device = triton_device if backend == "triton" else "cpu"
+    k = 3
+    values = torch.ones(1, 10, 2)
+    values[0, :, 1] = 1 + torch.arange(10) * 1e-4  # rounds to 1.0 in bfloat16: all tie
+    values = values.to(device).requires_grad_()
+    top, rank, index = ops.running_topk(values, k, return_indices=True, backend=backend)
+    assert rank[0, :, 0].tolist() == rank[0, :, 1].tolist() == [0, 1, 2, 3, 3, 3, 3, 3, 3, 3]
+    assert index[0, -1].T.tolist() == [[k, k + 1, k + 2]] * 2
+    top[:, -1].sum().backward()
+    assert values.grad[0].T.tolist() == [[1, 1, 1, 0, 0, 0, 0, 0, 0, 0]] * 2
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_an_initial_table_continues_the_sequence(backend, triton_device):
+    """Running the second half from the first half's last top-k table equals running the whole, gradients too."""
+    device = triton_device if backend == "triton" else "cpu"
+    B, T, C, k, split = 1, 14, 6, 4, 6
+    values = _values((B, T, C), torch.float64, ties=True).to(device).requires_grad_()
+    whole, whole_rank, _ = ops.running_topk(values, k, backend=backend)
+    first, first_rank, _ = ops.running_topk(values[:, :split], k, backend=backend)
+    second, second_rank, _ = ops.running_topk(values[:, split:], k, first[:, -1], min(split, k), backend=backend)
+    assert torch.equal(torch.cat([first, second], 1), whole)
+    assert torch.equal(torch.cat([first_rank, second_rank], 1), whole_rank)
+    weights = torch.randn(whole.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(device)
+    (grad_whole,) = torch.autograd.grad((whole * weights).sum(), values)
+    (grad_split,) = torch.autograd.grad((torch.cat([first, second], 1) * weights).sum(), values)
+    torch.testing.assert_close(grad_split, grad_whole, rtol=1e-12, atol=1e-12)
+
+
+def test_auto_runs_the_reference_on_cpu():
+    values = _values((1, 7, 3), torch.float32)
+    for a, e in zip(ops.running_topk(values, 3, return_indices=True), running_topk_reference(values, 3)):
+        assert torch.equal(a, e)
+
+
+@pytest.mark.parametrize("call,named", [
+    (lambda v: ops.running_topk(v[0], 3), "(7, 3)"),
+    (lambda v: ops.running_topk(v[:, :0], 3), "(1, 0, 3)"),
+    (lambda v: ops.running_topk(v, 0), "k must be a positive integer, got 0"),
+    (lambda v: ops.running_topk(v, True), "got True"),
+    (lambda v: ops.running_topk(v, 3, v.new_zeros(1, 3, 3), 4), "initial_count must be an integer in [0, k=3], got 4"),
+    (lambda v: ops.running_topk(v, 3, None, 2), "initial_count=2 needs an initial table"),
+    (lambda v: ops.running_topk(v, 3, v.new_zeros(1, 2, 3), 1), "(1, 2, 3)"),
+    (lambda v: ops.running_topk(v, 3, v.new_zeros(1, 3, 3).double(), 1), "torch.float64"),
+    (lambda v: ops.running_topk(v, 3, backend="fastest"), "'fastest'"),
+])
+def test_bad_arguments_raise_value_error_naming_the_value(call, named):
+    with pytest.raises(ValueError) as error:
+        call(_values((1, 7, 3), torch.float32))
+    assert named in str(error.value) and "running_topk" in str(error.value)
+
+
+def test_triton_backend_names_what_it_does_not_support(triton_device):
+    values = _values((1, 4, 3), torch.float32).to(triton_device)
+    with pytest.raises(ValueError, match="k <= 64.*k=65"):
+        ops.running_topk(values, 65, backend="triton")
