@@ -20,15 +20,20 @@ import triton.language as tl
 from ops._backend import triton_interpreting
 
 
+# Channels per program under the interpreter, which runs programs one after another and pays per NumPy call, not
+# per element: wide tiles keep the block tests fast. The op's tests set 16 so small widths span ragged tiles.
+INTERPRETER_CHANNELS = 128
+
+
 def launch_config(k: int):
     """(padded slots, channels per program, warps). One warp; each channel's list spread over 32 / BLOCK_C lanes
     so that a lane holds at most 16 slots: up to k = 16 one lane holds a whole list (ranking needs no shuffle),
     beyond that the lanes of a channel share it (a few shuffles per step) instead of spilling, which 32 slots per
-    lane did (sm_90: 24-544 spilled bytes at k = 32, up to 18 kB at k = 64). The interpreter takes tiles of at
-    most 16 channels so that small test widths span several ragged tiles."""
+    lane did (sm_90: 24-544 spilled bytes at k = 32, up to 18 kB at k = 64)."""
     slots = triton.next_power_of_2(k)
-    block_c = max(8, min(32, 512 // slots))
-    return slots, (min(block_c, 16) if triton_interpreting() else block_c), 1
+    if triton_interpreting():
+        return slots, INTERPRETER_CHANNELS, 1
+    return slots, max(8, min(32, 512 // slots)), 1
 
 
 @triton.jit

@@ -18,13 +18,17 @@ the papers do not make and why. In one line per step, for the token at position 
    No output projection unless ``output_projection=True``.
 
 Training runs chunk by chunk (``chunk_size`` tokens): the top-k of everything before the chunk is carried, and
-each position of the chunk merges it with the chunk's causal prefix, so the cost is linear in the length.
+each position of the chunk merges it with the chunk's causal prefix, so the cost is linear in the length. With
+``backend="triton"`` (or "auto" on a GPU) one kernel (ops.running_topk) computes the running top-k of the whole
+sequence instead, and only the small attention runs chunk by chunk.
 Decoding keeps only the three (k, d_model) top-k tables: O(1) per token. zoo/blocks/co4_reference.py is the
 O(N^2) masked oracle of the same definition.
 """
 import torch
 from torch import nn
 
+from ops._backend import resolve_backend
+from ops.co4 import TRITON_DTYPES, TRITON_MAX_K, running_topk
 from zoo.blocks.base import Cache, Mixer
 from zoo.blocks.registry import register_mixer
 from zoo.checks import require_choice, require_positive_int
@@ -103,7 +107,7 @@ class Co4(Mixer):
     Decoding state: the running top-k values of M_Q, M_K and M_V, 3 * k * d_model numbers, whatever the length.
     """
 
-    backends = ("auto", "reference")  # the chunked PyTorch path; a Triton kernel is future work (docs/co4.md)
+    backends = ("auto", "reference", "triton")  # reference: the chunked PyTorch path; triton: ops.running_topk
 
     def __init__(self, d_model: int, layer_idx: int = 0, backend: str = "auto", latents: int = 8, topk: int = 12,
                  num_heads: int = 2, latent_output: str = "mean", output_projection: bool = False,
@@ -173,6 +177,9 @@ class Co4(Mixer):
             start = cache.seen
         latent = torch.cat(latent_rows, dim=-1)                                  # (L, 3D): q|k|v of each latent
         L, k = self.latents, self.topk
+        if self._fused(x):
+            y, carry = self._forward_fused(streams, m_v, carry, start, latent)
+            return self._finish(y, carry, cache)
         outputs = []
         for c0 in range(0, T, self.chunk_size):
             c1 = min(T, c0 + self.chunk_size)
@@ -190,11 +197,39 @@ class Co4(Mixer):
                                 torch.full((), float("-inf"), dtype=rows.dtype, device=x.device))
             outputs.append(m_v[:, c0:c1] + self._attend(rows, rank[..., 2 * D:], start + c0))
         y = torch.cat(outputs, dim=1)
+        return self._finish(y, carry, cache)
+
+    def _finish(self, y: torch.Tensor, carry: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        """Store the last top-k tables in the cache; the optional output projection."""
         if cache is not None:
-            for name, table in zip(CACHE_NAMES, carry.detach().split(D, dim=-1)):
+            for name, table in zip(CACHE_NAMES, carry.detach().split(self.d_model, dim=-1)):
                 cache[name].copy_(table)
-            cache.seen += T
+            cache.seen += y.shape[1]
         return self.out_proj(y) if self.out_proj is not None else y
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        """Whether the running top-k runs as the Triton kernel; "auto" keeps the chunked path where the kernel
+        does not apply (k above its limit, another dtype) rather than the op's slow sequential reference."""
+        chosen = resolve_backend(self.backend, x.device, type(self).__name__)
+        if chosen == "triton" and self.backend == "auto":
+            return self.topk <= TRITON_MAX_K and x.dtype in TRITON_DTYPES
+        return chosen == "triton"
+
+    def _forward_fused(self, streams, m_v, carry, start: int, latent):
+        """The running top-k of the whole sequence in one kernel launch, then the attention chunk by chunk (its
+        rows are (L + k) x 3D numbers per token). Returns the mixed output and the last top-k tables."""
+        B, T, S = streams.shape
+        L, k, D = self.latents, self.topk, self.d_model
+        top, rank, _ = running_topk(streams, k, carry if start else None, min(start, k), backend="triton")
+        outputs = []
+        for c0 in range(0, T, self.chunk_size):
+            c1 = min(T, c0 + self.chunk_size)
+            rows = torch.cat([latent.expand(B, c1 - c0, L, S), top[:, c0:c1]], dim=2)
+            outputs.append(m_v[:, c0:c1] + self._attend(rows, rank[:, c0:c1, 2 * D:], start + c0))
+        # unfilled slots hold -inf in the tables, as in the chunked path
+        filled = torch.arange(k, device=streams.device)[None, :, None] < start + T
+        carry = top[:, -1].masked_fill(~filled, float("-inf"))
+        return torch.cat(outputs, dim=1), carry
 
     def allocate_cache(self, batch_size: int, device=None, dtype=None) -> Cache:
         weight = self.qkv.weight
