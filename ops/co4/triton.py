@@ -6,7 +6,8 @@ a new entry takes the slot of the one it evicts (or the next empty slot), and th
 move down one, so a step is O(k) elementwise work with no shifting or sorting. Each step writes the k rows
 straight to their ranks (row r of token t at TOP[b, t, r]), the token's own rank, and optionally the sources.
 Empty slots hold "virtual" ranks (slot j sits at row j until filled), so every row is written at every step,
-zeros where the prefix cannot fill it yet, and nothing of size T x T is built.
+zeros where the prefix cannot fill it yet, and nothing of size T x T is built. Few warps run per SM (one warp
+per 32 channels and batch row), so each load is issued one step before its use: a step's work hides it.
 
 Backward replays the same list (the keys are recomputed from the inputs, so no indices are saved) and gives each
 slot a gradient accumulator: while an entry sits in the list it collects the incoming gradient of the row it
@@ -44,6 +45,13 @@ def _key(x):
     bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
     bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
     return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _load_next(X, seq, t, T, C, cols, col_ok, BLOCK_C: tl.constexpr):
+    """Token t + 1's values (zeros past the end). The bound is a tensor: the interpreter rejects a scalar mask."""
+    more = tl.full([BLOCK_C], t + 1, dtype=tl.int32) < T
+    return tl.load(X + seq + (t + 1) * C + cols, mask=col_ok & more, other=0.0)
 
 
 @triton.jit
@@ -90,8 +98,11 @@ def _topk_fwd_kernel(X, INIT, TOP, RANK, INDEX, T, C, initial_count,
     key, val, src, rank = _start(INIT, pid_b, C, initial_count, cols, col_ok, K, KP, HAS_INIT,
                                  X.dtype.element_ty, BLOCK_C)
     count = initial_count
+    x = tl.load(X + seq + cols, mask=col_ok, other=0.0)
     for t in range(0, T):
-        x = tl.load(X + seq + t * C + cols, mask=col_ok, other=0.0)
+        # the next token's load does not depend on the list: issue it a step early, so its latency hides behind
+        # this step's work (few warps per SM here: nothing else would hide it)
+        x_next = _load_next(X, seq, t, T, C, cols, col_ok, BLOCK_C)
         x_key = _key(x)
         r, enter, target, rank = _place(key, rank, count, x_key, K, KP)
         key = tl.where(target, x_key[None, :], key)
@@ -106,6 +117,7 @@ def _topk_fwd_kernel(X, INIT, TOP, RANK, INDEX, T, C, initial_count,
         if STORE_INDEX:
             tl.store(INDEX + row, tl.where(filled, src, -1), mask=out_ok)
         tl.store(RANK + seq + t * C + cols, tl.where(enter, r, K), mask=col_ok)
+        x = x_next
 
 
 @triton.jit
@@ -128,19 +140,28 @@ def _topk_bwd_kernel(X, INIT, DTOP, DX, DINIT, T, C, initial_count,
     key, val, src, rank = _start(INIT, pid_b, C, initial_count, cols, col_ok, K, KP, HAS_INIT,
                                  X.dtype.element_ty, BLOCK_C)
     acc = tl.zeros([KP, BLOCK_C], dtype=DX.dtype.element_ty)  # float32, float64 for float64 inputs
+    pending = tl.zeros([KP, BLOCK_C], dtype=DTOP.dtype.element_ty)
     count = initial_count
+    x = tl.load(X + seq + cols, mask=col_ok, other=0.0)
     for t in range(0, T):
-        x_key = _key(tl.load(X + seq + t * C + cols, mask=col_ok, other=0.0))
-        r, enter, target, rank = _place(key, rank, count, x_key, K, KP)
+        # loads are used one step after they are issued, so their latency hides behind a step's work: the next
+        # token (independent of the list), and the previous step's row gradients (``pending``), added only now
+        x_next = _load_next(X, seq, t, T, C, cols, col_ok, BLOCK_C)
+        x_key = _key(x)
+        r, enter, target, rank_next = _place(key, rank, count, x_key, K, KP)
+        acc += pending.to(acc.dtype)
         # the evicted entry leaves for good: its gradient is complete
         _flush(DX, DINIT, acc, src, target & (slot < count) & col_ok[None, :], pid_b, seq, C, cols, K, HAS_INIT)
         acc = tl.where(target, 0.0, acc)
         key = tl.where(target, x_key[None, :], key)
         src = tl.where(target, K + t, src)
+        rank = rank_next
         count = tl.minimum(count + 1, K)
         held = (slot < count) & (rank < K) & col_ok[None, :]
         row = (seq + t * C) * K + rank.to(tl.int64) * C + cols[None, :]
-        acc += tl.load(DTOP + row, mask=held, other=0.0).to(acc.dtype)
+        pending = tl.load(DTOP + row, mask=held, other=0.0)
+        x = x_next
+    acc += pending.to(acc.dtype)
     _flush(DX, DINIT, acc, src, (slot < count) & col_ok[None, :], pid_b, seq, C, cols, K, HAS_INIT)
 
 
