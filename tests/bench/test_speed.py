@@ -87,3 +87,19 @@ def test_cpu_preset_times_each_length_at_the_training_tokens_per_step():
     from zoo.bench.speed import CPU
     assert CPU.points() == [(64, 64), (16, 256), (4, 1024)]
     assert TEST.points() == [(2, 8), (2, 16)]
+
+
+def test_co4_preset_times_both_paths_against_attention(tmp_path):
+    """The Co4 comparison runs on CPU at its tiny size: attention and each Co4 variant at every point."""
+    from zoo.bench.speed import CO4, CO4_TEST
+    assert set(CO4.variants) == {"co4_triton", "co4_pytorch"}
+    assert main(["speed", "--preset", "co4-test", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
+    expected = {(m, b, L) for m in ("attention", *CO4_TEST.variants) for b in CO4_TEST.batch_sizes
+                for L in CO4_TEST.seq_lens}
+    assert {(r["mixer"], r["batch"], r["seq_len"]) for r in rows} == expected
+    for row in rows:
+        assert row["train_tok_s"] > 0 and row["prefill_tok_s"] > 0 and row["decode_tok_s"] > 0
+        assert row["train_vs_attention"] > 0
+    with pytest.raises(SystemExit, match="co4_triton.*--mixers 'mamba'"):
+        main(["speed", "--preset", "co4", "--mixers", "mamba", "--device", "cpu"])

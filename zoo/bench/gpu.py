@@ -1,4 +1,4 @@
-"""The GPU check, one phase per call: ``python -m zoo.bench gpu --phase test|peers|ops|speed|recall --out DIR``.
+"""The GPU check, one phase per call: ``python -m zoo.bench gpu --phase test|peers|ops|speed|recall|co4 --out DIR``.
 
 Made for a device machine that runs one command for at most 10 minutes and returns a few files: every phase
 runs its cases as separate processes, each under a time limit that ends the phase by PHASE_SECONDS (9 minutes)
@@ -95,6 +95,14 @@ def build_phases(out: Path) -> dict[str, Phase]:
         "recall": Phase("recall", "9 min per call, resumable: the GPU grid (192 runs) takes ~3 calls (estimate)", [
             Case("bench-recall", _python("-m", "zoo.bench", "recall", "--preset", "gpu", "--out", str(out / "recall"),
                                          "--stop-after", "6"), PHASE_SECONDS, watch="recall/runs", needs=("wheels",)),
+        ]),
+        # issue 14: is Co4's running top-k kernel right on the GPU, and what does Co4 cost against attention
+        "co4": Phase("co4", "~7 min: the kernel's tests, then Co4 (Triton and PyTorch paths) and attention at "
+                            "2k-16k tokens (estimate, not measured)", [
+            Case("pytest-co4", _pytest(out, "pytest-co4", "tests/ops/test_co4.py", "tests/blocks/test_mixer_contract.py",
+                                       "-k", "co4"), 120),
+            Case("bench-speed-co4", _python("-m", "zoo.bench", "speed", "--preset", "co4", "--out",
+                                            str(out / "speed-co4")), 400),
         ]),
     }
 
@@ -244,7 +252,7 @@ def format_status(record: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser):
-    parser.add_argument("--phase", required=True, help="one of test, peers, ops, speed, recall")
+    parser.add_argument("--phase", required=True, help="one of test, peers, ops, speed, recall, co4")
     parser.add_argument("--out", default="gpu_results", help="folder for every result (default gpu_results)")
     parser.add_argument("--archive", default=None, help="the one archive of the phase (default <out>-<phase>.tar)")
     parser.add_argument("--resume", default=None, metavar="ARCHIVE",

@@ -1,10 +1,13 @@
-"""LM throughput and memory per mixer: ``python -m zoo.bench speed [--preset cpu|gpu] [--mixers a,b] [--out DIR]``.
+"""LM throughput and memory per mixer: ``python -m zoo.bench speed [--preset cpu|gpu|generation|co4] [--mixers a,b]
+[--out DIR]``.
 
 Each mixer fills every layer of an LM of fixed width and depth (no MLP, so the mixer dominates); attention
 (SDPA) is always measured as the reference. Against sequence length and batch size it measures training
 tokens/s (forward + backward of the cross-entropy), prefill tokens/s (forward through freshly allocated caches),
 decode tokens/s (LM.generate's loop: one token at a time through the caches, after a prefill of that length)
-and peak CUDA memory of the training step and the prefill. An out-of-memory point is recorded as such.
+and peak CUDA memory of the training step and the prefill. An out-of-memory point is recorded as such. A preset
+with ``variants`` (``co4``: the Co4 block with its Triton running top-k and with its PyTorch path) measures those
+layer specs, each under its own label, instead of registered mixers.
 """
 import argparse
 import statistics
@@ -38,6 +41,7 @@ class SpeedPreset:
     cpu_reps: int = 5                 # timing repetitions on CPU (CUDA uses triton's do_bench)
     train: bool = True                # time the training step too (generation presets skip it)
     tokens_per_step: int = 0          # when set: batch = tokens_per_step // seq_len at each length (batch_sizes unused)
+    variants: dict = field(default_factory=dict)  # label -> layer spec ({"name": mixer, **keywords}) measured instead
 
     def points(self) -> list:
         """(batch, seq_len) pairs measured per mixer."""
@@ -65,15 +69,31 @@ CPU = SpeedPreset(name="cpu", d_model=64, n_layers=2, vocab_size=256, seq_lens=(
                          "minlstm": {"expand": 1}, "short_conv": {"kernel_size": 3}})
 TEST = SpeedPreset(name="test", d_model=16, n_layers=1, vocab_size=32, seq_lens=(8, 16), batch_sizes=(2,),
                    decode_steps=2, dtype="fp32", knobs={"attention": {"num_heads": 2}}, cpu_reps=1)
-PRESETS = {p.name: p for p in (CPU, GPU, GENERATION, TEST)}
-PUBLIC_PRESETS = ("cpu", "gpu", "generation")
+# Co4 against attention at 2k-16k tokens (issue 14): the running top-k as the Triton kernel (attention rows in
+# chunks of 256 tokens) and the chunked PyTorch path (chunks of 64: its rank counting builds chunk^2 x 3 d_model
+# integers per chunk and row). 16k tokens per step at every length; 12 heads of 64 like attention.
+CO4_KNOBS = {"name": "co4", "num_heads": 12}
+CO4 = SpeedPreset(name="co4", d_model=768, n_layers=4, vocab_size=8192, seq_lens=(2048, 4096, 8192, 16384),
+                  batch_sizes=(), tokens_per_step=16384, decode_steps=64, dtype="bf16",
+                  knobs={"attention": {"num_heads": 12}},
+                  variants={"co4_triton": dict(CO4_KNOBS, backend="triton", chunk_size=256),
+                            "co4_pytorch": dict(CO4_KNOBS, backend="reference", chunk_size=64)})
+# the same comparison at a tiny size, so that it runs (and is tested) on CPU; "auto" is the PyTorch path there
+CO4_TEST = SpeedPreset(name="co4-test", d_model=16, n_layers=1, vocab_size=32, seq_lens=(8, 16), batch_sizes=(2,),
+                       decode_steps=2, dtype="fp32", knobs={"attention": {"num_heads": 2}}, cpu_reps=1,
+                       variants={"co4_auto": {"name": "co4", "num_heads": 2, "topk": 4, "chunk_size": 8},
+                                 "co4_pytorch": {"name": "co4", "num_heads": 2, "topk": 4, "chunk_size": 4,
+                                                 "backend": "reference"}})
+PRESETS = {p.name: p for p in (CPU, GPU, GENERATION, CO4, TEST, CO4_TEST)}
+PUBLIC_PRESETS = ("cpu", "gpu", "generation", "co4")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--preset", default="cpu",
                         help=f"one of {', '.join(PUBLIC_PRESETS)} (default cpu); 'generation' times prefill and "
-                             "decode only, at batch 32-128 and context 2k-8k (BASED's generation setting)")
+                             "decode only, at batch 32-128 and context 2k-8k (BASED's generation setting); 'co4' "
+                             "times Co4's Triton and PyTorch paths against attention at 2k-16k tokens (a GPU preset)")
     parser.add_argument("--mixers", default=None,
                         help=f"comma-separated registered mixer names (default: all); {REFERENCE} is always added")
     parser.add_argument("--out", default=None, help="output folder (default bench_results/speed-<preset>)")
@@ -83,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser):
 def build_lm(preset: SpeedPreset, mixer: str, device, dtype):
     from zoo.model import LM
     torch.manual_seed(0)
-    spec = {"name": mixer, **preset.knobs.get(mixer, {})}
+    spec = dict(preset.variants[mixer]) if mixer in preset.variants else {"name": mixer, **preset.knobs.get(mixer, {})}
     model = LM(preset.vocab_size, d_model=preset.d_model, n_layers=preset.n_layers, layers=[spec], mlp=None)
     return model.to(device=device, dtype=dtype)
 
@@ -229,7 +249,11 @@ def run(args) -> int:
     try:
         preset = resolve_preset("speed", args.preset, PRESETS, PUBLIC_PRESETS)
         requested = args.mixers.split(",") if args.mixers else None
-        mixers = resolve_mixers(None if requested is None else [REFERENCE] + requested)
+        if preset.variants and requested:
+            raise ValueError(f"--preset {preset.name} measures its own variants ({', '.join(preset.variants)}); "
+                             f"got --mixers {args.mixers!r} as well")
+        mixers = list(preset.variants) if preset.variants else \
+            resolve_mixers(None if requested is None else [REFERENCE] + requested)
     except ValueError as error:
         raise SystemExit(f"error: {error}")
     mixers = [REFERENCE] + [m for m in mixers if m != REFERENCE]
