@@ -219,6 +219,49 @@ class _RunningTopk(torch.autograd.Function):
         return grad_values.to(values.dtype), grad_initial, None, None, None
 
 
+# Tokens per time chunk of the parallel form (None: chosen from T and k by _time_chunk); tests set it small.
+TIME_CHUNK = None
+
+
+def _time_chunk(T: int, k: int) -> int:
+    """The serial depth of the parallel form is about 2 * chunk + (T / chunk) * k steps: smallest near
+    sqrt(T * k / 2); a power of two, at least 2 * k so that every chunk before the last fills a table."""
+    if TIME_CHUNK is not None:
+        return max(TIME_CHUNK, k)
+    return max(2 * k, triton.next_power_of_2(int((T * k / 2) ** 0.5)))
+
+
+def _parallel_in_time(values, k, initial, initial_count):
+    """The running top-k with the time axis split in chunks, in three launches whose programs all run at once:
+    (1) each chunk's own top-k table; (2) the running top-k over those tables, taken as a sequence (entries of
+    earlier chunks first, each table in rank order, so ties still go to the earlier token), which gives the table
+    carried into every chunk; (3) each chunk again, from its carried table. The top-k of a union is associative,
+    so this is exact; its serial depth is about 2 * chunk + (T / chunk) * k steps instead of T, with B * C / 32 *
+    (T / chunk) programs instead of B * C / 32. Autograd chains the three launches' backward kernels."""
+    B, T, C = values.shape
+    chunk = _time_chunk(T, k)
+    n = triton.cdiv(T, chunk)
+    padded = torch.cat([values, values.new_zeros(B, n * chunk - T, C)], 1) if n * chunk > T else values
+    chunks = padded.view(B, n, chunk, C)
+    # (1) the tables of chunks 0 .. n-2 (the last one's is never carried)
+    local, _, _ = _RunningTopk.apply(chunks[:, :-1].reshape(B * (n - 1), chunk, C), None, k, 0, False)
+    tables = local[:, -1].reshape(B, (n - 1) * k, C)
+    # (2) after the last entry of table c: the top-k of everything up to the end of chunk c
+    merged, _, _ = _RunningTopk.apply(tables, initial, k, initial_count, False)
+    carried = merged.view(B, n - 1, k, k, C)[:, :, -1]                                  # (B, n - 1, k, C)
+    # (3) chunk 0 from the caller's table; chunks 1 .. n-1 from full carried tables
+    first, first_rank, _ = _RunningTopk.apply(chunks[:, 0], initial, k, initial_count, False)
+    rest, rest_rank, _ = _RunningTopk.apply(chunks[:, 1:].reshape(B * (n - 1), chunk, C),
+                                            carried.reshape(B * (n - 1), k, C), k, k, False)
+    top = torch.cat([first, rest.view(B, (n - 1) * chunk, k, C)], 1)[:, :T]
+    rank = torch.cat([first_rank, rest_rank.view(B, (n - 1) * chunk, C)], 1)[:, :T]
+    return top, rank, None
+
+
 def running_topk_triton(values, k, initial=None, initial_count=0, return_indices=False):
-    """(top, rank, index or None) of the running top-k, fused; see ops/co4/reference.py for the definition."""
+    """(top, rank, index or None) of the running top-k, fused; see ops/co4/reference.py for the definition.
+    Long sequences run in parallel over time chunks (``_parallel_in_time``); the indices, which name sources in
+    one launch's inputs, come from the single pass."""
+    if not return_indices and values.shape[1] > 2 * _time_chunk(values.shape[1], k):
+        return _parallel_in_time(values.contiguous(), k, initial, initial_count)
     return _RunningTopk.apply(values, initial, k, initial_count, return_indices)

@@ -108,6 +108,27 @@ def test_triton_matches_reference_with_an_initial_table_and_ties(dtype, triton_d
                 assert torch.equal(a, e), f"{name} differs (count {count})"
 
 
+@pytest.mark.parametrize("count", [0, 2])
+@pytest.mark.parametrize("chunk,shape", [(4, (2, 26, 17, 4)), (5, (1, 37, 6, 3)), (8, (1, 41, 5, 8))], ids=str)
+def test_parallel_in_time_matches_reference(chunk, shape, count, monkeypatch, triton_device):
+    """Long inputs run as chunk tables, their merge and the chunks again: the same values, ranks and gradients
+    (ties and an initial table included; ragged last chunk; chunks as long as k)."""
+    from ops.co4 import triton as kernels
+    monkeypatch.setattr(kernels, "TIME_CHUNK", chunk)
+    B, T, C, k = shape
+    values = _values((B, T, C), torch.float64, ties=True)
+    initial = _initial(B, k, C, torch.float64) if count else None
+    expected, actual = [], []
+    for backend, device, out in (("reference", "cpu", expected), ("triton", triton_device, actual)):
+        leaves = [t.clone().to(device).requires_grad_() for t in (values, initial) if t is not None]
+        top, rank, _ = ops.running_topk(leaves[0], k, leaves[1] if count else None, count, backend=backend)
+        weights = torch.randn(top.shape, generator=torch.Generator().manual_seed(1), dtype=top.dtype).to(device)
+        out += [t.cpu() for t in (top.detach(), rank, *torch.autograd.grad((top * weights).sum(), leaves))]
+    assert torch.equal(actual[0], expected[0]) and torch.equal(actual[1], expected[1])
+    for name, a, e in zip(("d values", "d initial"), actual[2:], expected[2:]):
+        assert_close(name, a, e, torch.float64)
+
+
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_ties_go_to_the_earlier_token_exact_and_within_rounding(backend, triton_device):
     """Equal values: token t's rank is t, the rows come from the first k tokens, and so does their gradient. A later
