@@ -63,9 +63,15 @@ def _start(INIT, pid_b, C, initial_count, cols, col_ok, K: tl.constexpr, KP: tl.
     rank = slot + tl.zeros([KP, BLOCK_C], dtype=tl.int32)
     src = rank
     if HAS_INIT:
-        ok = (slot < initial_count) & col_ok[None, :]
-        val = tl.load(INIT + pid_b.to(tl.int64) * K * C + slot * C + cols[None, :], mask=ok, other=0.0)
-        key = tl.where(ok, _key(val), float("-inf"))
+        # one slot's row at a time: a (KP, BLOCK_C) load would be laid out for coalescing (slots across lanes),
+        # and the list would inherit that layout: shuffles and shared-memory round trips at every step (sm_90,
+        # compiled as launched: 179 -> 241 registers, 6 barriers and 24 shuffles per step in the backward)
+        val = tl.zeros([KP, BLOCK_C], dtype=dtype)
+        for j in tl.static_range(K):
+            present = col_ok & (tl.full([BLOCK_C], j, dtype=tl.int32) < initial_count)
+            row = tl.load(INIT + pid_b.to(tl.int64) * K * C + j * C + cols, mask=present, other=0.0)
+            val = tl.where(slot == j, row[None, :], val)
+        key = tl.where((slot < initial_count) & col_ok[None, :], _key(val), float("-inf"))
     else:
         val = tl.zeros([KP, BLOCK_C], dtype=dtype)
         key = tl.full([KP, BLOCK_C], float("-inf"), dtype=tl.float32)
@@ -89,7 +95,7 @@ def _place(key, rank, count, x_key, K: tl.constexpr, KP: tl.constexpr):
 @triton.jit
 def _topk_fwd_kernel(X, INIT, TOP, RANK, INDEX, T, C, initial_count,
                      K: tl.constexpr, KP: tl.constexpr, HAS_INIT: tl.constexpr, STORE_INDEX: tl.constexpr,
-                     BLOCK_C: tl.constexpr):
+                     LAST_ONLY: tl.constexpr, BLOCK_C: tl.constexpr):
     pid_c, pid_b = tl.program_id(0), tl.program_id(1)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
@@ -109,15 +115,19 @@ def _topk_fwd_kernel(X, INIT, TOP, RANK, INDEX, T, C, initial_count,
         val = tl.where(target, x[None, :], val)
         src = tl.where(target, K + t, src)
         count = tl.minimum(count + 1, K)
-        filled = slot < count
-        # rows of this step: (b, t, r, c) at ((b * T + t) * K + r) * C + c, int64 (B*T*K*C passes 2^31)
-        row = (seq + t * C) * K + rank.to(tl.int64) * C + cols[None, :]
-        out_ok = (rank < K) & col_ok[None, :]
-        tl.store(TOP + row, tl.where(filled, val, 0.0), mask=out_ok)
-        if STORE_INDEX:
-            tl.store(INDEX + row, tl.where(filled, src, -1), mask=out_ok)
-        tl.store(RANK + seq + t * C + cols, tl.where(enter, r, K), mask=col_ok)
+        if not LAST_ONLY:
+            # rows of this step: (b, t, r, c) at ((b * T + t) * K + r) * C + c, int64 (B*T*K*C passes 2^31)
+            row = (seq + t * C) * K + rank.to(tl.int64) * C + cols[None, :]
+            out_ok = (rank < K) & col_ok[None, :]
+            tl.store(TOP + row, tl.where(slot < count, val, 0.0), mask=out_ok)
+            if STORE_INDEX:
+                tl.store(INDEX + row, tl.where(slot < count, src, -1), mask=out_ok)
+            tl.store(RANK + seq + t * C + cols, tl.where(enter, r, K), mask=col_ok)
         x = x_next
+    if LAST_ONLY:
+        # only the table after the last token: (b, r, c) at (b * K + r) * C + c
+        row = pid_b.to(tl.int64) * K * C + rank.to(tl.int64) * C + cols[None, :]
+        tl.store(TOP + row, tl.where(slot < count, val, 0.0), mask=(rank < K) & col_ok[None, :])
 
 
 @triton.jit
@@ -131,7 +141,8 @@ def _flush(DX, DINIT, acc, src, which, pid_b, seq, C, cols, K: tl.constexpr, HAS
 
 @triton.jit
 def _topk_bwd_kernel(X, INIT, DTOP, DX, DINIT, T, C, initial_count,
-                     K: tl.constexpr, KP: tl.constexpr, HAS_INIT: tl.constexpr, BLOCK_C: tl.constexpr):
+                     K: tl.constexpr, KP: tl.constexpr, HAS_INIT: tl.constexpr, LAST_ONLY: tl.constexpr,
+                     BLOCK_C: tl.constexpr):
     pid_c, pid_b = tl.program_id(0), tl.program_id(1)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C
@@ -149,18 +160,24 @@ def _topk_bwd_kernel(X, INIT, DTOP, DX, DINIT, T, C, initial_count,
         x_next = _load_next(X, seq, t, T, C, cols, col_ok, BLOCK_C)
         x_key = _key(x)
         r, enter, target, rank_next = _place(key, rank, count, x_key, K, KP)
-        acc += pending.to(acc.dtype)
-        # the evicted entry leaves for good: its gradient is complete
-        _flush(DX, DINIT, acc, src, target & (slot < count) & col_ok[None, :], pid_b, seq, C, cols, K, HAS_INIT)
-        acc = tl.where(target, 0.0, acc)
+        if not LAST_ONLY:  # with only the last table differentiated, evicted entries have no gradient
+            acc += pending.to(acc.dtype)
+            # the evicted entry leaves for good: its gradient is complete
+            _flush(DX, DINIT, acc, src, target & (slot < count) & col_ok[None, :], pid_b, seq, C, cols, K,
+                   HAS_INIT)
+            acc = tl.where(target, 0.0, acc)
         key = tl.where(target, x_key[None, :], key)
         src = tl.where(target, K + t, src)
         rank = rank_next
         count = tl.minimum(count + 1, K)
-        held = (slot < count) & (rank < K) & col_ok[None, :]
-        row = (seq + t * C) * K + rank.to(tl.int64) * C + cols[None, :]
-        pending = tl.load(DTOP + row, mask=held, other=0.0)
+        if not LAST_ONLY:
+            held = (slot < count) & (rank < K) & col_ok[None, :]
+            row = (seq + t * C) * K + rank.to(tl.int64) * C + cols[None, :]
+            pending = tl.load(DTOP + row, mask=held, other=0.0)
         x = x_next
+    if LAST_ONLY:
+        row = pid_b.to(tl.int64) * K * C + rank.to(tl.int64) * C + cols[None, :]
+        pending = tl.load(DTOP + row, mask=(slot < count) & (rank < K) & col_ok[None, :], other=0.0)
     acc += pending.to(acc.dtype)
     _flush(DX, DINIT, acc, src, (slot < count) & col_ok[None, :], pid_b, seq, C, cols, K, HAS_INIT)
 
@@ -186,19 +203,20 @@ def _accumulation(dtype: torch.dtype) -> torch.dtype:
 
 class _RunningTopk(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, values, initial, k: int, initial_count: int, return_indices: bool):
+    def forward(ctx, values, initial, k: int, initial_count: int, return_indices: bool, last_only: bool = False):
+        """(top, rank, index); with ``last_only`` just (the table after the last token (B, k, C), None, None)."""
         values = values.contiguous()
         initial = initial.contiguous() if initial is not None else None
         B, T, C = values.shape
         KP, block_c, warps = launch_config(k)
-        top = _new_buffer(B, T, k, C, dtype=values.dtype, device=values.device)
-        rank = _new_buffer(B, T, C, dtype=torch.int64, device=values.device)
+        top = _new_buffer(*((B, k, C) if last_only else (B, T, k, C)), dtype=values.dtype, device=values.device)
+        rank = None if last_only else _new_buffer(B, T, C, dtype=torch.int64, device=values.device)
         index = _new_buffer(B, T, k, C, dtype=torch.int64, device=values.device) if return_indices else None
         _topk_fwd_kernel[_grid(B, C, block_c)](
             values, initial, top, rank, index, T, C, initial_count, K=k, KP=KP, HAS_INIT=initial is not None,
-            STORE_INDEX=return_indices, BLOCK_C=block_c, num_warps=warps)
+            STORE_INDEX=return_indices, LAST_ONLY=last_only, BLOCK_C=block_c, num_warps=warps)
         ctx.save_for_backward(values, initial)
-        ctx.k, ctx.initial_count = k, initial_count
+        ctx.k, ctx.initial_count, ctx.last_only = k, initial_count, last_only
         ctx.mark_non_differentiable(*[t for t in (rank, index) if t is not None])
         return top, rank, index
 
@@ -214,9 +232,9 @@ class _RunningTopk(torch.autograd.Function):
         if grad_top is not None:
             _topk_bwd_kernel[_grid(B, C, block_c)](
                 values, initial, grad_top.contiguous(), grad_values, grad_initial, T, C, ctx.initial_count,
-                K=k, KP=KP, HAS_INIT=initial is not None, BLOCK_C=block_c, num_warps=warps)
+                K=k, KP=KP, HAS_INIT=initial is not None, LAST_ONLY=ctx.last_only, BLOCK_C=block_c, num_warps=warps)
         grad_initial = grad_initial.to(initial.dtype) if initial is not None else None
-        return grad_values.to(values.dtype), grad_initial, None, None, None
+        return grad_values.to(values.dtype), grad_initial, None, None, None, None
 
 
 # Tokens per time chunk of the parallel form (None: chosen from T and k by _time_chunk); tests set it small.
@@ -243,9 +261,9 @@ def _parallel_in_time(values, k, initial, initial_count):
     n = triton.cdiv(T, chunk)
     padded = torch.cat([values, values.new_zeros(B, n * chunk - T, C)], 1) if n * chunk > T else values
     chunks = padded.view(B, n, chunk, C)
-    # (1) the tables of chunks 0 .. n-2 (the last one's is never carried)
-    local, _, _ = _RunningTopk.apply(chunks[:, :-1].reshape(B * (n - 1), chunk, C), None, k, 0, False)
-    tables = local[:, -1].reshape(B, (n - 1) * k, C)
+    # (1) the tables of chunks 0 .. n-2 (the last one's is never carried), stored once, not at every step
+    local, _, _ = _RunningTopk.apply(chunks[:, :-1].reshape(B * (n - 1), chunk, C), None, k, 0, False, True)
+    tables = local.view(B, (n - 1) * k, C)
     # (2) after the last entry of table c: the top-k of everything up to the end of chunk c
     merged, _, _ = _RunningTopk.apply(tables, initial, k, initial_count, False)
     carried = merged.view(B, n - 1, k, k, C)[:, :, -1]                                  # (B, n - 1, k, C)
