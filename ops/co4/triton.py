@@ -9,6 +9,10 @@ Empty slots hold "virtual" ranks (slot j sits at row j until filled), so every r
 zeros where the prefix cannot fill it yet, and nothing of size T x T is built. Few warps run per SM (one warp
 per 32 channels and batch row), so each load is issued one step before its use: a step's work hides it.
 
+Long sequences (``running_topk_triton``) run parallel in time: each chunk's own table (LAST_ONLY launches), the
+running top-k over those tables (the table carried into each chunk), then every chunk from its carried table;
+see ``_parallel_in_time``.
+
 Backward replays the same list (the keys are recomputed from the inputs, so no indices are saved) and gives each
 slot a gradient accumulator: while an entry sits in the list it collects the incoming gradient of the row it
 occupies; when it is evicted, or at the end, the sum is written once to its source. Every source is written at
