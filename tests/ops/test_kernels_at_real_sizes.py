@@ -139,3 +139,31 @@ def test_based_attention(case):
     def run(backend, q, k, v):
         return ops.based_attention(q, k, v, use_norm=use_norm, backend=backend)
     compare(f"based_attention {case}", run, based_inputs(batch, length, heads), scale=2.0 if length >= LONG else 1.0)
+
+
+# (batch, T, C, k): the co4 speed preset's width (3 x 768 channels) and length range; k > 16 (lists over lanes)
+CO4_CASES = [(2, 4096, 2304, 12), (1, LONG, 768, 12), (1, 3001, 200, 33)]
+
+
+@pytest.mark.parametrize("case", CO4_CASES)
+def test_running_topk(case, monkeypatch):
+    """The parallel-in-time form (chunk tables, merge, chunks again) against the single pass, exactly on values
+    and ranks and at every position on the gradient; both against the reference's values and ranks at 2k tokens."""
+    from ops.co4 import triton as co4
+    monkeypatch.setattr(co4, "FILL_FRESH_BUFFERS_WITH_NAN", True)
+    B, T, C, k = case
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    values = torch.randn(B, T, C, device="cuda", generator=gen).to(DTYPE)
+    weights = torch.randn(B, T, k, C, device="cuda", generator=gen)
+    results = {}
+    for name, indices in (("single pass", True), ("parallel in time", False)):
+        v = values.clone().requires_grad_()
+        top, rank, _ = ops.running_topk(v, k, return_indices=indices, backend="triton")
+        (grad,) = torch.autograd.grad((top.float() * weights).sum(), v)
+        results[name] = (top, rank, grad)
+    (top, rank, grad), (top_p, rank_p, grad_p) = results["single pass"], results["parallel in time"]
+    assert torch.equal(top_p, top) and torch.equal(rank_p, rank)
+    assert_close_everywhere("d values", grad_p.float(), grad.float(), DTYPE)
+    head = values[:, :2048].float()
+    expected_top, expected_rank, _ = ops.running_topk(head, k, backend="reference")
+    assert torch.equal(top[:, :2048].float(), expected_top) and torch.equal(rank[:, :2048], expected_rank)
