@@ -6,7 +6,8 @@ import tests.blocks.test_co4 as chunked
 # not rerun: causality across chunks (the kernel's prefix top-k is tested against the reference in tests/ops, and
 # the oracle comparison below covers the block), which alone took ~30 s in the interpreter
 from tests.blocks.test_co4 import (  # noqa: F401  (collected here, run with the kernel)
-    test_cache_holds_the_running_top_k_of_each_modulated_stream, test_chunked_equals_oracle_outputs_and_gradients, test_float64_and_bfloat16_run_and_decode,
+    test_cache_holds_the_running_top_k_of_each_modulated_stream, test_chunked_equals_oracle_outputs_and_gradients,
+    test_float64_and_bfloat16_run_and_decode,
     test_prefill_then_decode_equals_parallel_forward, test_repeated_inputs_decode_like_the_parallel_forward,
     test_results_do_not_depend_on_chunk_size, test_state_size_is_exact_and_constant)
 

@@ -99,8 +99,9 @@ def build_phases(out: Path) -> dict[str, Phase]:
         # issue 14: is Co4's running top-k kernel right on the GPU, and what does Co4 cost against attention
         "co4": Phase("co4", "~7 min: the kernel's tests, then Co4 (Triton and PyTorch paths) and attention at "
                             "2k-16k tokens (estimate, not measured)", [
-            Case("pytest-co4", _pytest(out, "pytest-co4", "tests/ops/test_co4.py", "tests/blocks/test_mixer_contract.py",
-                                       "-k", "co4"), 120),
+            Case("pytest-co4", _pytest(out, "pytest-co4", "tests/ops/test_co4.py",
+                                       "tests/ops/test_kernels_at_real_sizes.py", "tests/blocks/test_mixer_contract.py",
+                                       "-k", "co4 or topk"), 150),
             Case("bench-speed-co4", _python("-m", "zoo.bench", "speed", "--preset", "co4", "--out",
                                             str(out / "speed-co4")), 400),
         ]),
