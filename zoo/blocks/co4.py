@@ -216,8 +216,8 @@ class Co4(Mixer):
         return chosen == "triton"
 
     def _forward_fused(self, streams, m_v, carry, start: int, latent):
-        """The running top-k of the whole sequence in one kernel launch, then the attention chunk by chunk (its
-        rows are (L + k) x 3D numbers per token). Returns the mixed output and the last top-k tables."""
+        """The running top-k of the whole sequence in one op call (1 to 4 kernel launches), then the attention chunk
+        by chunk (its rows are (L + k) x 3D numbers per token). Returns the mixed output and the last top-k tables."""
         B, T, S = streams.shape
         L, k, D = self.latents, self.topk, self.d_model
         top, rank, _ = running_topk(streams, k, carry if start else None, min(start, k), backend="triton")
