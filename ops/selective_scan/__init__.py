@@ -5,7 +5,7 @@ from ops._backend import resolve_backend
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, initial_state=None, backend="auto"):
+                   return_last_state=False, initial_state=None, backend="auto", seq_idx=None):
     """Selective scan; see ``ops.selective_scan.reference`` for the definition.
 
     u, delta, z: (batch, dim, L); A: (dim, N) real; B, C: (dim, N), (batch, N, L) or (batch, G, N, L);
@@ -13,8 +13,18 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Returns out (batch, dim, L) in u's dtype, or (out, last_state (batch, dim, N) float32).
     backend: "auto" (Triton on CUDA; on CPU the compiled kernel of ``ops.selective_scan.cpu`` when a C compiler
     is there, else the reference) | "reference" | "triton" | "cuda" (mamba_ssm's CUDA kernel).
+    seq_idx (batch, L) integer, packed sequences (see ops.packing): the state restarts from zero at each
+    document's first position. Only the reference takes it: "auto" runs the reference then, and "triton" or
+    "cuda" named explicitly is an error.
     """
     which = resolve_backend(backend, u.device, "selective_scan", cuda_package="mamba_ssm")
+    if seq_idx is not None:
+        if backend in ("triton", "cuda"):
+            raise ValueError(f"selective_scan: seq_idx (packed sequences) runs on the reference only, not "
+                             f"backend={backend!r}; use backend='auto' or 'reference'")
+        from ops.selective_scan.reference import selective_scan as reference_scan
+        return reference_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                              initial_state=initial_state, seq_idx=seq_idx)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if which == "triton" and B.dim() >= 3 and C.dim() >= 3:
         from ops.selective_scan.triton import selective_scan as triton_scan
