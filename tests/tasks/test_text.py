@@ -149,8 +149,8 @@ def test_with_document_boundaries_each_row_says_which_document_every_position_re
     # the same rows as without boundaries, behind one leading end of text: every token still predicted once
     plain = build_task("text", path=str(tmp_path / "c"), tokenizer=tokenizer, bpe_vocab_size=300, seq_len=48)
     plain.setup()
-    assert module.sets["train"].parts[0][0][0, 0] == eos
-    assert torch.equal(module.sets["train"].parts[0][0].flatten()[1:101], plain.sets["train"].parts[0][0].flatten()[:100])
+    with_boundaries, joined = module.sets["train"].parts[0][0].flatten(), plain.sets["train"].parts[0][0].flatten()
+    assert with_boundaries[0] == eos and torch.equal(with_boundaries[1:101], joined[:100])
     batch = next(iter(module.train_dataloader()))
     assert set(batch) == {"input_ids", "labels", "seq_idx"} and batch["seq_idx"].shape == batch["input_ids"].shape
 
