@@ -34,24 +34,33 @@ def test_causal_conv1d_taps_stop_at_a_document_boundary(backend):
         causal_conv1d(x, weight, seq_idx=seq_idx_for(), initial_states=torch.zeros(1, 3, 3))
 
 
-def test_selective_scan_restarts_its_state_at_each_document():
+@pytest.mark.parametrize("backend", ["auto", "reference", "triton"])
+def test_selective_scan_restarts_its_state_at_each_document(backend, triton_device):
+    """reference: the decay into a document is 0; auto (the CPU kernel here) and triton: one row per document."""
     torch.manual_seed(0)
     L = sum(LENGTHS)
     u, delta, z = torch.randn(1, 4, L), torch.randn(1, 4, L), torch.randn(1, 4, L)
     A, B, C, D = -torch.rand(4, 3), torch.randn(1, 3, L), torch.randn(1, 3, L), torch.randn(4)
     run = lambda u, delta, z, B, C: selective_scan(u, delta, A, B, C, D, z, delta_softplus=True,  # noqa: E731
                                                    backend="reference")
-    packed = selective_scan(u, delta, A, B, C, D, z, delta_softplus=True, seq_idx=seq_idx_for())
-    torch.testing.assert_close(packed, per_document(run, 2, u, delta, z, B, C))
+    device = triton_device if backend == "triton" else torch.device("cpu")
+    on = lambda *ts: [t.to(device) for t in ts]  # noqa: E731
+    packed = selective_scan(*on(u, delta, A, B, C, D, z), delta_softplus=True, seq_idx=seq_idx_for().to(device),
+                            backend=backend)
+    torch.testing.assert_close(packed.cpu(), per_document(run, 2, u, delta, z, B, C), rtol=1e-5, atol=1e-5)
 
 
-def test_selective_scan_kernels_refuse_seq_idx_by_name(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+def test_selective_scan_continuing_a_state_takes_the_reference_with_seq_idx():
+    torch.manual_seed(0)
     L = sum(LENGTHS)
-    u = torch.randn(1, 2, L)
-    with pytest.raises(ValueError, match="seq_idx .* runs on the reference only, not backend='triton'"):
-        selective_scan(u, u, -torch.ones(2, 3), torch.randn(1, 3, L), torch.randn(1, 3, L), backend="triton",
-                       seq_idx=seq_idx_for())
+    u, delta = torch.randn(1, 2, L), torch.rand(1, 2, L)
+    A, B, C, h0 = -torch.rand(2, 3), torch.randn(1, 3, L), torch.randn(1, 3, L), torch.randn(1, 2, 3)
+    out, last = selective_scan(u, delta, A, B, C, initial_state=h0, return_last_state=True, seq_idx=seq_idx_for())
+    first = selective_scan(u[..., :4], delta[..., :4], A, B[..., :4], C[..., :4], initial_state=h0)
+    torch.testing.assert_close(out[..., :4], first)  # the initial state reaches the first document only
+    alone, alone_last = selective_scan(u[..., 5:], delta[..., 5:], A, B[..., 5:], C[..., 5:], return_last_state=True)
+    torch.testing.assert_close(out[..., 5:], alone)
+    torch.testing.assert_close(last, alone_last)
 
 
 def test_based_attention_sums_over_each_document_only():
