@@ -14,7 +14,8 @@ position, which the model hands to every mixer (no attention, state or conv tap 
 then predicts across a boundary, and none is masked: a document's last token predicts end-of-text from that
 document, and the end-of-text input predicts the next document's first token from nothing before it, as a
 model run on that document alone would. A document cut by a row's edge continues in the next row (as without
-boundaries). Rows are built per split, after the split, so held-out text still never reaches training.
+boundaries). Rows are built per split, after the split, so held-out text still never reaches training. A
+corpus split by byte range is one document per split, so there boundaries change nothing.
 """
 import hashlib
 import os
