@@ -5,6 +5,9 @@ embed -> n_layers x [norm -> mixer -> +residual, (norm -> mlp -> +residual)] -> 
 ``layers`` is a list of mixer specs (``{"name": ..., **hyper}``) cycled over the depth: one spec gives a
 uniform stack, several give a hybrid (zoology's [short_conv, mixer] pairing, BASED's conv / linear attention /
 sliding window interleave, "attention every k-th layer").
+
+Packed rows: ``LM.forward(input_ids, seq_idx=...)`` hands the document index of every position to every mixer
+(see zoo/blocks/base.py); MLPs are per token and need nothing.
 """
 import functools
 import inspect
@@ -15,6 +18,7 @@ import torch
 from torch import nn
 
 import zoo.blocks  # noqa: F401  (registers every block)
+from ops.packing import check_seq_idx
 from zoo.blocks.base import Cache
 from zoo.blocks.registry import build_mixer, build_mlp
 from zoo.checks import require_choice, require_positive_int
@@ -41,6 +45,12 @@ def _keyword_inputs(mlp_class: type) -> frozenset | None:
     return frozenset(p.name for p in parameters)
 
 
+@functools.lru_cache(maxsize=None)
+def _takes_seq_idx(mixer_class: type) -> bool:
+    parameters = inspect.signature(mixer_class.forward).parameters.values()
+    return any(p.name == "seq_idx" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
 def _inputs_for(mlp: nn.Module, mlp_inputs: dict) -> dict:
     """Only the extras an MLP declares: a task may supply a memory path to a model whose MLPs take none."""
     accepted = _keyword_inputs(type(mlp))
@@ -55,8 +65,12 @@ class Layer(nn.Module):
         self.mlp_norm = NORMS[norm](d_model) if mlp else None
         self.mlp = build_mlp(d_model=d_model, **mlp) if mlp else None
 
-    def forward(self, x: torch.Tensor, cache: Cache | None = None, **mlp_inputs) -> torch.Tensor:
-        x = x + self.mixer(self.mixer_norm(x), cache=cache)
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, seq_idx: torch.Tensor | None = None,
+                **mlp_inputs) -> torch.Tensor:
+        if seq_idx is None:  # a mixer written before packing existed keeps working unpacked
+            x = x + self.mixer(self.mixer_norm(x), cache=cache)
+        else:
+            x = x + self.mixer(self.mixer_norm(x), cache=cache, seq_idx=seq_idx)
         if self.mlp is not None:
             # mlp_inputs lets an MLP take per-sequence extras (e.g. a memory path) without changing the trunk
             x = x + self.mlp(self.mlp_norm(x), **_inputs_for(self.mlp, mlp_inputs))
@@ -98,18 +112,32 @@ class LM(nn.Module):
                     param.div_(math.sqrt(branches))
 
     def forward(self, input_ids: torch.Tensor, caches: list[Cache] | None = None, last_only: bool = False,
-                **mlp_inputs) -> torch.Tensor:
+                seq_idx: torch.Tensor | None = None, **mlp_inputs) -> torch.Tensor:
         """input_ids (batch, seq) -> logits (batch, seq, vocab). With caches, prefill/decode and update them.
 
         last_only: logits of the last position only, (batch, 1, vocab): what a prefill before decoding needs,
-        without the (batch, seq, vocab) tensor.
+        without the (batch, seq, vocab) tensor. seq_idx (batch, seq): packed rows, the document index of each
+        position (non-decreasing); every document is then modelled as if it were alone. Not with caches.
         """
+        if seq_idx is not None:
+            self._check_packing(input_ids, caches, seq_idx)
         x = self.embedding(input_ids)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cache=None if caches is None else caches[i], **mlp_inputs)
+            x = layer(x, cache=None if caches is None else caches[i], seq_idx=seq_idx, **mlp_inputs)
         if last_only:
             x = x[:, -1:]
         return self.head(self.final_norm(x))
+
+    def _check_packing(self, input_ids: torch.Tensor, caches, seq_idx: torch.Tensor):
+        if caches is not None:
+            raise ValueError("LM: seq_idx (packed sequences) is for training and evaluation; it cannot be combined "
+                             "with decoding caches")
+        check_seq_idx(seq_idx, input_ids.shape[0], input_ids.shape[1], "LM")
+        for i, layer in enumerate(self.layers):
+            if not _takes_seq_idx(type(layer.mixer)):
+                raise ValueError(f"LM: mixer {type(layer.mixer).__name__} (layer {i}) "
+                                 "does not take seq_idx, so it cannot run packed sequences; add a seq_idx keyword "
+                                 "to its forward (README, \"Adding a mixer\") or train without packing")
 
     def allocate_cache(self, batch_size: int, device=None, dtype=None) -> list[Cache]:
         return [layer.mixer.allocate_cache(batch_size, device=device, dtype=dtype) for layer in self.layers]

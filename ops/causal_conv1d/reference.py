@@ -26,6 +26,26 @@ def causal_conv1d(x, weight, bias=None, initial_states=None, return_final_states
     return finish(out, padded, x.dtype, width, activation, return_final_states)
 
 
+def causal_conv1d_packed(x, weight, bias=None, seq_idx=None, return_final_states=False, activation=None):
+    """The same conv over packed rows: a tap reaching into the previous document (seq_idx differs) reads zero,
+    as that document's start would read zero padding when run alone. One shifted multiply-add per tap."""
+    from ops.packing import same_document_shifted
+
+    check_activation(activation)
+    batch, dim, length = x.shape
+    width = weight.shape[1]
+    padded = torch.cat([x.new_zeros(batch, dim, width - 1), x], dim=-1)
+    acc = torch.promote_types(x.dtype, torch.float32)  # float32 at least; float64 stays float64
+    x32, w32 = x.to(acc), weight.to(acc)
+    out = x32 * w32[:, width - 1, None]
+    for shift in range(1, min(width, length)):  # tap width - 1 - shift reads x[t - shift]
+        same = same_document_shifted(seq_idx, shift)[:, None, :]
+        out[..., shift:] += (x32[..., :length - shift] * w32[:, width - 1 - shift, None]) * same[..., shift:]
+    if bias is not None:
+        out = out + bias.to(acc)[:, None]
+    return finish(out, padded, x.dtype, width, activation, return_final_states)
+
+
 def finish(out, padded, dtype, width: int, activation, return_final_states: bool):
     """The float32 conv output -> activation, input dtype, and the last W - 1 inputs when asked (every path)."""
     if activation is not None:

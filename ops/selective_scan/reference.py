@@ -111,8 +111,9 @@ class _LinearScan(torch.autograd.Function):
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, initial_state=None):
-    """See the module docstring."""
+                   return_last_state=False, initial_state=None, seq_idx=None):
+    """See the module docstring. seq_idx (batch, L): packed documents; the decay into each document's first
+    position is 0, so its state starts from zero (initial_state then only reaches the first document)."""
     _check_real(A)
     dtype_in = u.dtype
     batch, dim, length = u.shape
@@ -125,6 +126,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         state = initial if initial is not None else u32.new_zeros(batch, dim, A.shape[1])
         return (u.new_zeros(u.shape), state) if return_last_state else u.new_zeros(u.shape)
     decay = torch.exp(delta[..., None] * A32[:, None, :])                   # (b, d, L, N)
+    if seq_idx is not None:
+        from ops.packing import check_seq_idx, document_starts
+        check_seq_idx(seq_idx, batch, length, "selective_scan")
+        restart = document_starts(seq_idx)
+        restart[:, 0] = False  # position 0 continues from initial_state, as without packing
+        decay = decay.masked_fill(restart[:, None, :, None], 0.0)
     inp = (delta * u32)[..., None] * B4                                     # (b, d, L, N)
     h = _LinearScan.apply(decay, inp, initial)                              # (b, d, L, N)
 

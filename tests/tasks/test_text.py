@@ -42,13 +42,15 @@ def markers(text: str) -> set[str]:
 
 
 # ------------------------------------------------------------------------------------------ held-out text
+@pytest.mark.parametrize("boundaries", [False, True], ids=["joined", "document_boundaries"])
 @pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
-def test_a_folder_is_split_by_document_and_no_held_out_document_reaches_training(tmp_path, tokenizer):
+def test_a_folder_is_split_by_document_and_no_held_out_document_reaches_training(tmp_path, tokenizer, boundaries):
     if tokenizer == "bpe":
         pytest.importorskip("tokenizers")
     documents = write_documents(tmp_path / "corpus", 40)
     module = build_task("text", path=str(tmp_path / "corpus"), tokenizer=tokenizer, bpe_vocab_size=300,
-                        seq_len=32, batch_size=4, val_fraction=0.1, test_fraction=0.1)
+                        seq_len=32, batch_size=4, val_fraction=0.1, test_fraction=0.1,
+                        document_boundaries=boundaries)
     module.setup("fit")
     splits = module.split_texts
     assert sorted(sum(splits.values(), [])) == sorted(documents)        # every document in exactly one split
@@ -118,6 +120,45 @@ def test_documents_are_joined_by_end_of_text(tmp_path):
     inputs, _ = module.sets["train"].parts[0]
     eos = (inputs == 256).sum().item()
     assert 0 < eos <= len(module.split_texts["train"])
+
+
+@pytest.mark.parametrize("tokenizer", ["byte", "bpe"])
+def test_with_document_boundaries_each_row_says_which_document_every_position_reads(tmp_path, tokenizer):
+    if tokenizer == "bpe":
+        pytest.importorskip("tokenizers")
+    write_documents(tmp_path / "c", 25)
+    module = build_task("text", path=str(tmp_path / "c"), tokenizer=tokenizer, bpe_vocab_size=300, seq_len=48,
+                        document_boundaries=True)
+    module.setup()
+    eos = module.tokenizer.eos_id
+    for split, dataset in module.sets.items():
+        inputs, labels = dataset.parts[0]
+        seq_idx = dataset.extras[0]["seq_idx"]
+        assert seq_idx.shape == inputs.shape and (seq_idx[:, 0] == 0).all()
+        # a new document starts exactly at an end-of-text input (it opens the document after it)
+        starts = seq_idx[:, 1:] != seq_idx[:, :-1]
+        assert torch.equal(starts, inputs[:, 1:] == eos), split
+        assert ((seq_idx[:, 1:] - seq_idx[:, :-1]) <= 1).all()
+        # no label predicts across a boundary: a document's last position predicts end of text
+        assert (labels[:, :-1][starts] == eos).all()
+        # each document segment decodes to text of one document only
+        for row_inputs, row_idx in zip(inputs[:20], seq_idx[:20]):
+            for d in row_idx.unique():
+                tokens = [t for t in row_inputs[row_idx == d].tolist() if t != eos]
+                assert len(markers(module.tokenizer.decode(tokens))) <= 1
+    # the same rows as without boundaries, behind one leading end of text: every token still predicted once
+    plain = build_task("text", path=str(tmp_path / "c"), tokenizer=tokenizer, bpe_vocab_size=300, seq_len=48)
+    plain.setup()
+    with_boundaries, joined = module.sets["train"].parts[0][0].flatten(), plain.sets["train"].parts[0][0].flatten()
+    assert with_boundaries[0] == eos and torch.equal(with_boundaries[1:101], joined[:100])
+    batch = next(iter(module.train_dataloader()))
+    assert set(batch) == {"input_ids", "labels", "seq_idx"} and batch["seq_idx"].shape == batch["input_ids"].shape
+
+
+def test_document_boundaries_must_be_a_bool(tmp_path):
+    write_documents(tmp_path / "c", 25)
+    with pytest.raises(ValueError, match="document_boundaries must be true or false, got 'yes'"):
+        build_task("text", path=str(tmp_path / "c"), document_boundaries="yes")
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -243,3 +284,28 @@ def test_training_logs_loss_perplexity_and_bits_per_byte(tmp_path):
     val_bpb = [float(r["val/bpb"]) for r in logged if r.get("val/bpb")]
     assert len(val_bpb) == 2 and val_bpb[1] < val_bpb[0]                      # one per epoch, falling
     assert any(r.get("test/bpb") for r in logged) and any(r.get("train/tok_s") for r in logged)
+
+
+def test_training_with_document_boundaries_runs_end_to_end(tmp_path, monkeypatch):
+    from zoo.model import LM
+    from zoo.train import train
+
+    packed_calls = []
+    forward = LM.forward
+
+    def spy(self, input_ids, *args, **kwargs):  # the batches' seq_idx must reach the model
+        packed_calls.append(kwargs.get("seq_idx") is not None)
+        return forward(self, input_ids, *args, **kwargs)
+    monkeypatch.setattr(LM, "forward", spy)
+
+    write_documents(tmp_path / "corpus", 30)
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "task=text", f"task.path={tmp_path / 'corpus'}", "task.seq_len=32", "task.batch_size=8",
+            "task.document_boundaries=true", "model=conv_mamba", "model.d_model=16", "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2",
+            "+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", "print_test_table=false"])
+    train(cfg, tmp_path / "run")
+    row = json.loads((tmp_path / "run" / "test_accuracy.json").read_text())["slices"][0]
+    assert math.isfinite(row["bits_per_byte"])
+    assert packed_calls and all(packed_calls)

@@ -2,7 +2,8 @@
 
 Rotary positions, optional sliding window, KV cache. Full attention runs through
 ``scaled_dot_product_attention``; a sliding window uses ``flex_attention`` with a block mask on CUDA and
-a banded boolean mask elsewhere.
+a banded boolean mask elsewhere. Packed rows (``seq_idx``) add the block-diagonal document mask to the
+boolean mask on every backend (flex_attention is not used then) and restart rotary positions per document.
 """
 import functools
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ops._backend import resolve_backend
+from ops.packing import positions_in_document
 from zoo.blocks.base import Cache, Mixer
 from zoo.blocks.registry import register_mixer
 from zoo.blocks.rotary import apply_rotary, rotary_tables
@@ -63,20 +65,31 @@ class Attention(Mixer):
         self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
-    def _heads(self, x: torch.Tensor, first_position: int):
+    def _heads(self, x: torch.Tensor, first_position: int, seq_idx: torch.Tensor | None = None):
         batch, seq, _ = x.shape
         q, k, v = self.qkv_proj(x).view(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self.rotary:
-            positions = torch.arange(first_position, first_position + seq, device=x.device)
-            cos, sin = rotary_tables(positions, self.head_dim, self.rotary_base)
+            if seq_idx is None:
+                positions = torch.arange(first_position, first_position + seq, device=x.device)
+                cos, sin = rotary_tables(positions, self.head_dim, self.rotary_base)
+            else:  # a document run alone starts at position 0: per-row tables, broadcast over heads
+                positions = positions_in_document(seq_idx)
+                cos, sin = (t.view(batch, 1, seq, -1) for t in
+                            rotary_tables(positions.flatten(), self.head_dim, self.rotary_base))
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_packing(x, cache, seq_idx)
         batch, seq, _ = x.shape
         first = cache.seen if cache is not None else 0
-        q, k, v = self._heads(x, first)
-        if cache is None:
+        q, k, v = self._heads(x, first, seq_idx)
+        if seq_idx is not None:
+            positions = torch.arange(seq, device=x.device)
+            same_document = seq_idx[:, :, None] == seq_idx[:, None, :]            # (batch, query, key)
+            mask = band_mask(positions, positions, self.window) & same_document
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+        elif cache is None:
             y = self._attend_fresh(q, k, v)
         else:
             k = torch.cat([cache["k"], k.to(cache["k"].dtype)], dim=2)

@@ -1,7 +1,13 @@
 """The mixer contract every block honours (see README "Adding a mixer").
 
 - ``Mixer(d_model, layer_idx=0, backend="auto", **hyper)``; hyperparameters are plain keyword arguments.
-- ``forward(x, cache=None) -> y`` with x, y of shape (batch, seq, d_model); causal.
+- ``forward(x, cache=None, seq_idx=None) -> y`` with x, y of shape (batch, seq, d_model); causal.
+- Packed sequences: ``seq_idx`` (batch, seq) integer, the document index of each position, non-decreasing along
+  a row (mamba-ssm's convention; ``ops.packing`` has the helpers). Each document is then mixed as if it were
+  run alone: attention masks across documents and restarts rotary positions, recurrences and running sums
+  restart, convolution taps stop at the boundary. Packing is for training and evaluation: ``seq_idx`` with a
+  cache is an error (``check_packing``). A mixer whose forward takes no ``seq_idx`` still works unpacked; the
+  trunk names it in one error when given seq_idx.
 - ``allocate_cache(batch_size, device, dtype) -> Cache``; ``forward(x, cache)`` then prefills (any length) or
   decodes (length 1) and updates the cache in place. Decoding token by token equals the parallel forward.
 - ``state_size(seq_len) -> int``: the numbers per sequence held to decode the next token after ``seq_len``
@@ -10,6 +16,7 @@
 import torch
 from torch import nn
 
+from ops.packing import check_seq_idx
 from zoo.checks import require_positive_int
 
 
@@ -41,8 +48,17 @@ class Mixer(nn.Module):
                              f"{', '.join(self.backends)}")
         self.d_model, self.layer_idx, self.backend = d_model, layer_idx, backend
 
-    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def check_packing(self, x: torch.Tensor, cache: Cache | None, seq_idx: torch.Tensor | None):
+        """Validate seq_idx against x; packing is for whole sequences, so a cache (decoding) is refused."""
+        if seq_idx is None:
+            return
+        if cache is not None:
+            raise ValueError(f"{type(self).__name__}: seq_idx (packed sequences) is for training and evaluation; "
+                             "it cannot be combined with a decoding cache")
+        check_seq_idx(seq_idx, x.shape[0], x.shape[1], type(self).__name__)
 
     def allocate_cache(self, batch_size: int, device=None, dtype=None) -> Cache:
         raise NotImplementedError

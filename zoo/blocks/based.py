@@ -3,6 +3,7 @@ recall-throughput tradeoff"): the 2nd-order Taylor feature map on small q, k pro
 
 The other two BASED layers are the trunk's own mixers: ``short_conv`` (gated short convolution) and
 ``attention`` with ``window`` (sliding-window softmax attention); configs/model/based.yaml interleaves them.
+Packed rows (``seq_idx``): ``ops.based_attention`` runs each document in its own row, on every backend.
 """
 import torch
 from torch import nn
@@ -52,11 +53,13 @@ class BasedLinearAttention(Mixer):
         v = self.proj_v(x).view(B, T, self.num_heads, self.head_dim)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_packing(x, cache, seq_idx)
         B, T, _ = x.shape
         q, k, v = self._heads(x)
         if cache is None:
-            y = based_attention(q, k, v, self.scale, use_norm=True, backend=self.backend, eps=self.eps)
+            y = based_attention(q, k, v, self.scale, use_norm=True, backend=self.backend, eps=self.eps,
+                                seq_idx=seq_idx)
         elif T == 1:
             y = based_step(q[:, 0], k[:, 0], v[:, 0], cache["kv_state"], cache["k_state"], self.scale,
                            use_norm=True, eps=self.eps).unsqueeze(1)

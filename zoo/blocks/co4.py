@@ -22,13 +22,15 @@ each position of the chunk merges it with the chunk's causal prefix, so the cost
 ``backend="triton"`` (or "auto" on a GPU) one kernel (ops.running_topk) computes the running top-k of the whole
 sequence instead, and only the small attention runs chunk by chunk.
 Decoding keeps only the three (k, d_model) top-k tables: O(1) per token. zoo/blocks/co4_reference.py is the
-O(N^2) masked oracle of the same definition.
+O(N^2) masked oracle of the same definition. Packed rows (``seq_idx``): each document is gathered into its own
+row (padded at the end) and run as a sequence of its own, so its top-k never holds another document's values.
 """
 import torch
 from torch import nn
 
 from ops._backend import resolve_backend
 from ops.co4 import TRITON_DTYPES, TRITON_MAX_K, running_topk
+from ops.packing import DocumentLayout
 from zoo.blocks.base import Cache, Mixer
 from zoo.blocks.registry import register_mixer
 from zoo.checks import require_choice, require_positive_int
@@ -165,7 +167,11 @@ class Co4(Mixer):
             mixed = mixed + out[:, :, :L].mean(dim=2)
         return mixed
 
-    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_packing(x, cache, seq_idx)
+        if seq_idx is not None:  # the running top-k restarts per document: run each as its own row
+            layout = DocumentLayout(seq_idx)
+            return layout.repack(self.forward(layout.unpack(x)))
         B, T, D = x.shape
         (m_q, m_k, m_v), latent_rows = self.modulate(x)
         # the three streams rank independently per channel: run them as one tensor of 3 * d_model channels

@@ -12,6 +12,10 @@ contract: ``Mamba(d_model, layer_idx=0, backend="auto", d_state=16, ...)``.
 
 Decoding keeps the last d_conv - 1 conv inputs and the (d_inner, d_state) SSM state: a fixed-size state.
 
+Packed rows (``seq_idx``): the conv's taps stop at a document boundary and the scan's state restarts at each
+document, on every backend (``ops.selective_scan``: the reference zeroes the decay into a document, the kernels
+run each document as its own row).
+
 ``init="mimetic"`` (off by default; ``model=mamba_mimetic`` / ``conv_mamba_mimetic``): the structured
 initialisation of Trockman et al. 2024, "Mimetic initialization helps state space models learn to recall"
 (arXiv 2410.11135). What was verified from the paper's text available to this project (its abstract and
@@ -142,7 +146,8 @@ class Mamba(Mixer):
         return self.backend if self.backend in ("cuda", "auto") else "reference"
 
     # ---- forward ---------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_packing(x, cache, seq_idx)
         if x.shape[1] == 0:  # an empty prefill changes nothing
             return x.new_zeros(x.shape)
         if cache is not None and x.shape[1] == 1:
@@ -152,7 +157,7 @@ class Mamba(Mixer):
         conv_weight = self.conv1d.weight[:, 0, :]
         conv_args = dict(activation="silu", backend=self._conv_backend())
         if cache is None:
-            u = causal_conv1d(u, conv_weight, self.conv1d.bias, **conv_args)
+            u = causal_conv1d(u, conv_weight, self.conv1d.bias, seq_idx=seq_idx, **conv_args)
         else:
             u, conv_state = causal_conv1d(u, conv_weight, self.conv1d.bias, initial_states=cache["conv"],
                                           return_final_states=True, **conv_args)
@@ -163,7 +168,7 @@ class Mamba(Mixer):
             u, dt, -torch.exp(self.A_log.float()), B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
             self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
             return_last_state=cache is not None, initial_state=cache["ssm"] if continuing else None,
-            backend=self._scan_backend(x.device, continuing),
+            backend=self._scan_backend(x.device, continuing), seq_idx=seq_idx,
         )
         if cache is not None:
             y, last_state = y

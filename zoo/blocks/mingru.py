@@ -15,6 +15,9 @@ d_model, also when expand == 1 (the block then has a learned output mixing like 
 parameter layout for every expand).
 
 Decoding state: h (d_hidden numbers per sequence); one step is O(d_hidden).
+
+Packed rows (``seq_idx``): the coefficient into each document's first position is 0 (log -inf), so h restarts
+from h_0 = 0 there; both recurrence backends take that as it is (exp(-inf) = 0).
 """
 import torch
 import torch.nn.functional as F
@@ -22,6 +25,7 @@ from torch import nn
 
 from ops.linear_recurrence import log_linear_recurrence
 from ops.linear_recurrence.reference import recurrent_step
+from ops.packing import document_starts
 from zoo.blocks.base import Cache, Mixer
 from zoo.blocks.registry import register_mixer
 from zoo.checks import require_positive_int
@@ -50,9 +54,12 @@ class _MinimalRNN(Mixer):
         """(log a_t, log b_t) of h_t = a_t h_{t-1} + b_t from the input projection (float32 or float64)."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_packing(x, cache, seq_idx)
         projected = self.in_proj(x)
         log_coeffs, log_values = self.log_coeffs_and_values(projected.to(torch.promote_types(projected.dtype, torch.float32)))
+        if seq_idx is not None:  # forget everything before a document's first token
+            log_coeffs = log_coeffs.masked_fill(document_starts(seq_idx)[..., None], float("-inf"))
         if cache is None:
             h, _ = log_linear_recurrence(log_coeffs, log_values, backend=self.backend)
         elif x.shape[1] == 1:  # decode: one O(d_hidden) step

@@ -1,12 +1,14 @@
 """Gated short causal convolution (zoology's BaseConv): the local-mixing partner of every MQAR mixer.
 
 y = conv(x) * proj(x), with conv a depthwise causal convolution over time (kernel 3 by default).
-Decoding keeps the last kernel_size - 1 inputs.
+Decoding keeps the last kernel_size - 1 inputs. Packed rows (``seq_idx``): the taps that would reach into the
+previous document read zero (``ops.causal_conv1d``'s packed reference).
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ops.causal_conv1d import causal_conv1d
 from zoo.blocks.base import Cache, Mixer
 from zoo.blocks.registry import register_mixer
 from zoo.checks import require_positive_int
@@ -26,8 +28,12 @@ class ShortConv(Mixer):
         """x_padded: (batch, d_model, seq + kernel_size - 1) -> (batch, d_model, seq)."""
         return F.conv1d(x_padded, self.conv.weight, self.conv.bias, groups=self.d_model)
 
-    def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Cache | None = None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
+        self.check_packing(x, cache, seq_idx)
         xt = x.transpose(1, 2)
+        if seq_idx is not None:
+            conv = causal_conv1d(xt, self.conv.weight[:, 0, :], self.conv.bias, seq_idx=seq_idx, backend="reference")
+            return conv.transpose(1, 2) * self.proj(x)
         if cache is None:
             history = xt.new_zeros(xt.shape[0], self.d_model, self.kernel_size - 1)
         else:

@@ -4,12 +4,14 @@ from torch.utils.data import Dataset, Sampler
 
 
 class SegmentedDataset(Dataset):
-    """Concatenation of segments, each a pair of (inputs, labels) tensors of one sequence length."""
+    """Concatenation of segments, each a pair of (inputs, labels) tensors of one sequence length, optionally with
+    a third item: a dict of more per-row tensors (e.g. ``seq_idx``), which every batch then carries too."""
 
-    def __init__(self, parts: list[tuple[torch.Tensor, torch.Tensor]]):
-        self.parts = parts
+    def __init__(self, parts: list[tuple]):
+        self.parts = [(part[0], part[1]) for part in parts]
+        self.extras = [part[2] if len(part) == 3 else {} for part in parts]
         self.offsets = [0]
-        for inputs, _ in parts:
+        for inputs, *_ in parts:
             self.offsets.append(self.offsets[-1] + len(inputs))
 
     def __len__(self) -> int:
@@ -17,16 +19,16 @@ class SegmentedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         part = next(i for i in range(len(self.parts)) if index < self.offsets[i + 1])
-        inputs, labels = self.parts[part]
+        (inputs, labels), extras = self.parts[part], self.extras[part]
         row = index - self.offsets[part]
-        return {"input_ids": inputs[row], "labels": labels[row]}
+        return {"input_ids": inputs[row], "labels": labels[row], **{k: v[row] for k, v in extras.items()}}
 
     def __getitems__(self, indices: list[int]) -> dict:
         """Batched fetch (DataLoader uses it when present): one gather per batch instead of per example."""
         part = next(i for i in range(len(self.parts)) if indices[0] < self.offsets[i + 1])
         rows = torch.as_tensor(indices) - self.offsets[part]
-        inputs, labels = self.parts[part]
-        return {"input_ids": inputs[rows], "labels": labels[rows]}
+        (inputs, labels), extras = self.parts[part], self.extras[part]
+        return {"input_ids": inputs[rows], "labels": labels[rows], **{k: v[rows] for k, v in extras.items()}}
 
 
 class SegmentBatchSampler(Sampler[list[int]]):

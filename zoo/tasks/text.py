@@ -6,6 +6,16 @@ The split is made on the text, before tokenising and packing: by whole documents
 of them, else by byte range (the held-out text is the end of the corpus, cut at a line break). No held-out
 byte can therefore reach a training row. Documents are joined by the end-of-text token; rows are windows of
 ``seq_len + 1`` tokens taken every ``seq_len`` tokens, so every token of a split is predicted exactly once.
+
+``document_boundaries=True`` (off by default: unchanged rows and results for existing runs) keeps the same rows
+but makes each document a sequence of its own: the split's stream opens with an end-of-text token too, each
+end-of-text opens the document after it, and every row carries ``seq_idx``, the document index of each input
+position, which the model hands to every mixer (no attention, state or conv tap crosses a document). No label
+then predicts across a boundary, and none is masked: a document's last token predicts end-of-text from that
+document, and the end-of-text input predicts the next document's first token from nothing before it, as a
+model run on that document alone would. A document cut by a row's edge continues in the next row (as without
+boundaries). Rows are built per split, after the split, so held-out text still never reaches training. A
+corpus split by byte range is one document per split, so there boundaries change nothing.
 """
 import hashlib
 import os
@@ -196,6 +206,17 @@ def tokenize_documents(tokenizer, documents: list[str]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
+def document_stream(tokenizer, documents: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, document index per token): end of text first and after each document; each end of text opens
+    the document after it (the final one opens an empty document: it only ever appears as a label)."""
+    eos = np.array([tokenizer.eos_id], dtype=np.int64)
+    parts = [eos] + [np.concatenate([tokenizer.encode(d), eos]) for d in documents]
+    # counted from the lengths, not by finding end of text (a document's own text might encode to it)
+    lengths = [len(p) for p in parts[1:]]  # a document: the end of text opening it + its tokens
+    document = np.repeat(np.arange(len(lengths) + 1), lengths + [1])
+    return np.concatenate(parts), document
+
+
 def pack(stream: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of (inputs, labels): windows of seq_len + 1 tokens every seq_len tokens; the tail is dropped."""
     rows = (len(stream) - 1) // seq_len
@@ -216,14 +237,17 @@ class TextDataModule(ResumableTrainOrder, L.LightningDataModule):
                  tokenizer: str = "byte", bpe_vocab_size: int = 2048, tokenizer_file: str | None = None,
                  cache_dir: str | None = None, seq_len: int = 128, batch_size: int = 32,
                  val_fraction: float = 0.05, test_fraction: float = 0.05, seed: int = 0, num_workers: int = 0,
-                 name: str = "text"):
+                 document_boundaries: bool = False, name: str = "text"):
         super().__init__()
         require_positive_int("seq_len", seq_len, "text task")
         require_positive_int("batch_size", batch_size, "text task")
         for label, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 < fraction < 0.5:
                 raise ValueError(f"text task: {label} must be in (0, 0.5), got {fraction}")
+        if not isinstance(document_boundaries, bool):
+            raise ValueError(f"text task: document_boundaries must be true or false, got {document_boundaries!r}")
         self.seq_len, self.batch_size, self.seed, self.num_workers = seq_len, batch_size, seed, num_workers
+        self.document_boundaries = document_boundaries
         self.corpus = load_corpus(path, dataset, dataset_config, dataset_split, text_field, max_documents)
         self.split_texts = split_documents(self.corpus.documents, val_fraction, test_fraction, seed)
         self.tokenizer = resolve_tokenizer(self.corpus, tokenizer, bpe_vocab_size, cache_dir, tokenizer_file,
@@ -245,13 +269,20 @@ class TextDataModule(ResumableTrainOrder, L.LightningDataModule):
             return
         byte_lengths = torch.from_numpy(self.tokenizer.byte_lengths())
         for split, documents in self.split_texts.items():
-            stream = tokenize_documents(self.tokenizer, documents)
+            if self.document_boundaries:
+                stream, document = document_stream(self.tokenizer, documents)
+            else:
+                stream = tokenize_documents(self.tokenizer, documents)
             if len(stream) < self.seq_len + 1:
                 raise ValueError(f"text task: the {split} split of {self.corpus.name.lstrip('.')} has "
                                  f"{len(stream)} tokens, fewer than seq_len + 1 = {self.seq_len + 1}; "
                                  "lower task.seq_len or give a larger corpus")
             inputs, labels = pack(stream, self.seq_len)
-            self.sets[split] = SegmentedDataset([(inputs, labels)])
+            if self.document_boundaries:
+                seq_idx, _ = pack(document, self.seq_len)
+                self.sets[split] = SegmentedDataset([(inputs, labels, {"seq_idx": seq_idx - seq_idx[:, :1]})])
+            else:
+                self.sets[split] = SegmentedDataset([(inputs, labels)])
             self.bytes_per_token[split] = float(byte_lengths[labels].sum()) / labels.numel()
 
     def num_tokens(self, split: str) -> int:
