@@ -13,21 +13,22 @@ state n from slot c and writes slot c + 1 (the chunk's last state, picked out wi
 chunk makes it visible to the rest of the program. These are also the backward's checkpoints, one every
 BLOCK_L steps; slot ``chunks`` is the last state.
 
-The backward walks the chunks from the last to the first and, per state, runs two forward-direction scans:
-the states h (recomputed from the chunk's checkpoint) over the chunk read in time order, and the adjoint
-lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t[n] over the chunk read time-reversed (u, delta, g_out, z loads
-index t = end - 1 - i once per chunk; B and C come from time-reversed copies, small (batch, G, N, L) tensors,
-so their per-state loads stay contiguous). No reverse associative scan is compiled: Triton's reverse lowering
-with a non-commutative combine has had correctness bugs (Triton issue 4362) that the interpreter cannot show.
-The two orders meet through a small per-program scratch: the forward-order pass stores a_t h_{t-1} = h_t - x_t,
-the reversed pass reads it back reversed. dC (forward order) and dB (reversed order) are summed over the
-program's channels before relaxed float32 atomics; dA accumulates per (channel, state) in a float32 buffer;
-the pre-gate output y is kept by the forward (only when a backward can follow) for dL/dz.
+The backward walks the chunks from the last to the first; one program owns one batch row and one channel (one
+warp), like the forward. Per chunk, the per-(d, l) work (loads, softplus, the gate's dL/dy and dL/dz) is done once
+in time order; delta and dL/dy reach the time-reversed order through a small per-program scratch (stored in time
+order, read reversed). Per state, two forward-direction scans run: the adjoint
+lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t over the chunk read time-reversed (C from a time-reversed copy, a small
+(batch, G, N, L) tensor, so its loads stay contiguous), then the states h (recomputed from the chunk's checkpoint) in
+time order. No reverse associative scan is compiled: Triton's reverse lowering with a non-commutative combine has
+had correctness bugs (Triton issue 4362) that the interpreter cannot show. lambda is handed to the time-order pass
+through the scratch (two slots, alternating between states, one barrier per state), so every gradient is formed
+in time order: dB and dC go straight to relaxed float32 atomics (into buffers padded to whole chunks, so no mask;
+with several channels per program, as in the interpreter's test tiles, they are summed over the channels first),
+dA accumulates per (channel, state) in a float32 buffer, and sum_n lambda B and sum_n A lambda a h_prev stay in
+registers for du and ddelta; the pre-gate output y is kept by the forward (only when a backward can follow).
 
-Static costs at the anchor shapes (python -m ops.compile_check selective_scan --report; results/kernels-sm90.md):
-the forward lands at about 20 SASS instructions per (d, l, n) element with no barrier in its state loop; the
-backward does not yet meet its budget of 45 (about 80-90): its reversed reads, scratch hand-over and channel
-sums pass through shared memory, with ~34 barriers per state. Not yet timed on a GPU.
+Static costs at the anchor shapes: python -m ops.compile_check selective_scan --report; results/kernels-sm90.md.
+Not yet timed on a GPU.
 
 Scope: real A only; time-invariant B/C ((dim, N)) are left to the reference by ``ops.selective_scan``.
 """
@@ -50,8 +51,8 @@ def _softplus_dt(delta_ptr, bias, offs, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: 
     if HAS_BIAS:
         raw = raw + bias[:, None]
     dt = raw
-    if SOFTPLUS:
-        dt = tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
+    if SOFTPLUS:  # log(1 + e^raw) with the fast base-2 units
+        dt = tl.where(raw <= 20.0, tl.log2(1.0 + tl.exp2(raw * 1.4426950408889634)) * 0.6931471805599453, raw)
     return tl.where(mask, dt, 0.0), raw
 
 
@@ -66,10 +67,16 @@ def _bc_offsets(batch_id, group, n, t, N, L, G, GROUPED: tl.constexpr):
 
 
 @triton.jit
+def _sigmoid(x):
+    # 1 / (1 + e^-x) with the fast exponential and an approximate division (2 ulp): the hardware units, no slow path
+    return tl.fdiv(1.0, 1.0 + tl.exp2(x * -1.4426950408889634), approx=True)
+
+
+@triton.jit
 def _gate(g_out, zz, y, HAS_Z: tl.constexpr):
     """dL/dy and dL/dz for out = y * silu(z) (or out = y without z)."""
     if HAS_Z:
-        sig = tl.sigmoid(zz)
+        sig = _sigmoid(zz)
         return g_out * zz * sig, g_out * y * sig * (1.0 + zz * (1.0 - sig))
     return g_out, g_out
 
@@ -129,9 +136,9 @@ def _scan_fwd_kernel(
 
 @triton.jit
 def _scan_bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Bf_ptr, Cf_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, ckpt_ptr, g_out_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Cf_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, ckpt_ptr, g_out_ptr,
     g_u_ptr, g_delta_ptr, g_z_ptr, g_A_ptr, g_B_ptr, g_C_ptr, g_D_ptr, g_bias_ptr, lam_ptr, scratch_ptr,
-    DIM, L, N, G, CH_PER_GROUP, N_CHUNKS,
+    DIM, L, L_PAD, N, G, CH_PER_GROUP, N_CHUNKS,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     GROUPED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
@@ -140,16 +147,19 @@ def _scan_bwd_kernel(
     d_mask = d < DIM
     d_safe = tl.where(d_mask, d, 0)
     group = d_safe // CH_PER_GROUP
-    i = tl.arange(0, BLOCK_L)
+    i = tl.max_contiguous(tl.arange(0, BLOCK_L), 4)  # runs of 4: the layout of the float32 atomics and stores
     rev = BLOCK_L - 1 - i
-    is_start_f = (i == 0)[None, :]  # the first element of a tile, in either order
-    is_first = (i == BLOCK_L - 1)[None, :]  # reversed order: the chunk's first step comes last
+    is_start = (i == 0)[None, :]  # the first element of a tile, in either order
+    is_end = (i == BLOCK_L - 1)[None, :]  # reversed order: the chunk's first step comes last
     row = (batch_id * DIM + d) * L
     state_row = (batch_id * DIM + d_safe) * N
     ckpt_row = (batch_id * DIM + d_safe) * (N_CHUNKS + 1) * N
-    # two slots of (BLOCK_D, BLOCK_L) float32 per program, alternating between states
-    scratch = (scratch_ptr + (batch_id * tl.num_programs(0) + pid_d) * 2 * BLOCK_D * BLOCK_L
+    # two slots of (BLOCK_D, BLOCK_L) float32 per program, alternating between states; the adjoint is written
+    # time reversed (descending addresses), so that the forward-order pass reads it in time order
+    scratch = (scratch_ptr + (batch_id * tl.num_programs(0) + pid_d) * 4 * BLOCK_D * BLOCK_L
                + tl.arange(0, BLOCK_D)[:, None] * BLOCK_L)
+    dt_slot = scratch + 2 * BLOCK_D * BLOCK_L
+    gy_slot = scratch + 3 * BLOCK_D * BLOCK_L
     bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d_safe).to(tl.float32)
@@ -161,17 +171,13 @@ def _scan_bwd_kernel(
 
     for cc in range(0, N_CHUNKS):
         c = N_CHUNKS - 1 - cc
-        # forward order (f) for the states, reversed order (r) for the adjoint
+        # forward order (f): everything but the adjoint's scan; reversed order (r): the adjoint's scan only
         t_f = c * BLOCK_L + i
         t_r = c * BLOCK_L + rev
-        t_flip = L - 1 - t_r  # B and C also come time-reversed in memory (Bf, Cf), so their reversed tiles load
-        #                       as contiguous vectors; u, delta, g_out, z are read reversed once per chunk
         mask_f = d_mask[:, None] & (t_f < L)[None, :]
-        mask_r = d_mask[:, None] & (t_r < L)[None, :]
         offs_f = row[:, None] + t_f[None, :]
-        offs_r = row[:, None] + t_r[None, :]
         u_f = tl.load(u_ptr + offs_f, mask=mask_f, other=0.0).to(tl.float32)
-        dt_f, _ = _softplus_dt(delta_ptr, bias, offs_f, mask_f, HAS_BIAS, SOFTPLUS)
+        dt_f, raw_f = _softplus_dt(delta_ptr, bias, offs_f, mask_f, HAS_BIAS, SOFTPLUS)
         g_out_f = tl.load(g_out_ptr + offs_f, mask=mask_f, other=0.0).to(tl.float32)
         z_f = g_out_f
         y_f = g_out_f
@@ -183,23 +189,39 @@ def _scan_bwd_kernel(
             tl.store(g_z_ptr + offs_f, g_z.to(g_z_ptr.dtype.element_ty), mask=mask_f)
         dtu_f = dt_f * u_f
 
-        u_r = tl.load(u_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
-        dt_r, raw_r = _softplus_dt(delta_ptr, bias, offs_r, mask_r, HAS_BIAS, SOFTPLUS)
-        mask_next = d_mask[:, None] & (t_r + 1 < L)[None, :]
-        dt_next_r, _ = _softplus_dt(delta_ptr, bias, offs_r + 1, mask_next, HAS_BIAS, SOFTPLUS)
-        g_out_r = tl.load(g_out_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
-        z_r = g_out_r
-        if HAS_Z:
-            z_r = tl.load(z_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
-        g_y_r, _ = _gate(g_out_r, z_r, g_out_r, HAS_Z)
-        dtu_r = dt_r * u_r
+        # the reversed pass needs dL/dy_t and delta_{t+1} (the decay that carries lambda_{t+1} back to t): computed
+        # once here, in time order, they reach it through the scratch, read time reversed
+        tl.store(dt_slot + i[None, :], dt_f)
+        tl.store(gy_slot + i[None, :], g_y_f)
+        end = (c + 1) * BLOCK_L  # the next chunk's first step
+        dt_end, raw_end = _softplus_dt(delta_ptr, bias, row[:, None] + end,
+                                 d_mask[:, None] & (end + 0 * row[:, None] < L), HAS_BIAS, SOFTPLUS)
+        tl.debug_barrier()
+        dt_next_r = tl.load(dt_slot + rev[None, :] + 1, mask=(i > 0)[None, :], other=0.0)
+        dt_next_r = tl.where(is_start, dt_end, dt_next_r)
+        g_y_r = tl.load(gy_slot + rev[None, :])
+        t_flip = L - (c + 1) * BLOCK_L + i  # = L - 1 - t_r: C also comes time-reversed in memory (Cf), so that its
+        #                                   reversed tile loads as contiguous vectors
+        mask_flip = d_mask[:, None] & (t_flip >= 0)[None, :]  # t_r < L
         g_u_acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)   # sum_n lambda B
-        g_dt_acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)  # sum_n lambda (u B + A a h_prev)
+        g_dt_acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)  # sum_n A lambda a h_prev
 
         for n in range(0, N):
             A_n = tl.load(A_ptr + d_safe * N + n).to(tl.float32)
             A2 = A_n * 1.4426950408889634
             slot = scratch + (n % 2) * BLOCK_D * BLOCK_L
+            # adjoint, time reversed: lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t, carried in from the later chunk
+            C_r = tl.load(Cf_ptr + _bc_offsets(batch_id, group, n, t_flip, N, L, G, GROUPED), mask=mask_flip,
+                          other=0.0).to(tl.float32)
+            lam_in = tl.load(lam_ptr + state_row + n)
+            decay_r = tl.exp2(dt_next_r * A2[:, None])
+            _, lam = tl.associative_scan((decay_r, tl.where(is_start, decay_r * lam_in[:, None], 0.0) + g_y_r * C_r),
+                                         1, _combine)
+            tl.store(slot + i[None, :], lam)
+            # lambda at the chunk's first step, for the chunk before
+            tl.store(lam_ptr + state_row + n, tl.sum(tl.where(is_end, lam, 0.0), axis=1), mask=d_mask)
+            tl.debug_barrier()  # the forward-order pass reads the slot from other threads
+
             # states of this chunk in time order, from its checkpoint
             bc_f = _bc_offsets(batch_id, group, n, t_f, N, L, G, GROUPED)
             B_f = tl.load(B_ptr + bc_f, mask=mask_f, other=0.0).to(tl.float32)
@@ -208,49 +230,39 @@ def _scan_bwd_kernel(
             x_f = dtu_f * B_f
             decay_f = tl.exp2(dt_f * A2[:, None])
             # the state entering the chunk joins the first step's input (as in the forward kernel)
-            _, h = tl.associative_scan((decay_f, tl.where(is_start_f, decay_f * h_in[:, None], 0.0) + x_f), 1,
+            _, h = tl.associative_scan((decay_f, tl.where(is_start, decay_f * h_in[:, None], 0.0) + x_f), 1,
                                        _combine)
-            tl.store(slot + i[None, :], h - x_f)  # a_t h_{t-1}
-            g_hC = h * g_y_f  # d/dC
-            if GROUPED:
-                tl.atomic_add(g_C_ptr + bc_f, g_hC, mask=mask_f, sem="relaxed")
-            else:
-                tl.atomic_add(g_C_ptr + (batch_id * N + n) * L + t_f, tl.sum(g_hC, axis=0), mask=t_f < L,
-                              sem="relaxed")
-            lam_in = tl.load(lam_ptr + state_row + n)  # read before the barrier: it is overwritten below
-            tl.debug_barrier()  # the reversed pass reads the slot from other threads
-
-            # adjoint, time reversed: lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t, carried in from the later chunk
-            bc_flip = _bc_offsets(batch_id, group, n, t_flip, N, L, G, GROUPED)
-            B_r = tl.load(Bf_ptr + bc_flip, mask=mask_r, other=0.0).to(tl.float32)
-            C_r = tl.load(Cf_ptr + bc_flip, mask=mask_r, other=0.0).to(tl.float32)
-            decay_r = tl.exp2(dt_next_r * A2[:, None])
-            _, lam = tl.associative_scan((decay_r, tl.where(is_start_f, decay_r * lam_in[:, None], 0.0) + g_y_r * C_r),
-                                         1, _combine)
-            decayed_prev = tl.load(slot + rev[None, :])
-            q = lam * decayed_prev
-            g_u_acc += lam * B_r
-            g_dt_acc += lam * u_r * B_r + A_n[:, None] * q
+            lam_f = tl.load(slot + rev[None, :])
+            q = lam_f * (h - x_f)  # lambda_t a_t h_{t-1}
+            g_u_acc += lam_f * B_f
+            g_dt_acc += A_n[:, None] * q
             g_A_old = tl.load(g_A_ptr + state_row + n)
-            tl.store(g_A_ptr + state_row + n, g_A_old + tl.sum(q * dt_r, axis=1), mask=d_mask)
-            g_inp = lam * dtu_r  # d/dB
-            if GROUPED:
-                tl.atomic_add(g_B_ptr + _bc_offsets(batch_id, group, n, t_r, N, L, G, GROUPED), g_inp, mask=mask_r,
-                              sem="relaxed")
-            else:
-                tl.atomic_add(g_B_ptr + (batch_id * N + n) * L + t_r, tl.sum(g_inp, axis=0), mask=t_r < L,
-                              sem="relaxed")
-            # lambda at the chunk's first step, for the chunk before
-            tl.store(lam_ptr + state_row + n, tl.sum(tl.where(is_first, lam, 0.0), axis=1), mask=d_mask)
+            tl.store(g_A_ptr + state_row + n, g_A_old + tl.sum(q * dt_f, axis=1), mask=d_mask)
+            g_inp = lam_f * dtu_f  # d/dB
+            g_hC = h * g_y_f  # d/dC
+            # dB and dC are float32 buffers padded to whole chunks (L_PAD steps)
+            g_bc = _bc_offsets(batch_id, group, n, t_f, N, L_PAD, G, GROUPED)
+            if BLOCK_D == 1:  # one channel: no sum over channels, the atomics keep the tile's layout, and no mask
+                #               (the padded steps add zeros: dt u and dL/dy are 0 there)
+                tl.atomic_add(g_B_ptr + g_bc, g_inp, sem="relaxed")
+                tl.atomic_add(g_C_ptr + g_bc, g_hC, sem="relaxed")
+            elif GROUPED:
+                tl.atomic_add(g_B_ptr + g_bc, g_inp, mask=mask_f, sem="relaxed")
+                tl.atomic_add(g_C_ptr + g_bc, g_hC, mask=mask_f, sem="relaxed")
+            else:  # summed over the program's channels first
+                g_row = (batch_id * N + n) * L_PAD + t_f
+                tl.atomic_add(g_B_ptr + g_row, tl.sum(g_inp, axis=0), mask=t_f < L, sem="relaxed")
+                tl.atomic_add(g_C_ptr + g_row, tl.sum(g_hC, axis=0), mask=t_f < L, sem="relaxed")
 
-        g_u = g_u_acc * dt_r + g_y_r * skip[:, None]
-        g_dt = g_dt_acc
+        # sum_n lambda (u B + A a h_prev) = u sum_n lambda B + sum_n A lambda a h_prev
+        g_u = g_u_acc * dt_f + g_y_f * skip[:, None]
+        g_dt = g_dt_acc + g_u_acc * u_f
         if SOFTPLUS:
-            g_dt = tl.where(raw_r <= 20.0, g_dt * tl.sigmoid(raw_r), g_dt)
-        g_dt = tl.where(mask_r, g_dt, 0.0)
-        tl.store(g_u_ptr + offs_r, g_u.to(g_u_ptr.dtype.element_ty), mask=mask_r)
-        tl.store(g_delta_ptr + offs_r, g_dt.to(g_delta_ptr.dtype.element_ty), mask=mask_r)
-        g_D_acc += tl.sum(g_y_r * u_r, axis=1)
+            g_dt = tl.where(raw_f <= 20.0, g_dt * _sigmoid(raw_f), g_dt)
+        g_dt = tl.where(mask_f, g_dt, 0.0)
+        tl.store(g_u_ptr + offs_f, g_u.to(g_u_ptr.dtype.element_ty), mask=mask_f)
+        tl.store(g_delta_ptr + offs_f, g_dt.to(g_delta_ptr.dtype.element_ty), mask=mask_f)
+        g_D_acc += tl.sum(g_y_f * u_f, axis=1)
         g_bias_acc += tl.sum(g_dt, axis=1)
         tl.debug_barrier()  # the chunk before reads lambda from other threads
 
@@ -264,7 +276,7 @@ def _scan_bwd_kernel(
 # none were taken yet.
 BLOCK_L = 512
 FWD_BLOCK_D, FWD_WARPS = 1, 1
-BWD_BLOCK_D, BWD_WARPS = 2, 4
+BWD_BLOCK_D, BWD_WARPS = 1, 1
 # Kept so that older tests that vary it still run: the states are checkpointed at every chunk boundary (every
 # BLOCK_L >= 512 steps in launches), and this no longer changes the kernel.
 CKPT_EVERY = 1
@@ -345,20 +357,21 @@ class SelectiveScanFn(torch.autograd.Function):
         g_u, g_delta = _fresh(u.shape, u), _fresh(delta.shape, delta)
         g_z = _fresh(z.shape, z) if z is not None else None
         g_A = torch.zeros((batch, dim, n_state), device=u.device, dtype=torch.float32)
-        g_B = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
-        g_C = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
+        # dB and dC padded to whole chunks, so that the kernel's atomics need no mask
+        g_B = torch.zeros((*B.shape[:-1], n_chunks * block_l), device=u.device, dtype=torch.float32)
+        g_C = torch.zeros((*C.shape[:-1], n_chunks * block_l), device=u.device, dtype=torch.float32)
         g_D = _fresh((batch, dim), u, torch.float32)
         g_bias = _fresh((batch, dim), u, torch.float32)
         # lambda carried between chunks, starting from dL/d(last state)
         lam = (g_last.float().contiguous().clone() if g_last is not None
                else torch.zeros((batch, dim, n_state), device=u.device, dtype=torch.float32))
         grid = (triton.cdiv(dim, block_d), batch)
-        scratch = torch.empty(batch * grid[0] * 2 * block_d * block_l, device=u.device, dtype=torch.float32)
-        B_flip, C_flip = B.flip(-1), C.flip(-1)  # small: (batch, G, N, L)
+        scratch = torch.empty(batch * grid[0] * 4 * block_d * block_l, device=u.device, dtype=torch.float32)
+        C_flip = C.flip(-1)  # small: (batch, G, N, L)
         _scan_bwd_kernel[grid](
-            u, delta, A, B, C, B_flip, C_flip, D, z, delta_bias, y, ckpt, g_out.contiguous(),
+            u, delta, A, B, C, C_flip, D, z, delta_bias, y, ckpt, g_out.contiguous(),
             g_u, g_delta, g_z, g_A, g_B, g_C, g_D, g_bias, lam, scratch,
-            dim, length, n_state, groups, dim // groups, n_chunks,
+            dim, length, n_chunks * block_l, n_state, groups, dim // groups, n_chunks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=ctx.delta_softplus, GROUPED=groups > 1,
             BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps,
@@ -372,7 +385,7 @@ class SelectiveScanFn(torch.autograd.Function):
                 dt0 = torch.nn.functional.softplus(dt0)
             g_h0 = (torch.exp(dt0[:, :, None] * A.float()) * lam).to(ctx.h0_dtype)
         return (g_u, g_delta, g_A.sum(0).to(A.dtype),
-                g_B.to(B.dtype).view(ctx.b_shape), g_C.to(C.dtype).view(ctx.c_shape),
+                g_B[..., :length].to(B.dtype).reshape(ctx.b_shape), g_C[..., :length].to(C.dtype).reshape(ctx.c_shape),
                 g_D.sum(0).to(D.dtype) if D is not None else None, g_z,
                 g_bias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None, None,
                 g_h0, None)
