@@ -11,11 +11,11 @@ from ops.selective_scan import triton as kernels
 FLAGS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
 FWD_TYPES = dict(u_ptr="*bf16", delta_ptr="*bf16", A_ptr="*fp32", B_ptr="*bf16", C_ptr="*bf16", D_ptr="*fp32",
                  z_ptr="*bf16", bias_ptr="*fp32", out_ptr="*bf16", y_ptr="*bf16", ckpt_ptr="*fp32")
-BWD_TYPES = dict(FWD_TYPES, Cf_ptr="*bf16", g_out_ptr="*bf16", g_u_ptr="*bf16", g_delta_ptr="*bf16", g_z_ptr="*bf16",
+BWD_TYPES = dict(FWD_TYPES, g_out_ptr="*bf16", g_u_ptr="*bf16", g_delta_ptr="*bf16", g_z_ptr="*bf16",
                  g_A_ptr="*fp32", g_B_ptr="*fp32", g_C_ptr="*fp32", g_D_ptr="*fp32", g_bias_ptr="*fp32",
                  lam_ptr="*fp32", scratch_ptr="*fp32")
 FWD_TILES = dict(BLOCK_D=kernels.FWD_BLOCK_D, BLOCK_L=kernels.BLOCK_L)
-BWD_TILES = dict(BLOCK_D=kernels.BWD_BLOCK_D, BLOCK_L=kernels.BLOCK_L)
+BWD_TILES = dict(BLOCK_D=kernels.BWD_BLOCK_D, BLOCK_L=kernels.BLOCK_L, ROWS=kernels.bwd_rows(kernels.BLOCK_L))
 
 
 def cases():

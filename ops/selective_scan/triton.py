@@ -14,18 +14,24 @@ chunk makes it visible to the rest of the program. These are also the backward's
 BLOCK_L steps; slot ``chunks`` is the last state.
 
 The backward walks the chunks from the last to the first; one program owns one batch row and one channel (one
-warp), like the forward. Per chunk, the per-(d, l) work (loads, softplus, the gate's dL/dy and dL/dz) is done once
-in time order; delta and dL/dy reach the time-reversed order through a small per-program scratch (stored in time
-order, read reversed). Per state, two forward-direction scans run: the adjoint
-lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t over the chunk read time-reversed (C from a time-reversed copy, a small
-(batch, G, N, L) tensor, so its loads stay contiguous), then the states h (recomputed from the chunk's checkpoint) in
-time order. No reverse associative scan is compiled: Triton's reverse lowering with a non-commutative combine has
-had correctness bugs (Triton issue 4362) that the interpreter cannot show. lambda is handed to the time-order pass
-through the scratch (two slots, alternating between states, one barrier per state), so every gradient is formed
-in time order: dB and dC go straight to relaxed float32 atomics (into buffers padded to whole chunks, so no mask;
-with several channels per program, as in the interpreter's test tiles, they are summed over the channels first),
-dA accumulates per (channel, state) in a float32 buffer, and sum_n lambda B and sum_n A lambda a h_prev stay in
-registers for du and ddelta; the pre-gate output y is kept by the forward (only when a backward can follow).
+warp), like the forward. It holds a chunk as a (BLOCK_D, ROWS, LANES) tile, step k * ROWS + r in row r of lane k
+(16 rows x 32 lanes at launch), so that each thread holds 16 consecutive steps; a contiguity hint keeps the rows
+within the thread (the compiler still merges a thread's 16 loads, or atomics, into vector ones). The per-(d, l) work
+(loads, softplus, the gate's dL/dy and dL/dz) is done once per chunk, and delta_{t+1} comes through a small
+per-program scratch (stored, read back one step later). Per state, both scans run in that one layout, in two
+levels, with forward-direction scans only:
+- the states h (from the chunk's checkpoint): a scan along each lane's rows from a zero state, then a scan across
+  the lanes of the lanes' (decay product, end state) that also yields the exclusive prefix (``_combine_excl``), the
+  state entering each lane; h = local h + decay product * entering state;
+- the adjoint lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t: the same two levels with the rows read reversed (a flip
+  within the thread: register renaming) and the lanes' values reversed (a gather within the warp, one shuffle).
+No reverse associative scan is compiled: Triton's reverse lowering with a non-commutative combine has had
+correctness bugs (Triton issue 4362) that the interpreter cannot show. With h and lambda in the same registers,
+every gradient is formed in place: dB and dC go straight to relaxed float32 atomics (into buffers padded to whole
+chunks, so no mask; with several channels per program, as in the interpreter's test tiles, they are summed over
+the channels first), dA accumulates per (channel, state) in a float32 buffer, and sum_n lambda B and
+sum_n A lambda a h_prev stay in registers for du and ddelta; the pre-gate output y is kept by the forward (only
+when a backward can follow). No barrier runs in the state loop.
 
 Static costs at the anchor shapes: python -m ops.compile_check selective_scan --report; results/kernels-sm90.md.
 Not yet timed on a GPU.
@@ -135,34 +141,65 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
+def _combine_excl(a_left, x_left, ea_left, ex_left, a_right, x_right, ea_right, ex_right):
+    # _combine, carrying also the composition of every step but the last one (ea, ex): a scan with it yields the
+    # inclusive and the exclusive prefix at once (a single step's exclusive part is the identity: 1, 0)
+    return a_left * a_right, a_right * x_left + x_right, a_left * ea_right, ea_right * x_left + ex_right
+
+
+@triton.jit
+def _pick_later(x_left, r_left, x_right, r_right):
+    later = r_right > r_left
+    return tl.where(later, x_right, x_left), tl.where(later, r_right, r_left)
+
+
+@triton.jit
+def _last_row(x, R: tl.constexpr):
+    """x[:, R - 1, :] of a (BLOCK_D, R, K) tile. The rows are held within each thread and their indices are
+    constants there, so the compiler folds this reduction into picking a register."""
+    r = tl.arange(0, R)[None, :, None] + 0 * x.to(tl.int32, bitcast=True)
+    return tl.reduce((x, r), 1, _pick_later)[0]
+
+
+@triton.jit
+def _flip_lanes(x, LANES: tl.constexpr):
+    """x[:, LANES - 1 - k] of a (BLOCK_D, LANES) row held one value per lane: a gather within the warp."""
+    k = tl.arange(0, LANES)[None, :] + 0 * x.to(tl.int32, bitcast=True)
+    return tl.gather(x, LANES - 1 - k, 1)
+
+
+@triton.jit
 def _scan_bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Cf_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, ckpt_ptr, g_out_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, ckpt_ptr, g_out_ptr,
     g_u_ptr, g_delta_ptr, g_z_ptr, g_A_ptr, g_B_ptr, g_C_ptr, g_D_ptr, g_bias_ptr, lam_ptr, scratch_ptr,
     DIM, L, L_PAD, N, G, CH_PER_GROUP, N_CHUNKS,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    GROUPED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    GROUPED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, ROWS: tl.constexpr,
 ):
+    # A chunk's BLOCK_L steps as a (BLOCK_D, ROWS, LANES) tile: step k * ROWS + r of the chunk is row r of lane k,
+    # so each thread holds ROWS consecutive steps (the contiguity hint of 1 keeps the rows within the thread: the
+    # loads are per element, and no layout splits a lane's steps)
+    LANES: tl.constexpr = BLOCK_L // ROWS
     pid_d, batch_id = tl.program_id(0), tl.program_id(1)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = d < DIM
     d_safe = tl.where(d_mask, d, 0)
-    group = d_safe // CH_PER_GROUP
-    i = tl.max_contiguous(tl.arange(0, BLOCK_L), 4)  # runs of 4: the layout of the float32 atomics and stores
-    rev = BLOCK_L - 1 - i
-    is_start = (i == 0)[None, :]  # the first element of a tile, in either order
-    is_end = (i == BLOCK_L - 1)[None, :]  # reversed order: the chunk's first step comes last
-    row = (batch_id * DIM + d) * L
+    group = (d_safe // CH_PER_GROUP)[:, None, None]
+    r = tl.max_contiguous(tl.arange(0, ROWS), 1)[None, :, None]
+    k2 = tl.arange(0, LANES)[None, :]  # lanes of a (BLOCK_D, LANES) row
+    step = k2[:, None, :] * ROWS + r  # step within the chunk, (1, ROWS, LANES)
+    is_chunk_last = step == BLOCK_L - 1
+    row = ((batch_id * DIM + d) * L)[:, None, None]
     state_row = (batch_id * DIM + d_safe) * N
     ckpt_row = (batch_id * DIM + d_safe) * (N_CHUNKS + 1) * N
-    # two slots of (BLOCK_D, BLOCK_L) float32 per program, alternating between states; the adjoint is written
-    # time reversed (descending addresses), so that the forward-order pass reads it in time order
-    scratch = (scratch_ptr + (batch_id * tl.num_programs(0) + pid_d) * 4 * BLOCK_D * BLOCK_L
-               + tl.arange(0, BLOCK_D)[:, None] * BLOCK_L)
-    dt_slot = scratch + 2 * BLOCK_D * BLOCK_L
-    gy_slot = scratch + 3 * BLOCK_D * BLOCK_L
+    dmask3 = d_mask[:, None, None]
+    # one (BLOCK_D, BLOCK_L) float32 slot per program: delta in time order, read back one step later
+    dt_slot = scratch_ptr + (batch_id * tl.num_programs(0) + pid_d) * BLOCK_D * BLOCK_L + \
+        tl.arange(0, BLOCK_D)[:, None, None] * BLOCK_L
     bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d_safe).to(tl.float32)
+    bias3 = bias[:, None]  # _softplus_dt adds bias[:, None]
     skip = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_D:
         skip = tl.load(D_ptr + d_safe).to(tl.float32)
@@ -171,99 +208,107 @@ def _scan_bwd_kernel(
 
     for cc in range(0, N_CHUNKS):
         c = N_CHUNKS - 1 - cc
-        # forward order (f): everything but the adjoint's scan; reversed order (r): the adjoint's scan only
-        t_f = c * BLOCK_L + i
-        t_r = c * BLOCK_L + rev
-        mask_f = d_mask[:, None] & (t_f < L)[None, :]
-        offs_f = row[:, None] + t_f[None, :]
-        u_f = tl.load(u_ptr + offs_f, mask=mask_f, other=0.0).to(tl.float32)
-        dt_f, raw_f = _softplus_dt(delta_ptr, bias, offs_f, mask_f, HAS_BIAS, SOFTPLUS)
-        g_out_f = tl.load(g_out_ptr + offs_f, mask=mask_f, other=0.0).to(tl.float32)
-        z_f = g_out_f
-        y_f = g_out_f
+        t = c * BLOCK_L + step
+        mask = dmask3 & (t < L)
+        offs = row + t
+        u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dt, raw = _softplus_dt(delta_ptr, bias3, offs, mask, HAS_BIAS, SOFTPLUS)
+        g_out = tl.load(g_out_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        zz = g_out
+        y = g_out
         if HAS_Z:
-            z_f = tl.load(z_ptr + offs_f, mask=mask_f, other=0.0).to(tl.float32)
-            y_f = tl.load(y_ptr + offs_f, mask=mask_f, other=0.0).to(tl.float32)
-        g_y_f, g_z = _gate(g_out_f, z_f, y_f, HAS_Z)
+            zz = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        g_y, g_z = _gate(g_out, zz, y, HAS_Z)
         if HAS_Z:
-            tl.store(g_z_ptr + offs_f, g_z.to(g_z_ptr.dtype.element_ty), mask=mask_f)
-        dtu_f = dt_f * u_f
-
-        # the reversed pass needs dL/dy_t and delta_{t+1} (the decay that carries lambda_{t+1} back to t): computed
-        # once here, in time order, they reach it through the scratch, read time reversed
-        tl.store(dt_slot + i[None, :], dt_f)
-        tl.store(gy_slot + i[None, :], g_y_f)
-        end = (c + 1) * BLOCK_L  # the next chunk's first step
-        dt_end, raw_end = _softplus_dt(delta_ptr, bias, row[:, None] + end,
-                                 d_mask[:, None] & (end + 0 * row[:, None] < L), HAS_BIAS, SOFTPLUS)
+            tl.store(g_z_ptr + offs, g_z.to(g_z_ptr.dtype.element_ty), mask=mask)
+        dtu = dt * u
+        # delta_{t+1}, whose decay carries lambda_{t+1} back to t: the next step, through the scratch (the step
+        # after the chunk, the next chunk's first, is loaded here)
+        tl.store(dt_slot + step, dt)
+        end = (c + 1) * BLOCK_L
+        dt_end, raw_end = _softplus_dt(delta_ptr, bias3, row + end, dmask3 & (end + 0 * row < L), HAS_BIAS,
+                                       SOFTPLUS)
         tl.debug_barrier()
-        dt_next_r = tl.load(dt_slot + rev[None, :] + 1, mask=(i > 0)[None, :], other=0.0)
-        dt_next_r = tl.where(is_start, dt_end, dt_next_r)
-        g_y_r = tl.load(gy_slot + rev[None, :])
-        t_flip = L - (c + 1) * BLOCK_L + i  # = L - 1 - t_r: C also comes time-reversed in memory (Cf), so that its
-        #                                   reversed tile loads as contiguous vectors
-        mask_flip = d_mask[:, None] & (t_flip >= 0)[None, :]  # t_r < L
-        g_u_acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)   # sum_n lambda B
-        g_dt_acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)  # sum_n A lambda a h_prev
+        dt_next = tl.load(dt_slot + step + 1, mask=(step + 1 < BLOCK_L) & dmask3, other=0.0)
+        dt_next = tl.where(is_chunk_last, dt_end, dt_next)
+        tl.debug_barrier()  # the next chunk overwrites the slot
+        g_u_acc = tl.zeros((BLOCK_D, ROWS, LANES), dtype=tl.float32)   # sum_n lambda B
+        g_dt_acc = tl.zeros((BLOCK_D, ROWS, LANES), dtype=tl.float32)  # sum_n A lambda a h_prev
 
         for n in range(0, N):
             A_n = tl.load(A_ptr + d_safe * N + n).to(tl.float32)
-            A2 = A_n * 1.4426950408889634
-            slot = scratch + (n % 2) * BLOCK_D * BLOCK_L
-            # adjoint, time reversed: lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t, carried in from the later chunk
-            C_r = tl.load(Cf_ptr + _bc_offsets(batch_id, group, n, t_flip, N, L, G, GROUPED), mask=mask_flip,
-                          other=0.0).to(tl.float32)
-            lam_in = tl.load(lam_ptr + state_row + n)
-            decay_r = tl.exp2(dt_next_r * A2[:, None])
-            _, lam = tl.associative_scan((decay_r, tl.where(is_start, decay_r * lam_in[:, None], 0.0) + g_y_r * C_r),
-                                         1, _combine)
-            tl.store(slot + i[None, :], lam)
-            # lambda at the chunk's first step, for the chunk before
-            tl.store(lam_ptr + state_row + n, tl.sum(tl.where(is_end, lam, 0.0), axis=1), mask=d_mask)
-            tl.debug_barrier()  # the forward-order pass reads the slot from other threads
+            A2 = (A_n * 1.4426950408889634)[:, None, None]
+            if GROUPED:
+                bc = ((batch_id * G + group) * N + n) * L + t
+            else:
+                bc = (batch_id * N + n) * L + t + 0 * group
+            Bn = tl.load(B_ptr + bc, mask=mask, other=0.0).to(tl.float32)
+            Cn = tl.load(C_ptr + bc, mask=mask, other=0.0).to(tl.float32)
+            h_in = tl.load(ckpt_ptr + ckpt_row + c * N + n)[:, None]
+            lam_in = tl.load(lam_ptr + state_row + n)[:, None]
+            decay = tl.exp2(dt * A2)
+            x = dtu * Bn
 
-            # states of this chunk in time order, from its checkpoint
-            bc_f = _bc_offsets(batch_id, group, n, t_f, N, L, G, GROUPED)
-            B_f = tl.load(B_ptr + bc_f, mask=mask_f, other=0.0).to(tl.float32)
-            C_f = tl.load(C_ptr + bc_f, mask=mask_f, other=0.0).to(tl.float32)
-            h_in = tl.load(ckpt_ptr + ckpt_row + c * N + n)
-            x_f = dtu_f * B_f
-            decay_f = tl.exp2(dt_f * A2[:, None])
-            # the state entering the chunk joins the first step's input (as in the forward kernel)
-            _, h = tl.associative_scan((decay_f, tl.where(is_start, decay_f * h_in[:, None], 0.0) + x_f), 1,
-                                       _combine)
-            lam_f = tl.load(slot + rev[None, :])
-            q = lam_f * (h - x_f)  # lambda_t a_t h_{t-1}
-            g_u_acc += lam_f * B_f
-            g_dt_acc += A_n[:, None] * q
+            # states in time order, from the chunk's checkpoint: within each lane's rows, then across the lanes
+            P, H = tl.associative_scan((decay, x), 1, _combine)  # from a zero state at the lane's first row
+            P_lane, H_lane = _last_row(P, ROWS), _last_row(H, ROWS)
+            H_lane = tl.where(k2 == 0, P_lane * h_in + H_lane, H_lane)  # the chunk's state enters at lane 0
+            _, _, _, h_start = tl.associative_scan((P_lane, H_lane, tl.full(P_lane.shape, 1.0, tl.float32),
+                                                    tl.zeros_like(H_lane)), 1, _combine_excl)
+            h_start = tl.where(k2 == 0, h_in, h_start)  # the state entering each lane
+            h = H + P * h_start[:, None, :]
+
+            # adjoint lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t, run backwards: within each lane's rows read
+            # reversed (a register renaming), then across the lanes read reversed (a flip within the warp)
+            g_yC = g_y * Cn
+            Q, Lr = tl.associative_scan((tl.flip(tl.exp2(dt_next * A2), 1), tl.flip(g_yC, 1)), 1, _combine)
+            Q_lane, L_lane = _flip_lanes(_last_row(Q, ROWS), LANES), _flip_lanes(_last_row(Lr, ROWS), LANES)
+            L_lane = tl.where(k2 == 0, Q_lane * lam_in + L_lane, L_lane)  # lambda from the later chunk
+            _, lam_first, _, lam_start = tl.associative_scan(
+                (Q_lane, L_lane, tl.full(Q_lane.shape, 1.0, tl.float32), tl.zeros_like(L_lane)), 1, _combine_excl)
+            lam_start = tl.where(k2 == 0, lam_in, lam_start)  # lambda entering each lane from its right (reversed)
+            lam = tl.flip(Lr + Q * _flip_lanes(lam_start, LANES)[:, None, :], 1)
+            # lambda at the chunk's first step (the last lane of the reversed order), for the chunk before
+            tl.store(lam_ptr + state_row[:, None] + n + 0 * k2, lam_first,
+                     mask=(k2 == LANES - 1) & d_mask[:, None])
+
+            q = lam * (h - x)  # lambda_t a_t h_{t-1}
+            g_u_acc += lam * Bn
+            g_dt_acc += A_n[:, None, None] * q
             g_A_old = tl.load(g_A_ptr + state_row + n)
-            tl.store(g_A_ptr + state_row + n, g_A_old + tl.sum(q * dt_f, axis=1), mask=d_mask)
-            g_inp = lam_f * dtu_f  # d/dB
-            g_hC = h * g_y_f  # d/dC
+            tl.store(g_A_ptr + state_row + n, g_A_old + tl.sum(tl.sum(q * dt, axis=1), axis=1), mask=d_mask)
+            g_inp = lam * dtu  # d/dB
+            g_hC = h * g_y  # d/dC
             # dB and dC are float32 buffers padded to whole chunks (L_PAD steps)
-            g_bc = _bc_offsets(batch_id, group, n, t_f, N, L_PAD, G, GROUPED)
-            if BLOCK_D == 1:  # one channel: no sum over channels, the atomics keep the tile's layout, and no mask
-                #               (the padded steps add zeros: dt u and dL/dy are 0 there)
+            if GROUPED:
+                g_bc = ((batch_id * G + group) * N + n) * L_PAD + t
+            else:
+                g_bc = (batch_id * N + n) * L_PAD + t + 0 * group
+            if BLOCK_D == 1:  # one channel: no sum over channels and no mask (the padded steps add zeros:
+                #               dt u and dL/dy are 0 there)
                 tl.atomic_add(g_B_ptr + g_bc, g_inp, sem="relaxed")
                 tl.atomic_add(g_C_ptr + g_bc, g_hC, sem="relaxed")
             elif GROUPED:
-                tl.atomic_add(g_B_ptr + g_bc, g_inp, mask=mask_f, sem="relaxed")
-                tl.atomic_add(g_C_ptr + g_bc, g_hC, mask=mask_f, sem="relaxed")
+                tl.atomic_add(g_B_ptr + g_bc, g_inp, mask=mask, sem="relaxed")
+                tl.atomic_add(g_C_ptr + g_bc, g_hC, mask=mask, sem="relaxed")
             else:  # summed over the program's channels first
-                g_row = (batch_id * N + n) * L_PAD + t_f
-                tl.atomic_add(g_B_ptr + g_row, tl.sum(g_inp, axis=0), mask=t_f < L, sem="relaxed")
-                tl.atomic_add(g_C_ptr + g_row, tl.sum(g_hC, axis=0), mask=t_f < L, sem="relaxed")
+                g_row = (batch_id * N + n) * L_PAD + c * BLOCK_L + step
+                tl.atomic_add(g_B_ptr + g_row, tl.sum(g_inp, axis=0)[None], mask=c * BLOCK_L + step < L,
+                              sem="relaxed")
+                tl.atomic_add(g_C_ptr + g_row, tl.sum(g_hC, axis=0)[None], mask=c * BLOCK_L + step < L,
+                              sem="relaxed")
 
         # sum_n lambda (u B + A a h_prev) = u sum_n lambda B + sum_n A lambda a h_prev
-        g_u = g_u_acc * dt_f + g_y_f * skip[:, None]
-        g_dt = g_dt_acc + g_u_acc * u_f
+        g_u = g_u_acc * dt + g_y * skip[:, None, None]
+        g_dt = g_dt_acc + g_u_acc * u
         if SOFTPLUS:
-            g_dt = tl.where(raw_f <= 20.0, g_dt * _sigmoid(raw_f), g_dt)
-        g_dt = tl.where(mask_f, g_dt, 0.0)
-        tl.store(g_u_ptr + offs_f, g_u.to(g_u_ptr.dtype.element_ty), mask=mask_f)
-        tl.store(g_delta_ptr + offs_f, g_dt.to(g_delta_ptr.dtype.element_ty), mask=mask_f)
-        g_D_acc += tl.sum(g_y_f * u_f, axis=1)
-        g_bias_acc += tl.sum(g_dt, axis=1)
+            g_dt = tl.where(raw <= 20.0, g_dt * _sigmoid(raw), g_dt)
+        g_dt = tl.where(mask, g_dt, 0.0)
+        tl.store(g_u_ptr + offs, g_u.to(g_u_ptr.dtype.element_ty), mask=mask)
+        tl.store(g_delta_ptr + offs, g_dt.to(g_delta_ptr.dtype.element_ty), mask=mask)
+        g_D_acc += tl.sum(tl.sum(g_y * u, axis=1), axis=1)
+        g_bias_acc += tl.sum(tl.sum(g_dt, axis=1), axis=1)
         tl.debug_barrier()  # the chunk before reads lambda from other threads
 
     tl.store(g_D_ptr + batch_id * DIM + d, g_D_acc, mask=d_mask)
@@ -301,6 +346,12 @@ def _tiles(backward=False):
     if _TEST_TILES is not None:
         return (*_TEST_TILES, warps)
     return block_d, BLOCK_L, warps
+
+
+def bwd_rows(block_l):
+    """Steps per lane in the backward's (BLOCK_D, ROWS, BLOCK_L // ROWS) tiles: 16 at the launch tile of 512 (one
+    warp); small test tiles keep a few rows and a few lanes, so that both levels of its scans run."""
+    return block_l // 32 if block_l >= 64 else max(block_l // 4, 1)
 
 
 def _as_grouped(X):
@@ -366,15 +417,14 @@ class SelectiveScanFn(torch.autograd.Function):
         lam = (g_last.float().contiguous().clone() if g_last is not None
                else torch.zeros((batch, dim, n_state), device=u.device, dtype=torch.float32))
         grid = (triton.cdiv(dim, block_d), batch)
-        scratch = torch.empty(batch * grid[0] * 4 * block_d * block_l, device=u.device, dtype=torch.float32)
-        C_flip = C.flip(-1)  # small: (batch, G, N, L)
+        scratch = torch.empty(batch * grid[0] * block_d * block_l, device=u.device, dtype=torch.float32)
         _scan_bwd_kernel[grid](
-            u, delta, A, B, C, C_flip, D, z, delta_bias, y, ckpt, g_out.contiguous(),
+            u, delta, A, B, C, D, z, delta_bias, y, ckpt, g_out.contiguous(),
             g_u, g_delta, g_z, g_A, g_B, g_C, g_D, g_bias, lam, scratch,
             dim, length, n_chunks * block_l, n_state, groups, dim // groups, n_chunks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=ctx.delta_softplus, GROUPED=groups > 1,
-            BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps,
+            BLOCK_D=block_d, BLOCK_L=block_l, ROWS=bwd_rows(block_l), num_warps=warps,
         )
         g_h0 = None
         if ctx.h0_dtype is not None:  # dL/dh_{-1} = a_0 lambda_0
