@@ -14,8 +14,8 @@ FWD_TYPES = dict(u_ptr="*bf16", delta_ptr="*bf16", A_ptr="*fp32", B_ptr="*bf16",
 BWD_TYPES = dict(FWD_TYPES, g_out_ptr="*bf16", g_u_ptr="*bf16", g_delta_ptr="*bf16", g_z_ptr="*bf16",
                  g_A_ptr="*fp32", g_B_ptr="*fp32", g_C_ptr="*fp32", g_D_ptr="*fp32", g_bias_ptr="*fp32",
                  lam_ptr="*fp32", scratch_ptr="*fp32")
-FWD_TILES = dict(BLOCK_D=kernels.FWD_BLOCK_D, BLOCK_L=kernels.BLOCK_L)
-BWD_TILES = dict(BLOCK_D=kernels.BWD_BLOCK_D, BLOCK_L=kernels.BLOCK_L, ROWS=kernels.bwd_rows(kernels.BLOCK_L))
+FWD_TILES = dict(BLOCK_D=kernels.FWD_BLOCK_D, BLOCK_L=kernels.BLOCK_L, ROWS=kernels.tile_rows(kernels.BLOCK_L))
+BWD_TILES = dict(BLOCK_D=kernels.BWD_BLOCK_D, BLOCK_L=kernels.BLOCK_L, ROWS=kernels.tile_rows(kernels.BLOCK_L))
 
 
 def cases():

@@ -88,59 +88,6 @@ def _gate(g_out, zz, y, HAS_Z: tl.constexpr):
 
 
 @triton.jit
-def _scan_fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, y_ptr, ckpt_ptr,
-    DIM, L, N, G, CH_PER_GROUP, N_CHUNKS,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SAVE_Y: tl.constexpr, GROUPED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-):
-    pid_d, batch_id = tl.program_id(0), tl.program_id(1)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = d < DIM
-    d_safe = tl.where(d_mask, d, 0)  # masked channels read channel 0's parameters and store nothing
-    group = d_safe // CH_PER_GROUP
-    t_local = tl.arange(0, BLOCK_L)
-    is_first = (t_local == 0)[None, :]
-    is_last = (t_local == BLOCK_L - 1)[None, :]
-    row = (batch_id * DIM + d) * L
-    ckpt_row = (batch_id * DIM + d_safe) * (N_CHUNKS + 1) * N
-    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d_safe).to(tl.float32)
-
-    for c in range(0, N_CHUNKS):
-        t = c * BLOCK_L + t_local
-        mask = d_mask[:, None] & (t < L)[None, :]
-        offs = row[:, None] + t[None, :]
-        u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dt, _ = _softplus_dt(delta_ptr, bias, offs, mask, HAS_BIAS, SOFTPLUS)
-        dtu = dt * u
-        y = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
-        for n in range(0, N):
-            A2 = tl.load(A_ptr + d_safe * N + n).to(tl.float32) * 1.4426950408889634
-            bc = _bc_offsets(batch_id, group, n, t, N, L, G, GROUPED)
-            Bn = tl.load(B_ptr + bc, mask=mask, other=0.0).to(tl.float32)
-            Cn = tl.load(C_ptr + bc, mask=mask, other=0.0).to(tl.float32)
-            h_in = tl.load(ckpt_ptr + ckpt_row + c * N + n)
-            decay = tl.exp2(dt * A2[:, None])
-            # the state entering the chunk joins the first step's input, so the scan yields the states themselves
-            x = tl.where(is_first, decay * h_in[:, None], 0.0) + dtu * Bn
-            _, h = tl.associative_scan((decay, x), 1, _combine)
-            y += h * Cn
-            # padded steps pass the state through, so the last step holds the state after step L - 1
-            tl.store(ckpt_ptr + ckpt_row + (c + 1) * N + n, tl.sum(tl.where(is_last, h, 0.0), axis=1), mask=d_mask)
-        if HAS_D:
-            y += tl.load(D_ptr + d_safe).to(tl.float32)[:, None] * u
-        if SAVE_Y:  # y before the gate, for dL/dz
-            tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-        if HAS_Z:
-            zz = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
-        tl.debug_barrier()  # the next chunk reads the states this one stored, from other threads
-
-
-@triton.jit
 def _combine_excl(a_left, x_left, ea_left, ex_left, a_right, x_right, ea_right, ex_right):
     # _combine, carrying also the composition of every step but the last one (ea, ex): a scan with it yields the
     # inclusive and the exclusive prefix at once (a single step's exclusive part is the identity: 1, 0)
@@ -159,6 +106,72 @@ def _last_row(x, R: tl.constexpr):
     constants there, so the compiler folds this reduction into picking a register."""
     r = tl.arange(0, R)[None, :, None] + 0 * x.to(tl.int32, bitcast=True)
     return tl.reduce((x, r), 1, _pick_later)[0]
+
+
+@triton.jit
+def _scan_fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, y_ptr, ckpt_ptr,
+    DIM, L, N, G, CH_PER_GROUP, N_CHUNKS,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    SAVE_Y: tl.constexpr, GROUPED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    ROWS: tl.constexpr,
+):
+    # the chunk as a (BLOCK_D, ROWS, LANES) tile, step k * ROWS + r in row r of lane k (as in the backward)
+    LANES: tl.constexpr = BLOCK_L // ROWS
+    pid_d, batch_id = tl.program_id(0), tl.program_id(1)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < DIM
+    d_safe = tl.where(d_mask, d, 0)  # masked channels read channel 0's parameters and store nothing
+    group = (d_safe // CH_PER_GROUP)[:, None, None]
+    r = tl.max_contiguous(tl.arange(0, ROWS), 1)[None, :, None]
+    k2 = tl.arange(0, LANES)[None, :]
+    step = k2[:, None, :] * ROWS + r
+    row = ((batch_id * DIM + d) * L)[:, None, None]
+    ckpt_row = (batch_id * DIM + d_safe) * (N_CHUNKS + 1) * N
+    dmask3 = d_mask[:, None, None]
+    bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d_safe).to(tl.float32)
+    bias3 = bias[:, None]
+
+    for c in range(0, N_CHUNKS):
+        t = c * BLOCK_L + step
+        mask = dmask3 & (t < L)
+        offs = row + t
+        u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dt, _ = _softplus_dt(delta_ptr, bias3, offs, mask, HAS_BIAS, SOFTPLUS)
+        dtu = dt * u
+        y = tl.zeros((BLOCK_D, ROWS, LANES), dtype=tl.float32)
+        for n in range(0, N):
+            A2 = (tl.load(A_ptr + d_safe * N + n).to(tl.float32) * 1.4426950408889634)[:, None, None]
+            if GROUPED:
+                bc = ((batch_id * G + group) * N + n) * L + t
+            else:
+                bc = (batch_id * N + n) * L + t + 0 * group
+            Bn = tl.load(B_ptr + bc, mask=mask, other=0.0).to(tl.float32)
+            Cn = tl.load(C_ptr + bc, mask=mask, other=0.0).to(tl.float32)
+            h_in = tl.load(ckpt_ptr + ckpt_row + c * N + n)[:, None]
+            decay = tl.exp2(dt * A2)
+            # within each lane's rows from a zero state, then across the lanes (the chunk's state enters at lane 0)
+            P, H = tl.associative_scan((decay, dtu * Bn), 1, _combine)
+            P_lane, H_lane = _last_row(P, ROWS), _last_row(H, ROWS)
+            H_lane = tl.where(k2 == 0, P_lane * h_in + H_lane, H_lane)
+            P_end, h_end, P_start, h_start = tl.associative_scan(
+                (P_lane, H_lane, tl.full(P_lane.shape, 1.0, tl.float32), tl.zeros_like(H_lane)), 1, _combine_excl)
+            h_start = tl.where(k2 == 0, h_in, h_start)
+            y += (H + P * h_start[:, None, :]) * Cn
+            # padded steps pass the state through, so the last lane's end holds the state after step L - 1
+            tl.store(ckpt_ptr + ckpt_row[:, None] + (c + 1) * N + n + 0 * k2, h_end,
+                     mask=(k2 == LANES - 1) & d_mask[:, None])
+        if HAS_D:
+            y += tl.load(D_ptr + d_safe).to(tl.float32)[:, None, None] * u
+        if SAVE_Y:  # y before the gate, for dL/dz
+            tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+        if HAS_Z:
+            zz = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.debug_barrier()  # the next chunk reads the states this one stored, from another thread
 
 
 @triton.jit
@@ -348,9 +361,9 @@ def _tiles(backward=False):
     return block_d, BLOCK_L, warps
 
 
-def bwd_rows(block_l):
-    """Steps per lane in the backward's (BLOCK_D, ROWS, BLOCK_L // ROWS) tiles: 16 at the launch tile of 512 (one
-    warp); small test tiles keep a few rows and a few lanes, so that both levels of its scans run."""
+def tile_rows(block_l):
+    """Steps per lane in the kernels' (BLOCK_D, ROWS, BLOCK_L // ROWS) tiles: 16 at the launch tile of 512 (one
+    warp); small test tiles keep a few rows and a few lanes, so that both levels of the scans run."""
     return block_l // 32 if block_l >= 64 else max(block_l // 4, 1)
 
 
@@ -388,7 +401,7 @@ class SelectiveScanFn(torch.autograd.Function):
             dim, length, n_state, groups, dim // groups, n_chunks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(delta_softplus), SAVE_Y=save_y, GROUPED=groups > 1,
-            BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps,
+            BLOCK_D=block_d, BLOCK_L=block_l, ROWS=tile_rows(block_l), num_warps=warps,
         )
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, y, ckpt)
@@ -424,7 +437,7 @@ class SelectiveScanFn(torch.autograd.Function):
             dim, length, n_chunks * block_l, n_state, groups, dim // groups, n_chunks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=ctx.delta_softplus, GROUPED=groups > 1,
-            BLOCK_D=block_d, BLOCK_L=block_l, ROWS=bwd_rows(block_l), num_warps=warps,
+            BLOCK_D=block_d, BLOCK_L=block_l, ROWS=tile_rows(block_l), num_warps=warps,
         )
         g_h0 = None
         if ctx.h0_dtype is not None:  # dL/dh_{-1} = a_0 lambda_0
