@@ -1,28 +1,27 @@
 """Fused Triton selective scan: forward and backward, for variable B/C ((batch, N, L) or (batch, G, N, L)).
 
 The structure is the one that makes mamba-ssm's CUDA kernel fast. One program owns one batch row, BLOCK_D
-channels and the whole sequence, which it walks in chunks of BLOCK_L = 512 steps; inside a chunk each thread
-holds consecutive time steps of one channel, and one warp spans the chunk, so no scan crosses warps. The
-per-(d, l) work (u and delta loads, softplus, the D skip, the z gate) is done once per chunk; a loop over the N
-states then runs, for state n, h_t = exp(dt_t A_n) h_{t-1} + dt_t u_t B_t[n] as a forward associative scan over
-the chunk's (BLOCK_D, BLOCK_L) tile (the state entering the chunk joins the first step's input, so the scan
-yields the states themselves) and adds h_t C_t[n] into y, which stays in registers (no cross-lane sum over N).
+channels (one at launch) and the whole sequence, which it walks in chunks of BLOCK_L = 512 steps. A chunk is held
+as a (BLOCK_D, ROWS, LANES) tile, step k * ROWS + r in row r of lane k (16 rows x 32 lanes, one warp, at launch),
+so each thread holds 16 consecutive steps; a contiguity hint keeps the rows within the thread (the compiler still
+merges a thread's 16 loads, or atomics, into vector ones). The per-(d, l) work (u and delta loads, softplus, the D
+skip, the z gate) is done once per chunk; a loop over the N states then runs, for state n,
+h_t = exp(dt_t A_n) h_{t-1} + dt_t u_t B_t[n] as a scan in two levels, with forward-direction scans only: along
+each thread's rows from a zero state, then across the lanes on the lanes' (decay product, end state), with a
+combine (``_combine_excl``) that also yields the exclusive prefix, the state entering each lane (the chunk's
+entering state joins at lane 0); h = local h + decay product * entering state. h_t C_t[n] adds into y, which
+stays in registers (no cross-lane sum over N).
 
 The state carried from chunk to chunk lives in ``ckpt`` (batch, dim, chunks + 1, N) float32: chunk c reads
-state n from slot c and writes slot c + 1 (the chunk's last state, picked out within the warp); a barrier per
-chunk makes it visible to the rest of the program. These are also the backward's checkpoints, one every
-BLOCK_L steps; slot ``chunks`` is the last state.
+state n from slot c and writes slot c + 1 (the last lane's end state); a barrier per chunk makes it visible to
+the rest of the program. These are also the backward's checkpoints, one every BLOCK_L steps; slot ``chunks`` is
+the last state.
 
-The backward walks the chunks from the last to the first; one program owns one batch row and one channel (one
-warp), like the forward. It holds a chunk as a (BLOCK_D, ROWS, LANES) tile, step k * ROWS + r in row r of lane k
-(16 rows x 32 lanes at launch), so that each thread holds 16 consecutive steps; a contiguity hint keeps the rows
-within the thread (the compiler still merges a thread's 16 loads, or atomics, into vector ones). The per-(d, l) work
+The backward walks the chunks from the last to the first, in the forward's tiles and programs. The per-(d, l) work
 (loads, softplus, the gate's dL/dy and dL/dz) is done once per chunk, and delta_{t+1} comes through a small
 per-program scratch (stored, read back one step later). Per state, both scans run in that one layout, in two
 levels, with forward-direction scans only:
-- the states h (from the chunk's checkpoint): a scan along each lane's rows from a zero state, then a scan across
-  the lanes of the lanes' (decay product, end state) that also yields the exclusive prefix (``_combine_excl``), the
-  state entering each lane; h = local h + decay product * entering state;
+- the states h, recomputed from the chunk's checkpoint as in the forward;
 - the adjoint lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t: the same two levels with the rows read reversed (a flip
   within the thread: register renaming) and the lanes' values reversed (a gather within the warp, one shuffle).
 No reverse associative scan is compiled: Triton's reverse lowering with a non-commutative combine has had
@@ -60,16 +59,6 @@ def _softplus_dt(delta_ptr, bias, offs, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: 
     if SOFTPLUS:  # log(1 + e^raw) with the fast base-2 units
         dt = tl.where(raw <= 20.0, tl.log2(1.0 + tl.exp2(raw * 1.4426950408889634)) * 0.6931471805599453, raw)
     return tl.where(mask, dt, 0.0), raw
-
-
-@triton.jit
-def _bc_offsets(batch_id, group, n, t, N, L, G, GROUPED: tl.constexpr):
-    """Offsets of B[., n, t] or C[., n, t] for each (channel, step) of the tile: from the channel's group, or one
-    row for all channels (then spelt out per channel, so that the load gets the tile's layout, not a broadcast
-    that would pass through shared memory)."""
-    if GROUPED:
-        return ((batch_id * G + group[:, None]) * N + n) * L + t[None, :]
-    return (batch_id * N + n) * L + t[None, :] + 0 * group[:, None]
 
 
 @triton.jit
