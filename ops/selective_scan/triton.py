@@ -179,8 +179,8 @@ def _scan_bwd_kernel(
     GROUPED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, ROWS: tl.constexpr,
 ):
     # A chunk's BLOCK_L steps as a (BLOCK_D, ROWS, LANES) tile: step k * ROWS + r of the chunk is row r of lane k,
-    # so each thread holds ROWS consecutive steps (the contiguity hint of 1 keeps the rows within the thread: the
-    # loads are per element, and no layout splits a lane's steps)
+    # so each thread holds ROWS consecutive steps (the contiguity hint of 1 keeps the rows within the thread, so no
+    # layout splits a lane's steps; the compiler still merges a thread's consecutive loads into vector loads)
     LANES: tl.constexpr = BLOCK_L // ROWS
     pid_d, batch_id = tl.program_id(0), tl.program_id(1)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -318,8 +318,8 @@ def _scan_bwd_kernel(
 
 
 # Launch shapes. A program owns BLOCK_D channels and walks time in chunks of BLOCK_L steps (the checkpoint stride,
-# shared by both kernels). Each kernel's (BLOCK_D, warps) keeps one warp along time, so that its scans never cross
-# warps. Chosen from the static report (python -m ops.compile_check selective_scan --report), not from timings:
+# shared by both kernels), held as tile_rows(BLOCK_L) = 16 rows x 32 lanes. Each kernel's (BLOCK_D, warps) keeps
+# one warp along time, so that its scans never cross warps. Chosen from the static report (python -m ops.compile_check selective_scan --report), not from timings:
 # none were taken yet.
 BLOCK_L = 512
 FWD_BLOCK_D, FWD_WARPS = 1, 1
