@@ -11,11 +11,11 @@ from ops.selective_scan import triton as kernels
 FLAGS = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
 FWD_TYPES = dict(u_ptr="*bf16", delta_ptr="*bf16", A_ptr="*fp32", B_ptr="*bf16", C_ptr="*bf16", D_ptr="*fp32",
                  z_ptr="*bf16", bias_ptr="*fp32", out_ptr="*bf16", y_ptr="*bf16", ckpt_ptr="*fp32")
-BWD_TYPES = dict(FWD_TYPES, Bf_ptr="*bf16", Cf_ptr="*bf16", g_out_ptr="*bf16", g_u_ptr="*bf16", g_delta_ptr="*bf16", g_z_ptr="*bf16",
+BWD_TYPES = dict(FWD_TYPES, g_out_ptr="*bf16", g_u_ptr="*bf16", g_delta_ptr="*bf16", g_z_ptr="*bf16",
                  g_A_ptr="*fp32", g_B_ptr="*fp32", g_C_ptr="*fp32", g_D_ptr="*fp32", g_bias_ptr="*fp32",
                  lam_ptr="*fp32", scratch_ptr="*fp32")
-FWD_TILES = dict(BLOCK_D=kernels.FWD_BLOCK_D, BLOCK_L=kernels.BLOCK_L)
-BWD_TILES = dict(BLOCK_D=kernels.BWD_BLOCK_D, BLOCK_L=kernels.BLOCK_L)
+FWD_TILES = dict(BLOCK_D=kernels.FWD_BLOCK_D, BLOCK_L=kernels.BLOCK_L, ROWS=kernels.tile_rows(kernels.BLOCK_L))
+BWD_TILES = dict(BLOCK_D=kernels.BWD_BLOCK_D, BLOCK_L=kernels.BLOCK_L, ROWS=kernels.tile_rows(kernels.BLOCK_L))
 
 
 def cases():
@@ -36,8 +36,9 @@ def report_cases():
     initial state, B/C (batch, N, L), bf16 tensors and fp32 parameters."""
     for batch, dim, length, n_state in ANCHORS:
         shape = f"B{batch} D{dim} L{length} N{n_state}"
-        values = dict(DIM=dim, L=length, N=n_state, G=1, CH_PER_GROUP=dim,
-                      N_CHUNKS=-(-length // kernels.BLOCK_L))
+        n_chunks = -(-length // kernels.BLOCK_L)
+        values = dict(DIM=dim, L=length, L_PAD=n_chunks * kernels.BLOCK_L, N=n_state, G=1, CH_PER_GROUP=dim,
+                      N_CHUNKS=n_chunks)
         common = dict(FLAGS, GROUPED=False)
         yield CompileCase("forward", kernels._scan_fwd_kernel, FWD_TYPES, dict(common, SAVE_Y=True, **FWD_TILES),
                           kernels.FWD_WARPS, shape=shape, values=values,

@@ -1,33 +1,39 @@
 """Fused Triton selective scan: forward and backward, for variable B/C ((batch, N, L) or (batch, G, N, L)).
 
 The structure is the one that makes mamba-ssm's CUDA kernel fast. One program owns one batch row, BLOCK_D
-channels and the whole sequence, which it walks in chunks of BLOCK_L = 512 steps; inside a chunk each thread
-holds consecutive time steps of one channel, and one warp spans the chunk, so no scan crosses warps. The
-per-(d, l) work (u and delta loads, softplus, the D skip, the z gate) is done once per chunk; a loop over the N
-states then runs, for state n, h_t = exp(dt_t A_n) h_{t-1} + dt_t u_t B_t[n] as a forward associative scan over
-the chunk's (BLOCK_D, BLOCK_L) tile (the state entering the chunk joins the first step's input, so the scan
-yields the states themselves) and adds h_t C_t[n] into y, which stays in registers (no cross-lane sum over N).
+channels (one at launch) and the whole sequence, which it walks in chunks of BLOCK_L = 512 steps. A chunk is held
+as a (BLOCK_D, ROWS, LANES) tile, step k * ROWS + r in row r of lane k (16 rows x 32 lanes, one warp, at launch),
+so each thread holds 16 consecutive steps; a contiguity hint keeps the rows within the thread (the compiler still
+merges a thread's 16 loads, or atomics, into vector ones). The per-(d, l) work (u and delta loads, softplus, the D
+skip, the z gate) is done once per chunk; a loop over the N states then runs, for state n,
+h_t = exp(dt_t A_n) h_{t-1} + dt_t u_t B_t[n] as a scan in two levels, with forward-direction scans only: along
+each thread's rows from a zero state, then across the lanes on the lanes' (decay product, end state), with a
+combine (``_combine_excl``) that also yields the exclusive prefix, the state entering each lane (the chunk's
+entering state joins at lane 0); h = local h + decay product * entering state. h_t C_t[n] adds into y, which
+stays in registers (no cross-lane sum over N).
 
 The state carried from chunk to chunk lives in ``ckpt`` (batch, dim, chunks + 1, N) float32: chunk c reads
-state n from slot c and writes slot c + 1 (the chunk's last state, picked out within the warp); a barrier per
-chunk makes it visible to the rest of the program. These are also the backward's checkpoints, one every
-BLOCK_L steps; slot ``chunks`` is the last state.
+state n from slot c and writes slot c + 1 (the last lane's end state); a barrier per chunk makes it visible to
+the rest of the program. These are also the backward's checkpoints, one every BLOCK_L steps; slot ``chunks`` is
+the last state.
 
-The backward walks the chunks from the last to the first and, per state, runs two forward-direction scans:
-the states h (recomputed from the chunk's checkpoint) over the chunk read in time order, and the adjoint
-lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t[n] over the chunk read time-reversed (u, delta, g_out, z loads
-index t = end - 1 - i once per chunk; B and C come from time-reversed copies, small (batch, G, N, L) tensors,
-so their per-state loads stay contiguous). No reverse associative scan is compiled: Triton's reverse lowering
-with a non-commutative combine has had correctness bugs (Triton issue 4362) that the interpreter cannot show.
-The two orders meet through a small per-program scratch: the forward-order pass stores a_t h_{t-1} = h_t - x_t,
-the reversed pass reads it back reversed. dC (forward order) and dB (reversed order) are summed over the
-program's channels before relaxed float32 atomics; dA accumulates per (channel, state) in a float32 buffer;
-the pre-gate output y is kept by the forward (only when a backward can follow) for dL/dz.
+The backward walks the chunks from the last to the first, in the forward's tiles and programs. The per-(d, l) work
+(loads, softplus, the gate's dL/dy and dL/dz) is done once per chunk, and delta_{t+1} comes through a small
+per-program scratch (stored, read back one step later). Per state, both scans run in that one layout, in two
+levels, with forward-direction scans only:
+- the states h, recomputed from the chunk's checkpoint as in the forward;
+- the adjoint lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t: the same two levels with the rows read reversed (a flip
+  within the thread: register renaming) and the lanes' values reversed (a gather within the warp, one shuffle).
+No reverse associative scan is compiled: Triton's reverse lowering with a non-commutative combine has had
+correctness bugs (Triton issue 4362) that the interpreter cannot show. With h and lambda in the same registers,
+every gradient is formed in place: dB and dC go straight to relaxed float32 atomics (into buffers padded to whole
+chunks, so no mask; with several channels per program, as in the interpreter's test tiles, they are summed over
+the channels first), dA accumulates per (channel, state) in a float32 buffer, and sum_n lambda B and
+sum_n A lambda a h_prev stay in registers for du and ddelta; the pre-gate output y is kept by the forward (only
+when a backward can follow). No barrier runs in the state loop.
 
-Static costs at the anchor shapes (python -m ops.compile_check selective_scan --report; results/kernels-sm90.md):
-the forward lands at about 20 SASS instructions per (d, l, n) element with no barrier in its state loop; the
-backward does not yet meet its budget of 45 (about 80-90): its reversed reads, scratch hand-over and channel
-sums pass through shared memory, with ~34 barriers per state. Not yet timed on a GPU.
+Static costs at the anchor shapes: python -m ops.compile_check selective_scan --report; results/kernels-sm90.md.
+Not yet timed on a GPU.
 
 Scope: real A only; time-invariant B/C ((dim, N)) are left to the reference by ``ops.selective_scan``.
 """
@@ -50,28 +56,45 @@ def _softplus_dt(delta_ptr, bias, offs, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: 
     if HAS_BIAS:
         raw = raw + bias[:, None]
     dt = raw
-    if SOFTPLUS:
-        dt = tl.where(raw <= 20.0, tl.log(1.0 + tl.exp(raw)), raw)
+    if SOFTPLUS:  # log(1 + e^raw) with the fast base-2 units
+        dt = tl.where(raw <= 20.0, tl.log2(1.0 + tl.exp2(raw * 1.4426950408889634)) * 0.6931471805599453, raw)
     return tl.where(mask, dt, 0.0), raw
 
 
 @triton.jit
-def _bc_offsets(batch_id, group, n, t, N, L, G, GROUPED: tl.constexpr):
-    """Offsets of B[., n, t] or C[., n, t] for each (channel, step) of the tile: from the channel's group, or one
-    row for all channels (then spelt out per channel, so that the load gets the tile's layout, not a broadcast
-    that would pass through shared memory)."""
-    if GROUPED:
-        return ((batch_id * G + group[:, None]) * N + n) * L + t[None, :]
-    return (batch_id * N + n) * L + t[None, :] + 0 * group[:, None]
+def _sigmoid(x):
+    # 1 / (1 + e^-x) with the fast exponential and an approximate division (2 ulp): the hardware units, no slow path
+    return tl.fdiv(1.0, 1.0 + tl.exp2(x * -1.4426950408889634), approx=True)
 
 
 @triton.jit
 def _gate(g_out, zz, y, HAS_Z: tl.constexpr):
     """dL/dy and dL/dz for out = y * silu(z) (or out = y without z)."""
     if HAS_Z:
-        sig = tl.sigmoid(zz)
+        sig = _sigmoid(zz)
         return g_out * zz * sig, g_out * y * sig * (1.0 + zz * (1.0 - sig))
     return g_out, g_out
+
+
+@triton.jit
+def _combine_excl(a_left, x_left, ea_left, ex_left, a_right, x_right, ea_right, ex_right):
+    # _combine, carrying also the composition of every step but the last one (ea, ex): a scan with it yields the
+    # inclusive and the exclusive prefix at once (a single step's exclusive part is the identity: 1, 0)
+    return a_left * a_right, a_right * x_left + x_right, a_left * ea_right, ea_right * x_left + ex_right
+
+
+@triton.jit
+def _pick_later(x_left, r_left, x_right, r_right):
+    later = r_right > r_left
+    return tl.where(later, x_right, x_left), tl.where(later, r_right, r_left)
+
+
+@triton.jit
+def _last_row(x, R: tl.constexpr):
+    """x[:, R - 1, :] of a (BLOCK_D, R, K) tile. The rows are held within each thread and their indices are
+    constants there, so the compiler folds this reduction into picking a register."""
+    r = tl.arange(0, R)[None, :, None] + 0 * x.to(tl.int32, bitcast=True)
+    return tl.reduce((x, r), 1, _pick_later)[0]
 
 
 @triton.jit
@@ -80,79 +103,105 @@ def _scan_fwd_kernel(
     DIM, L, N, G, CH_PER_GROUP, N_CHUNKS,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     SAVE_Y: tl.constexpr, GROUPED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    ROWS: tl.constexpr,
 ):
+    # the chunk as a (BLOCK_D, ROWS, LANES) tile, step k * ROWS + r in row r of lane k (as in the backward)
+    LANES: tl.constexpr = BLOCK_L // ROWS
     pid_d, batch_id = tl.program_id(0), tl.program_id(1)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = d < DIM
     d_safe = tl.where(d_mask, d, 0)  # masked channels read channel 0's parameters and store nothing
-    group = d_safe // CH_PER_GROUP
-    t_local = tl.arange(0, BLOCK_L)
-    is_first = (t_local == 0)[None, :]
-    is_last = (t_local == BLOCK_L - 1)[None, :]
-    row = (batch_id * DIM + d) * L
+    group = (d_safe // CH_PER_GROUP)[:, None, None]
+    r = tl.max_contiguous(tl.arange(0, ROWS), 1)[None, :, None]
+    k2 = tl.arange(0, LANES)[None, :]
+    step = k2[:, None, :] * ROWS + r
+    row = ((batch_id * DIM + d) * L)[:, None, None]
     ckpt_row = (batch_id * DIM + d_safe) * (N_CHUNKS + 1) * N
+    dmask3 = d_mask[:, None, None]
     bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d_safe).to(tl.float32)
+    bias3 = bias[:, None]
 
     for c in range(0, N_CHUNKS):
-        t = c * BLOCK_L + t_local
-        mask = d_mask[:, None] & (t < L)[None, :]
-        offs = row[:, None] + t[None, :]
+        t = c * BLOCK_L + step
+        mask = dmask3 & (t < L)
+        offs = row + t
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        dt, _ = _softplus_dt(delta_ptr, bias, offs, mask, HAS_BIAS, SOFTPLUS)
+        dt, _ = _softplus_dt(delta_ptr, bias3, offs, mask, HAS_BIAS, SOFTPLUS)
         dtu = dt * u
-        y = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)
+        y = tl.zeros((BLOCK_D, ROWS, LANES), dtype=tl.float32)
         for n in range(0, N):
-            A2 = tl.load(A_ptr + d_safe * N + n).to(tl.float32) * 1.4426950408889634
-            bc = _bc_offsets(batch_id, group, n, t, N, L, G, GROUPED)
+            A2 = (tl.load(A_ptr + d_safe * N + n).to(tl.float32) * 1.4426950408889634)[:, None, None]
+            if GROUPED:
+                bc = ((batch_id * G + group) * N + n) * L + t
+            else:
+                bc = (batch_id * N + n) * L + t + 0 * group
             Bn = tl.load(B_ptr + bc, mask=mask, other=0.0).to(tl.float32)
             Cn = tl.load(C_ptr + bc, mask=mask, other=0.0).to(tl.float32)
-            h_in = tl.load(ckpt_ptr + ckpt_row + c * N + n)
-            decay = tl.exp2(dt * A2[:, None])
-            # the state entering the chunk joins the first step's input, so the scan yields the states themselves
-            x = tl.where(is_first, decay * h_in[:, None], 0.0) + dtu * Bn
-            _, h = tl.associative_scan((decay, x), 1, _combine)
-            y += h * Cn
-            # padded steps pass the state through, so the last step holds the state after step L - 1
-            tl.store(ckpt_ptr + ckpt_row + (c + 1) * N + n, tl.sum(tl.where(is_last, h, 0.0), axis=1), mask=d_mask)
+            h_in = tl.load(ckpt_ptr + ckpt_row + c * N + n)[:, None]
+            decay = tl.exp2(dt * A2)
+            # within each lane's rows from a zero state, then across the lanes (the chunk's state enters at lane 0)
+            P, H = tl.associative_scan((decay, dtu * Bn), 1, _combine)
+            P_lane, H_lane = _last_row(P, ROWS), _last_row(H, ROWS)
+            H_lane = tl.where(k2 == 0, P_lane * h_in + H_lane, H_lane)
+            P_end, h_end, P_start, h_start = tl.associative_scan(
+                (P_lane, H_lane, tl.full(P_lane.shape, 1.0, tl.float32), tl.zeros_like(H_lane)), 1, _combine_excl)
+            h_start = tl.where(k2 == 0, h_in, h_start)
+            y += (H + P * h_start[:, None, :]) * Cn
+            # padded steps pass the state through, so the last lane's end holds the state after step L - 1
+            tl.store(ckpt_ptr + ckpt_row[:, None] + (c + 1) * N + n + 0 * k2, h_end,
+                     mask=(k2 == LANES - 1) & d_mask[:, None])
         if HAS_D:
-            y += tl.load(D_ptr + d_safe).to(tl.float32)[:, None] * u
+            y += tl.load(D_ptr + d_safe).to(tl.float32)[:, None, None] * u
         if SAVE_Y:  # y before the gate, for dL/dz
             tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
         if HAS_Z:
             zz = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
         tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
-        tl.debug_barrier()  # the next chunk reads the states this one stored, from other threads
+        tl.debug_barrier()  # the next chunk reads the states this one stored, from another thread
+
+
+@triton.jit
+def _flip_lanes(x, LANES: tl.constexpr):
+    """x[:, LANES - 1 - k] of a (BLOCK_D, LANES) row held one value per lane: a gather within the warp."""
+    k = tl.arange(0, LANES)[None, :] + 0 * x.to(tl.int32, bitcast=True)
+    return tl.gather(x, LANES - 1 - k, 1)
 
 
 @triton.jit
 def _scan_bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, Bf_ptr, Cf_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, ckpt_ptr, g_out_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, ckpt_ptr, g_out_ptr,
     g_u_ptr, g_delta_ptr, g_z_ptr, g_A_ptr, g_B_ptr, g_C_ptr, g_D_ptr, g_bias_ptr, lam_ptr, scratch_ptr,
-    DIM, L, N, G, CH_PER_GROUP, N_CHUNKS,
+    DIM, L, L_PAD, N, G, CH_PER_GROUP, N_CHUNKS,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    GROUPED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    GROUPED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, ROWS: tl.constexpr,
 ):
+    # A chunk's BLOCK_L steps as a (BLOCK_D, ROWS, LANES) tile: step k * ROWS + r of the chunk is row r of lane k,
+    # so each thread holds ROWS consecutive steps (the contiguity hint of 1 keeps the rows within the thread, so no
+    # layout splits a lane's steps; the compiler still merges a thread's consecutive loads into vector loads)
+    LANES: tl.constexpr = BLOCK_L // ROWS
     pid_d, batch_id = tl.program_id(0), tl.program_id(1)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = d < DIM
     d_safe = tl.where(d_mask, d, 0)
-    group = d_safe // CH_PER_GROUP
-    i = tl.arange(0, BLOCK_L)
-    rev = BLOCK_L - 1 - i
-    is_start_f = (i == 0)[None, :]  # the first element of a tile, in either order
-    is_first = (i == BLOCK_L - 1)[None, :]  # reversed order: the chunk's first step comes last
-    row = (batch_id * DIM + d) * L
+    group = (d_safe // CH_PER_GROUP)[:, None, None]
+    r = tl.max_contiguous(tl.arange(0, ROWS), 1)[None, :, None]
+    k2 = tl.arange(0, LANES)[None, :]  # lanes of a (BLOCK_D, LANES) row
+    step = k2[:, None, :] * ROWS + r  # step within the chunk, (1, ROWS, LANES)
+    is_chunk_last = step == BLOCK_L - 1
+    row = ((batch_id * DIM + d) * L)[:, None, None]
     state_row = (batch_id * DIM + d_safe) * N
     ckpt_row = (batch_id * DIM + d_safe) * (N_CHUNKS + 1) * N
-    # two slots of (BLOCK_D, BLOCK_L) float32 per program, alternating between states
-    scratch = (scratch_ptr + (batch_id * tl.num_programs(0) + pid_d) * 2 * BLOCK_D * BLOCK_L
-               + tl.arange(0, BLOCK_D)[:, None] * BLOCK_L)
+    dmask3 = d_mask[:, None, None]
+    # one (BLOCK_D, BLOCK_L) float32 slot per program: delta in time order, read back one step later
+    dt_slot = scratch_ptr + (batch_id * tl.num_programs(0) + pid_d) * BLOCK_D * BLOCK_L + \
+        tl.arange(0, BLOCK_D)[:, None, None] * BLOCK_L
     bias = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d_safe).to(tl.float32)
+    bias3 = bias[:, None]  # _softplus_dt adds bias[:, None]
     skip = tl.zeros((BLOCK_D,), dtype=tl.float32)
     if HAS_D:
         skip = tl.load(D_ptr + d_safe).to(tl.float32)
@@ -161,97 +210,107 @@ def _scan_bwd_kernel(
 
     for cc in range(0, N_CHUNKS):
         c = N_CHUNKS - 1 - cc
-        # forward order (f) for the states, reversed order (r) for the adjoint
-        t_f = c * BLOCK_L + i
-        t_r = c * BLOCK_L + rev
-        t_flip = L - 1 - t_r  # B and C also come time-reversed in memory (Bf, Cf), so their reversed tiles load
-        #                       as contiguous vectors; u, delta, g_out, z are read reversed once per chunk
-        mask_f = d_mask[:, None] & (t_f < L)[None, :]
-        mask_r = d_mask[:, None] & (t_r < L)[None, :]
-        offs_f = row[:, None] + t_f[None, :]
-        offs_r = row[:, None] + t_r[None, :]
-        u_f = tl.load(u_ptr + offs_f, mask=mask_f, other=0.0).to(tl.float32)
-        dt_f, _ = _softplus_dt(delta_ptr, bias, offs_f, mask_f, HAS_BIAS, SOFTPLUS)
-        g_out_f = tl.load(g_out_ptr + offs_f, mask=mask_f, other=0.0).to(tl.float32)
-        z_f = g_out_f
-        y_f = g_out_f
+        t = c * BLOCK_L + step
+        mask = dmask3 & (t < L)
+        offs = row + t
+        u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dt, raw = _softplus_dt(delta_ptr, bias3, offs, mask, HAS_BIAS, SOFTPLUS)
+        g_out = tl.load(g_out_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        zz = g_out
+        y = g_out
         if HAS_Z:
-            z_f = tl.load(z_ptr + offs_f, mask=mask_f, other=0.0).to(tl.float32)
-            y_f = tl.load(y_ptr + offs_f, mask=mask_f, other=0.0).to(tl.float32)
-        g_y_f, g_z = _gate(g_out_f, z_f, y_f, HAS_Z)
+            zz = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        g_y, g_z = _gate(g_out, zz, y, HAS_Z)
         if HAS_Z:
-            tl.store(g_z_ptr + offs_f, g_z.to(g_z_ptr.dtype.element_ty), mask=mask_f)
-        dtu_f = dt_f * u_f
-
-        u_r = tl.load(u_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
-        dt_r, raw_r = _softplus_dt(delta_ptr, bias, offs_r, mask_r, HAS_BIAS, SOFTPLUS)
-        mask_next = d_mask[:, None] & (t_r + 1 < L)[None, :]
-        dt_next_r, _ = _softplus_dt(delta_ptr, bias, offs_r + 1, mask_next, HAS_BIAS, SOFTPLUS)
-        g_out_r = tl.load(g_out_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
-        z_r = g_out_r
-        if HAS_Z:
-            z_r = tl.load(z_ptr + offs_r, mask=mask_r, other=0.0).to(tl.float32)
-        g_y_r, _ = _gate(g_out_r, z_r, g_out_r, HAS_Z)
-        dtu_r = dt_r * u_r
-        g_u_acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)   # sum_n lambda B
-        g_dt_acc = tl.zeros((BLOCK_D, BLOCK_L), dtype=tl.float32)  # sum_n lambda (u B + A a h_prev)
+            tl.store(g_z_ptr + offs, g_z.to(g_z_ptr.dtype.element_ty), mask=mask)
+        dtu = dt * u
+        # delta_{t+1}, whose decay carries lambda_{t+1} back to t: the next step, through the scratch (the step
+        # after the chunk, the next chunk's first, is loaded here)
+        tl.store(dt_slot + step, dt)
+        end = (c + 1) * BLOCK_L
+        dt_end, raw_end = _softplus_dt(delta_ptr, bias3, row + end, dmask3 & (end + 0 * row < L), HAS_BIAS,
+                                       SOFTPLUS)
+        tl.debug_barrier()
+        dt_next = tl.load(dt_slot + step + 1, mask=(step + 1 < BLOCK_L) & dmask3, other=0.0)
+        dt_next = tl.where(is_chunk_last, dt_end, dt_next)
+        tl.debug_barrier()  # the next chunk overwrites the slot
+        g_u_acc = tl.zeros((BLOCK_D, ROWS, LANES), dtype=tl.float32)   # sum_n lambda B
+        g_dt_acc = tl.zeros((BLOCK_D, ROWS, LANES), dtype=tl.float32)  # sum_n A lambda a h_prev
 
         for n in range(0, N):
             A_n = tl.load(A_ptr + d_safe * N + n).to(tl.float32)
-            A2 = A_n * 1.4426950408889634
-            slot = scratch + (n % 2) * BLOCK_D * BLOCK_L
-            # states of this chunk in time order, from its checkpoint
-            bc_f = _bc_offsets(batch_id, group, n, t_f, N, L, G, GROUPED)
-            B_f = tl.load(B_ptr + bc_f, mask=mask_f, other=0.0).to(tl.float32)
-            C_f = tl.load(C_ptr + bc_f, mask=mask_f, other=0.0).to(tl.float32)
-            h_in = tl.load(ckpt_ptr + ckpt_row + c * N + n)
-            x_f = dtu_f * B_f
-            decay_f = tl.exp2(dt_f * A2[:, None])
-            # the state entering the chunk joins the first step's input (as in the forward kernel)
-            _, h = tl.associative_scan((decay_f, tl.where(is_start_f, decay_f * h_in[:, None], 0.0) + x_f), 1,
-                                       _combine)
-            tl.store(slot + i[None, :], h - x_f)  # a_t h_{t-1}
-            g_hC = h * g_y_f  # d/dC
+            A2 = (A_n * 1.4426950408889634)[:, None, None]
             if GROUPED:
-                tl.atomic_add(g_C_ptr + bc_f, g_hC, mask=mask_f, sem="relaxed")
+                bc = ((batch_id * G + group) * N + n) * L + t
             else:
-                tl.atomic_add(g_C_ptr + (batch_id * N + n) * L + t_f, tl.sum(g_hC, axis=0), mask=t_f < L,
-                              sem="relaxed")
-            lam_in = tl.load(lam_ptr + state_row + n)  # read before the barrier: it is overwritten below
-            tl.debug_barrier()  # the reversed pass reads the slot from other threads
+                bc = (batch_id * N + n) * L + t + 0 * group
+            Bn = tl.load(B_ptr + bc, mask=mask, other=0.0).to(tl.float32)
+            Cn = tl.load(C_ptr + bc, mask=mask, other=0.0).to(tl.float32)
+            h_in = tl.load(ckpt_ptr + ckpt_row + c * N + n)[:, None]
+            lam_in = tl.load(lam_ptr + state_row + n)[:, None]
+            decay = tl.exp2(dt * A2)
+            x = dtu * Bn
 
-            # adjoint, time reversed: lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t, carried in from the later chunk
-            bc_flip = _bc_offsets(batch_id, group, n, t_flip, N, L, G, GROUPED)
-            B_r = tl.load(Bf_ptr + bc_flip, mask=mask_r, other=0.0).to(tl.float32)
-            C_r = tl.load(Cf_ptr + bc_flip, mask=mask_r, other=0.0).to(tl.float32)
-            decay_r = tl.exp2(dt_next_r * A2[:, None])
-            _, lam = tl.associative_scan((decay_r, tl.where(is_start_f, decay_r * lam_in[:, None], 0.0) + g_y_r * C_r),
-                                         1, _combine)
-            decayed_prev = tl.load(slot + rev[None, :])
-            q = lam * decayed_prev
-            g_u_acc += lam * B_r
-            g_dt_acc += lam * u_r * B_r + A_n[:, None] * q
+            # states in time order, from the chunk's checkpoint: within each lane's rows, then across the lanes
+            P, H = tl.associative_scan((decay, x), 1, _combine)  # from a zero state at the lane's first row
+            P_lane, H_lane = _last_row(P, ROWS), _last_row(H, ROWS)
+            H_lane = tl.where(k2 == 0, P_lane * h_in + H_lane, H_lane)  # the chunk's state enters at lane 0
+            _, _, _, h_start = tl.associative_scan((P_lane, H_lane, tl.full(P_lane.shape, 1.0, tl.float32),
+                                                    tl.zeros_like(H_lane)), 1, _combine_excl)
+            h_start = tl.where(k2 == 0, h_in, h_start)  # the state entering each lane
+            h = H + P * h_start[:, None, :]
+
+            # adjoint lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t, run backwards: within each lane's rows read
+            # reversed (a register renaming), then across the lanes read reversed (a flip within the warp)
+            g_yC = g_y * Cn
+            Q, Lr = tl.associative_scan((tl.flip(tl.exp2(dt_next * A2), 1), tl.flip(g_yC, 1)), 1, _combine)
+            Q_lane, L_lane = _flip_lanes(_last_row(Q, ROWS), LANES), _flip_lanes(_last_row(Lr, ROWS), LANES)
+            L_lane = tl.where(k2 == 0, Q_lane * lam_in + L_lane, L_lane)  # lambda from the later chunk
+            _, lam_first, _, lam_start = tl.associative_scan(
+                (Q_lane, L_lane, tl.full(Q_lane.shape, 1.0, tl.float32), tl.zeros_like(L_lane)), 1, _combine_excl)
+            lam_start = tl.where(k2 == 0, lam_in, lam_start)  # lambda entering each lane from its right (reversed)
+            lam = tl.flip(Lr + Q * _flip_lanes(lam_start, LANES)[:, None, :], 1)
+            # lambda at the chunk's first step (the last lane of the reversed order), for the chunk before
+            tl.store(lam_ptr + state_row[:, None] + n + 0 * k2, lam_first,
+                     mask=(k2 == LANES - 1) & d_mask[:, None])
+
+            q = lam * (h - x)  # lambda_t a_t h_{t-1}
+            g_u_acc += lam * Bn
+            g_dt_acc += A_n[:, None, None] * q
             g_A_old = tl.load(g_A_ptr + state_row + n)
-            tl.store(g_A_ptr + state_row + n, g_A_old + tl.sum(q * dt_r, axis=1), mask=d_mask)
-            g_inp = lam * dtu_r  # d/dB
+            tl.store(g_A_ptr + state_row + n, g_A_old + tl.sum(tl.sum(q * dt, axis=1), axis=1), mask=d_mask)
+            g_inp = lam * dtu  # d/dB
+            g_hC = h * g_y  # d/dC
+            # dB and dC are float32 buffers padded to whole chunks (L_PAD steps)
             if GROUPED:
-                tl.atomic_add(g_B_ptr + _bc_offsets(batch_id, group, n, t_r, N, L, G, GROUPED), g_inp, mask=mask_r,
-                              sem="relaxed")
+                g_bc = ((batch_id * G + group) * N + n) * L_PAD + t
             else:
-                tl.atomic_add(g_B_ptr + (batch_id * N + n) * L + t_r, tl.sum(g_inp, axis=0), mask=t_r < L,
+                g_bc = (batch_id * N + n) * L_PAD + t + 0 * group
+            if BLOCK_D == 1:  # one channel: no sum over channels and no mask (the padded steps add zeros:
+                #               dt u and dL/dy are 0 there)
+                tl.atomic_add(g_B_ptr + g_bc, g_inp, sem="relaxed")
+                tl.atomic_add(g_C_ptr + g_bc, g_hC, sem="relaxed")
+            elif GROUPED:
+                tl.atomic_add(g_B_ptr + g_bc, g_inp, mask=mask, sem="relaxed")
+                tl.atomic_add(g_C_ptr + g_bc, g_hC, mask=mask, sem="relaxed")
+            else:  # summed over the program's channels first
+                g_row = (batch_id * N + n) * L_PAD + c * BLOCK_L + step
+                tl.atomic_add(g_B_ptr + g_row, tl.sum(g_inp, axis=0)[None], mask=c * BLOCK_L + step < L,
                               sem="relaxed")
-            # lambda at the chunk's first step, for the chunk before
-            tl.store(lam_ptr + state_row + n, tl.sum(tl.where(is_first, lam, 0.0), axis=1), mask=d_mask)
+                tl.atomic_add(g_C_ptr + g_row, tl.sum(g_hC, axis=0)[None], mask=c * BLOCK_L + step < L,
+                              sem="relaxed")
 
-        g_u = g_u_acc * dt_r + g_y_r * skip[:, None]
-        g_dt = g_dt_acc
+        # sum_n lambda (u B + A a h_prev) = u sum_n lambda B + sum_n A lambda a h_prev
+        g_u = g_u_acc * dt + g_y * skip[:, None, None]
+        g_dt = g_dt_acc + g_u_acc * u
         if SOFTPLUS:
-            g_dt = tl.where(raw_r <= 20.0, g_dt * tl.sigmoid(raw_r), g_dt)
-        g_dt = tl.where(mask_r, g_dt, 0.0)
-        tl.store(g_u_ptr + offs_r, g_u.to(g_u_ptr.dtype.element_ty), mask=mask_r)
-        tl.store(g_delta_ptr + offs_r, g_dt.to(g_delta_ptr.dtype.element_ty), mask=mask_r)
-        g_D_acc += tl.sum(g_y_r * u_r, axis=1)
-        g_bias_acc += tl.sum(g_dt, axis=1)
+            g_dt = tl.where(raw <= 20.0, g_dt * _sigmoid(raw), g_dt)
+        g_dt = tl.where(mask, g_dt, 0.0)
+        tl.store(g_u_ptr + offs, g_u.to(g_u_ptr.dtype.element_ty), mask=mask)
+        tl.store(g_delta_ptr + offs, g_dt.to(g_delta_ptr.dtype.element_ty), mask=mask)
+        g_D_acc += tl.sum(tl.sum(g_y * u, axis=1), axis=1)
+        g_bias_acc += tl.sum(tl.sum(g_dt, axis=1), axis=1)
         tl.debug_barrier()  # the chunk before reads lambda from other threads
 
     tl.store(g_D_ptr + batch_id * DIM + d, g_D_acc, mask=d_mask)
@@ -259,12 +318,12 @@ def _scan_bwd_kernel(
 
 
 # Launch shapes. A program owns BLOCK_D channels and walks time in chunks of BLOCK_L steps (the checkpoint stride,
-# shared by both kernels). Each kernel's (BLOCK_D, warps) keeps one warp along time, so that its scans never cross
-# warps. Chosen from the static report (python -m ops.compile_check selective_scan --report), not from timings:
+# shared by both kernels), held as tile_rows(BLOCK_L) = 16 rows x 32 lanes. Each kernel's (BLOCK_D, warps) keeps
+# one warp along time, so that its scans never cross warps. Chosen from the static report (python -m ops.compile_check selective_scan --report), not from timings:
 # none were taken yet.
 BLOCK_L = 512
 FWD_BLOCK_D, FWD_WARPS = 1, 1
-BWD_BLOCK_D, BWD_WARPS = 2, 4
+BWD_BLOCK_D, BWD_WARPS = 1, 1
 # Kept so that older tests that vary it still run: the states are checkpointed at every chunk boundary (every
 # BLOCK_L >= 512 steps in launches), and this no longer changes the kernel.
 CKPT_EVERY = 1
@@ -289,6 +348,12 @@ def _tiles(backward=False):
     if _TEST_TILES is not None:
         return (*_TEST_TILES, warps)
     return block_d, BLOCK_L, warps
+
+
+def tile_rows(block_l):
+    """Steps per lane in the kernels' (BLOCK_D, ROWS, BLOCK_L // ROWS) tiles: 16 at the launch tile of 512 (one
+    warp); small test tiles keep a few rows and a few lanes, so that both levels of the scans run."""
+    return block_l // 32 if block_l >= 64 else max(block_l // 4, 1)
 
 
 def _as_grouped(X):
@@ -325,7 +390,7 @@ class SelectiveScanFn(torch.autograd.Function):
             dim, length, n_state, groups, dim // groups, n_chunks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=bool(delta_softplus), SAVE_Y=save_y, GROUPED=groups > 1,
-            BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps,
+            BLOCK_D=block_d, BLOCK_L=block_l, ROWS=tile_rows(block_l), num_warps=warps,
         )
         if save:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, y, ckpt)
@@ -345,23 +410,23 @@ class SelectiveScanFn(torch.autograd.Function):
         g_u, g_delta = _fresh(u.shape, u), _fresh(delta.shape, delta)
         g_z = _fresh(z.shape, z) if z is not None else None
         g_A = torch.zeros((batch, dim, n_state), device=u.device, dtype=torch.float32)
-        g_B = torch.zeros(B.shape, device=u.device, dtype=torch.float32)
-        g_C = torch.zeros(C.shape, device=u.device, dtype=torch.float32)
+        # dB and dC padded to whole chunks, so that the kernel's atomics need no mask
+        g_B = torch.zeros((*B.shape[:-1], n_chunks * block_l), device=u.device, dtype=torch.float32)
+        g_C = torch.zeros((*C.shape[:-1], n_chunks * block_l), device=u.device, dtype=torch.float32)
         g_D = _fresh((batch, dim), u, torch.float32)
         g_bias = _fresh((batch, dim), u, torch.float32)
         # lambda carried between chunks, starting from dL/d(last state)
         lam = (g_last.float().contiguous().clone() if g_last is not None
                else torch.zeros((batch, dim, n_state), device=u.device, dtype=torch.float32))
         grid = (triton.cdiv(dim, block_d), batch)
-        scratch = torch.empty(batch * grid[0] * 2 * block_d * block_l, device=u.device, dtype=torch.float32)
-        B_flip, C_flip = B.flip(-1), C.flip(-1)  # small: (batch, G, N, L)
+        scratch = torch.empty(batch * grid[0] * block_d * block_l, device=u.device, dtype=torch.float32)
         _scan_bwd_kernel[grid](
-            u, delta, A, B, C, B_flip, C_flip, D, z, delta_bias, y, ckpt, g_out.contiguous(),
+            u, delta, A, B, C, D, z, delta_bias, y, ckpt, g_out.contiguous(),
             g_u, g_delta, g_z, g_A, g_B, g_C, g_D, g_bias, lam, scratch,
-            dim, length, n_state, groups, dim // groups, n_chunks,
+            dim, length, n_chunks * block_l, n_state, groups, dim // groups, n_chunks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
             SOFTPLUS=ctx.delta_softplus, GROUPED=groups > 1,
-            BLOCK_D=block_d, BLOCK_L=block_l, num_warps=warps,
+            BLOCK_D=block_d, BLOCK_L=block_l, ROWS=tile_rows(block_l), num_warps=warps,
         )
         g_h0 = None
         if ctx.h0_dtype is not None:  # dL/dh_{-1} = a_0 lambda_0
@@ -372,7 +437,7 @@ class SelectiveScanFn(torch.autograd.Function):
                 dt0 = torch.nn.functional.softplus(dt0)
             g_h0 = (torch.exp(dt0[:, :, None] * A.float()) * lam).to(ctx.h0_dtype)
         return (g_u, g_delta, g_A.sum(0).to(A.dtype),
-                g_B.to(B.dtype).view(ctx.b_shape), g_C.to(C.dtype).view(ctx.c_shape),
+                g_B[..., :length].to(B.dtype).reshape(ctx.b_shape), g_C[..., :length].to(C.dtype).reshape(ctx.c_shape),
                 g_D.sum(0).to(D.dtype) if D is not None else None, g_z,
                 g_bias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None, None,
                 g_h0, None)

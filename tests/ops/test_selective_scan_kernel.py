@@ -66,3 +66,25 @@ def test_one_step_and_no_initial_state():
 def test_gradient_through_the_last_state_alone():
     """Only the last state is used: the adjoint starts from its gradient and crosses every chunk boundary."""
     _compare(_inputs(1, 4, 19, 2, seed=2), loss_on=("last",))
+
+
+@pytest.mark.parametrize("tiles, length, groups", [
+    ((1, 16), 37, None),   # backward tile 4 rows x 4 lanes; L ragged in the last chunk and within a lane
+    ((1, 64), 150, 2),     # 2 rows x 32 lanes (a whole warp of lanes), grouped B/C, ragged last chunk
+    ((1, 64), 128, None),  # whole chunks only
+])
+def test_one_channel_per_program_as_launched(monkeypatch, tiles, length, groups):
+    """One channel per program, as the kernels launch on a GPU: the backward's unmasked dB/dC atomics into the
+    chunk-padded buffers, and its two-level scans (within a lane's rows, then across lanes)."""
+    from ops.selective_scan import triton as kernel
+    monkeypatch.setattr(kernel, "_TEST_TILES", tiles)
+    _compare(_inputs(2, 4 if groups else 3, length, 3, groups=groups, seed=3))
+
+
+def test_launch_chunk_of_512_with_a_boundary_at_exactly_512(monkeypatch):
+    """The launch tiles themselves (512 steps: 16 rows x 32 lanes in the backward): chunk boundaries at 512 and
+    1024, then a ragged chunk; the adjoint starts from the last state's gradient only."""
+    from ops.selective_scan import triton as kernel
+    monkeypatch.setattr(kernel, "_TEST_TILES", (kernel.BWD_BLOCK_D, kernel.BLOCK_L))
+    _compare(_inputs(1, 2, 2 * kernel.BLOCK_L + 3, 2, seed=4))
+    _compare(_inputs(1, 2, kernel.BLOCK_L, 2, with_h0=False, seed=5), loss_on=("last",))
