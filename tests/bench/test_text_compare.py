@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 
 from tests.tasks.test_text import write_documents
@@ -16,14 +17,15 @@ def compose_train(overrides):
         return compose("train", overrides=overrides, return_hydra_config=False)
 
 
-def test_the_preset_trains_every_model_on_text_for_the_same_steps():
-    cfg = compose_train(["experiment=text_compare"])
+@pytest.mark.parametrize("experiment", ["text_compare", "co4_text"])
+def test_the_preset_trains_every_model_on_text_for_the_same_steps(experiment):
+    cfg = compose_train([f"experiment={experiment}"])
     assert cfg.task.name == "text" and cfg.trainer.max_steps > 0 and cfg.trainer.max_epochs == -1
-    experiment = (ROOT / "configs" / "experiment" / "text_compare.yaml").read_text()
-    models = next(line for line in experiment.splitlines() if line.strip().startswith("model:") and "," in line)
+    preset = (ROOT / "configs" / "experiment" / f"{experiment}.yaml").read_text()
+    models = next(line for line in preset.splitlines() if line.strip().startswith("model:") and "," in line)
     for model in models.split(":", 1)[1].strip().split(","):
         assert (ROOT / "configs" / "model" / f"{model}.yaml").exists(), model
-        composed = compose_train(["experiment=text_compare", f"model={model}"])
+        composed = compose_train([f"experiment={experiment}", f"model={model}"])
         assert composed.model.d_model == 64 and composed.trainer.max_steps == cfg.trainer.max_steps
 
 
