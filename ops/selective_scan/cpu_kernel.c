@@ -149,7 +149,9 @@ void selective_scan_backward(const float *restrict delta, const float *restrict 
     const bc_layout sb = {B_batch_stride, B_group_stride, B_time_stride, B_group};
     const bc_layout sc = {C_batch_stride, C_group_stride, C_time_stride, C_group};
     const int64_t n_chunks = (length + CHUNK - 1) / CHUNK;
-    float h_prev[CHUNK][NSTATE], decay[CHUNK][NSTATE];   /* h_{t-1} and exp(dt_t A) for the chunk's steps */
+    /* for the chunk's steps t0 + j: states[j] = h_{t-1}, states[j + 1] = h_t (stored rather than recomputed in the
+     * reverse loop: one multiply-add less there, and fewer live registers), decay[j] = exp(dt_t A) */
+    float states[CHUNK + 1][NSTATE], decay[CHUNK][NSTATE];
     for (int64_t r = row_begin; r < row_end; ++r) {
         const int64_t b = r / dim, d = r % dim;
         const float *a_row = A + d * NSTATE;
@@ -165,8 +167,8 @@ void selective_scan_backward(const float *restrict delta, const float *restrict 
         }
         for (int64_t k = n_chunks - 1; k >= 0; --k) {
             const int64_t t0 = k * CHUNK, t1 = t0 + CHUNK < length ? t0 + CHUNK : length;
-            float h[NSTATE], dts[CHUNK], raws[CHUNK], z_sig[CHUNK], d_softplus[CHUNK];
-            memcpy(h, checkpoints + (r * n_chunks + k) * NSTATE, sizeof h);
+            float dts[CHUNK], raws[CHUNK], z_sig[CHUNK], d_softplus[CHUNK];
+            memcpy(states[0], checkpoints + (r * n_chunks + k) * NSTATE, sizeof states[0]);
             chunk_prologue(delta_row, z_row, bias, delta_softplus, t0, t1 - t0, dts, raws, z_sig);
             if (delta_softplus)   /* softplus'(x) = sigmoid(x), and 1 above the threshold */
                 for (int64_t j = 0; j < t1 - t0; ++j) d_softplus[j] = raws[j] > 20.0f ? 1.0f : sigmoid(raws[j]);
@@ -174,11 +176,11 @@ void selective_scan_backward(const float *restrict delta, const float *restrict 
                 const float dt = dts[t - t0];
                 const float dtu = dt * u_row[t];
                 const float *b_t = B + bc_offset(&sb, b, d, t);
-                float *hp = h_prev[t - t0], *dc = decay[t - t0];
+                const float *hp = states[t - t0];
+                float *h = states[t - t0 + 1], *dc = decay[t - t0];
                 for (int n = 0; n < NSTATE; ++n) {
-                    hp[n] = h[n];
                     dc[n] = exp_fast(dt * a_row[n]);
-                    h[n] = dc[n] * h[n] + dtu * b_t[n];
+                    h[n] = dc[n] * hp[n] + dtu * b_t[n];
                 }
             }
             for (int64_t t = t1 - 1; t >= t0; --t) {
@@ -189,10 +191,10 @@ void selective_scan_backward(const float *restrict delta, const float *restrict 
                 const int64_t ob = bc_offset(&sb, b, d, t), oc = bc_offset(&sc, b, d, t);
                 const float *b_t = B + ob, *c_t = C + oc;
                 float *db_t = d_B + ob, *dc_t = d_C + oc;
-                const float *hp = h_prev[t - t0], *dc = decay[t - t0];
+                const float *hp = states[t - t0], *h = states[t - t0 + 1], *dc = decay[t - t0];
                 float g_dot_b = 0.0f, q_dot_a = 0.0f, acc = 0.0f;
                 for (int n = 0; n < NSTATE; ++n) {
-                    const float h_t = dc[n] * hp[n] + dtu * b_t[n];
+                    const float h_t = h[n];
                     const float g_t = g[n] + dyt * c_t[n];
                     const float q = g_t * dc[n] * hp[n];
                     acc += c_t[n] * h_t;
