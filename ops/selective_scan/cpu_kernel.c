@@ -108,22 +108,24 @@ void selective_scan_forward(const float *restrict delta, const float *restrict u
         float h[NSTATE];
         for (int n = 0; n < NSTATE; ++n) h[n] = h0 ? h0[r * NSTATE + n] : 0.0f;
         float dts[CHUNK], raws[CHUNK], z_sig[CHUNK];
-        for (int64_t t = 0; t < length; ++t) {
-            if (t % CHUNK == 0) {
-                memcpy(checkpoints + (r * n_chunks + t / CHUNK) * NSTATE, h, sizeof h);
-                chunk_prologue(delta_row, z_row, bias, delta_softplus, t,
-                               t + CHUNK < length ? CHUNK : length - t, dts, raws, z_sig);
+        /* chunk by chunk, so that the step loop has no call in it: then GCC keeps h in vector registers across the
+         * steps instead of storing and reloading it every step (that store-to-load latency bounded the loop) */
+        for (int64_t t0 = 0; t0 < length; t0 += CHUNK) {
+            const int64_t t1 = t0 + CHUNK < length ? t0 + CHUNK : length;
+            memcpy(checkpoints + (r * n_chunks + t0 / CHUNK) * NSTATE, h, sizeof h);
+            chunk_prologue(delta_row, z_row, bias, delta_softplus, t0, t1 - t0, dts, raws, z_sig);
+            for (int64_t t = t0; t < t1; ++t) {
+                const float dt = dts[t - t0];
+                const float dtu = dt * u_row[t];
+                const float *b_t = B + bc_offset(&sb, b, d, t), *c_t = C + bc_offset(&sc, b, d, t);
+                float acc = 0.0f;
+                for (int n = 0; n < NSTATE; ++n) {
+                    h[n] = exp_fast(dt * a_row[n]) * h[n] + dtu * b_t[n];
+                    acc += c_t[n] * h[n];
+                }
+                const float y = acc + skip * u_row[t];
+                out_row[t] = z_row ? y * z_row[t] * z_sig[t - t0] : y;
             }
-            const float dt = dts[t % CHUNK];
-            const float dtu = dt * u_row[t];
-            const float *b_t = B + bc_offset(&sb, b, d, t), *c_t = C + bc_offset(&sc, b, d, t);
-            float acc = 0.0f;
-            for (int n = 0; n < NSTATE; ++n) {
-                h[n] = exp_fast(dt * a_row[n]) * h[n] + dtu * b_t[n];
-                acc += c_t[n] * h[n];
-            }
-            const float y = acc + skip * u_row[t];
-            out_row[t] = z_row ? y * z_row[t] * z_sig[t % CHUNK] : y;
         }
         memcpy(last + r * NSTATE, h, sizeof h);
     }
