@@ -26,7 +26,7 @@ from ops._native import load, why_unavailable
 
 KERNEL_SOURCE = Path(__file__).with_name("cpu_kernel.c")
 CHUNK = 64                          # steps between the forward's state checkpoints (the backward's recompute span)
-MAX_STATE = 256                     # the backward keeps 2 * CHUNK * N floats per thread on its stack
+MAX_STATE = 256                     # the backward keeps (2 * CHUNK + 1) * N floats per thread on its stack
 PRIVATE_BUFFER_FLOATS = 1 << 26     # cap on the per-task d_A/d_B/d_C copies; fewer tasks beyond it
 TASKS_PER_THREAD = 4                # rows are cut finer than the threads, so a thread the OS pauses holds no one up
 
