@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.tasks.draws import distinct_ints, query_block
-from zoo.tasks.mqar import IGNORE_INDEX, Segment
+from zoo.tasks.draws import context_then_queries, distinct_ints, query_block
+from zoo.tasks.mqar import Segment
 from zoo.tasks.recall_datamodule import RecallTaskDataModule
 from zoo.checks import require_positive_int
 
@@ -50,9 +50,7 @@ def noisy_recall(vocab_size: int, num_examples: int, input_seq_len: int, num_kv_
     tokens = torch.randint(vocab_size - noise_vocab_size, vocab_size, (n, context), generator=generator)
     tokens.scatter_(1, starts, keys).scatter_(1, starts + 1, values)
     queries, query_labels = query_block(keys[..., None], values[..., None], generator)
-    inputs = torch.cat([tokens, queries], dim=1)
-    labels = torch.cat([torch.full((n, context), IGNORE_INDEX, dtype=torch.long), query_labels], dim=1)
-    return inputs, labels
+    return context_then_queries(tokens, queries, query_labels)
 
 
 class NoisyRecallDataModule(RecallTaskDataModule):
@@ -117,9 +115,7 @@ def fuzzy_recall(vocab_size: int, num_examples: int, num_kv_pairs: int, key_len:
     values = torch.randint(half, vocab_size, (n, kv, value_len), generator=generator)
     context = torch.cat([keys, values], dim=2).reshape(n, -1)
     queries, query_labels = query_block(keys, values, generator)
-    inputs = torch.cat([context, queries], dim=1)
-    labels = torch.cat([torch.full_like(context, IGNORE_INDEX), query_labels], dim=1)
-    return inputs, labels
+    return context_then_queries(context, queries, query_labels)
 
 
 class FuzzyRecallDataModule(RecallTaskDataModule):

@@ -34,3 +34,10 @@ def query_block(keys: torch.Tensor, answers: torch.Tensor, generator: torch.Gene
     labels = torch.full_like(pairs, IGNORE_INDEX)
     labels[:, :, key_len - 1:key_len - 1 + answer_len] = pairs[:, :, key_len:]
     return pairs.reshape(n, -1), labels.reshape(n, -1)
+
+
+def context_then_queries(context: torch.Tensor, queries: torch.Tensor, query_labels: torch.Tensor):
+    """(inputs, labels): the context, never scored (-100), followed by the query block and its labels."""
+    inputs = torch.cat([context, queries], dim=1)
+    labels = torch.cat([torch.full_like(context, IGNORE_INDEX), query_labels], dim=1)
+    return inputs, labels

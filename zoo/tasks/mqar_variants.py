@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.tasks.draws import distinct_ints, query_block, shuffle_rows
-from zoo.tasks.mqar import IGNORE_INDEX
+from zoo.tasks.draws import context_then_queries, distinct_ints, query_block, shuffle_rows
 from zoo.tasks.recall_datamodule import RecallTaskDataModule
 
 
@@ -55,9 +54,7 @@ def mqar_forgetting(vocab_size: int, num_examples: int, num_kv_pairs: int, num_u
     updates = torch.stack([keys.gather(1, updated), new_values], dim=2).reshape(n, -1)
     context = torch.cat([first, updates], dim=1)
     queries, query_labels = query_block(keys[..., None], final[..., None], generator)
-    inputs = torch.cat([context, queries], dim=1)
-    labels = torch.cat([torch.full_like(context, IGNORE_INDEX), query_labels], dim=1)
-    return inputs, labels
+    return context_then_queries(context, queries, query_labels)
 
 
 class ForgettingMQARDataModule(RecallTaskDataModule):
@@ -105,9 +102,7 @@ def mqar_compositional(vocab_size: int, num_examples: int, grid_size: int, gener
     values = torch.randint(2 * third, vocab_size, (n, g * g, 1), generator=generator)
     context = shuffle_rows(torch.cat([keys, values], dim=2), generator).reshape(n, -1)
     queries, query_labels = query_block(keys, values, generator)
-    inputs = torch.cat([context, queries], dim=1)
-    labels = torch.cat([torch.full_like(context, IGNORE_INDEX), query_labels], dim=1)
-    return inputs, labels
+    return context_then_queries(context, queries, query_labels)
 
 
 class CompositionalMQARDataModule(RecallTaskDataModule):

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zoo.tasks.draws import distinct_ints, query_block
-from zoo.tasks.mqar import IGNORE_INDEX
+from zoo.tasks.draws import context_then_queries, distinct_ints, query_block
 from zoo.tasks.recall_datamodule import RecallTaskDataModule
 
 
@@ -48,9 +47,7 @@ def multi_hop(vocab_size: int, num_examples: int, num_chains: int, num_hops: int
     rhs = torch.where(step == 0, values.gather(1, chain_of), previous)
     context = torch.stack([lhs, rhs], dim=2).reshape(n, -1)
     queries, query_labels = query_block(names[:, :, -1:], values[..., None], generator)
-    inputs = torch.cat([context, queries], dim=1)
-    labels = torch.cat([torch.full_like(context, IGNORE_INDEX), query_labels], dim=1)
-    return inputs, labels
+    return context_then_queries(context, queries, query_labels)
 
 
 class MultiHopDataModule(RecallTaskDataModule):
