@@ -9,7 +9,6 @@ mixer) are rebuilt from every run file of the current grid at the end.
 """
 import argparse
 import concurrent.futures
-import csv
 import hashlib
 import json
 import logging
@@ -26,7 +25,7 @@ from tqdm import tqdm
 from zoo.bench.choices import registered_mixers, resolve_mixers, resolve_preset
 from zoo.bench.environment import describe
 from zoo.bench.recall_grid import DEFAULT_KNOBS, N_LAYERS, PAIRING, PRESETS, PUBLIC_PRESETS, Preset, line_name
-from zoo.bench.report import format_table, pyplot, write_json, write_markdown
+from zoo.bench.report import format_table, pyplot, write_csv, write_json, write_markdown
 
 # bump when the meaning of a run file changes: old files then no longer match any hash.
 # 2: runs also validate (validation split, own seed) and the best lr is chosen on validation, not test
@@ -226,29 +225,43 @@ def _worker_train(config: dict, device: str) -> dict:
     return train_run(config, _WORKER_DATA["datamodule"], device)
 
 
-def flat_row(record: dict) -> dict:
-    config, result = record["config"], record["result"]
-    row = {"line": line_name(config["mixer"], config["knobs"]), "mixer": config["mixer"],
-           "knobs": json.dumps(config["knobs"], sort_keys=True), "d_model": config["d_model"], "lr": config["lr"],
-           "params": result["params"], "state_size": result["state_size"],
-           "val_mean_accuracy": result["val_mean_accuracy"], "mean_accuracy": result["mean_accuracy"],
-           "train_seconds": result["train_seconds"], "key": record["key"]}
+def result_columns(record: dict, per_slice: dict) -> dict:
+    """The measured columns of a run's row (shared by the MQAR sweep and the suite): sizes, accuracies, time and
+    key, then for each slice the fields named in ``per_slice`` (slice field -> column prefix)."""
+    result = record["result"]
+    row = {name: result[name] for name in ("params", "state_size", "val_mean_accuracy", "mean_accuracy",
+                                           "train_seconds")}
+    row["key"] = record["key"]
     for s in result["slices"]:
-        row[f"acc_{s['slice']}"] = s["accuracy"]
-        row[f"state_{s['slice']}"] = s["state_size"]
+        for field, prefix in per_slice.items():
+            row[f"{prefix}_{s['slice']}"] = s[field]
     return row
+
+
+def mark_best_lr(rows: list[dict], point, flag: str) -> list[dict]:
+    """Per ``point(row)`` the row (one lr) with the highest mean validation accuracy, ties to the first lr of the
+    grid; sets ``row[flag]`` on every row and returns the chosen ones. Test accuracy plays no part."""
+    best: dict[tuple, dict] = {}
+    for row in rows:
+        key = point(row)
+        if key not in best or row["val_mean_accuracy"] > best[key]["val_mean_accuracy"]:
+            best[key] = row
+    chosen = {row["key"] for row in best.values()}
+    for row in rows:
+        row[flag] = row["key"] in chosen
+    return [r for r in rows if r[flag]]
+
+
+def flat_row(record: dict) -> dict:
+    config = record["config"]
+    return {"line": line_name(config["mixer"], config["knobs"]), "mixer": config["mixer"],
+            "knobs": json.dumps(config["knobs"], sort_keys=True), "d_model": config["d_model"], "lr": config["lr"],
+            **result_columns(record, {"accuracy": "acc", "state_size": "state"})}
 
 
 def summarise(preset: Preset, records: list[dict], notes: list[str], device: str) -> dict:
     rows = [flat_row(r) for r in records]
-    best: dict[tuple, dict] = {}
-    for row in rows:  # best lr per (mixer, knobs, d_model) by validation accuracy; ties go to the first lr
-        point = (row["mixer"], row["knobs"], row["d_model"])
-        if point not in best or row["val_mean_accuracy"] > best[point]["val_mean_accuracy"]:
-            best[point] = row
-    best_keys = {row["key"] for row in best.values()}
-    for row in rows:
-        row["best_lr"] = row["key"] in best_keys
+    best = mark_best_lr(rows, lambda row: (row["mixer"], row["knobs"], row["d_model"]), "best_lr")
     return {
         "environment": describe(device),
         "preset": asdict(preset),
@@ -259,18 +272,14 @@ def summarise(preset: Preset, records: list[dict], notes: list[str], device: str
                                 "over the lr grid per (mixer, knobs, d_model); test accuracy is only reported"},
         "notes": notes,
         "runs": rows,
-        "best": [r for r in rows if r["best_lr"]],
+        "best": best,
     }
 
 
 def write_outputs(summary: dict, out: Path):
     write_json(out / "recall.json", summary)
     rows = summary["runs"]
-    columns = list(dict.fromkeys(c for row in rows for c in row))
-    with open(out / "recall.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "recall.csv", rows)
     plot(summary["best"], out / "recall.png", summary["preset"]["name"])
     shown = sorted(summary["best"], key=lambda r: (r["line"], r["state_size"]))
     columns = ["line", "knobs", "d_model", "lr", "params", "state_size", "mean_accuracy"]

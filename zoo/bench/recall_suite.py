@@ -9,7 +9,6 @@ Outputs: ``suite.json``, ``suite.csv`` (every run, per-slice validation and test
 same as a grid).
 """
 import argparse
-import csv
 import json
 import os
 import time
@@ -22,9 +21,10 @@ from tqdm import tqdm
 
 from zoo.bench.choices import resolve_preset
 from zoo.bench.environment import describe
-from zoo.bench.recall import _quiet_lightning, resolve_device, run_as_they_finish, run_key
+from zoo.bench.recall import (_quiet_lightning, mark_best_lr, resolve_device, result_columns,
+                               run_as_they_finish, run_key)
 from zoo.bench.recall_suite_grid import N_LAYERS, PAIRING, PUBLIC_SUITE_PRESETS, SUITE_PRESETS, SuitePreset
-from zoo.bench.report import format_table, pyplot, write_json, write_markdown
+from zoo.bench.report import format_table, pyplot, write_csv, write_json, write_markdown
 
 SCHEMA = 1
 READ_TWICE = {"off": (False,), "on": (True,), "both": (False, True)}
@@ -170,36 +170,23 @@ def _train_all(configs: list[dict], device: str, workers: int, deadline: float |
 
 
 def flat_row(record: dict) -> dict:
-    config, result = record["config"], record["result"]
-    row = {"task": config["task"]["name"], "line": config["line"], "read_twice": config["task"]["read_twice"],
-           "mixer": config["mixer"], "knobs": json.dumps(config["knobs"], sort_keys=True),
-           "d_model": config["d_model"], "lr": config["lr"], "epochs": config["trainer"]["max_epochs"],
-           "params": result["params"], "state_size": result["state_size"],
-           "val_mean_accuracy": result["val_mean_accuracy"], "mean_accuracy": result["mean_accuracy"],
-           "train_seconds": result["train_seconds"], "key": record["key"]}
-    for s in result["slices"]:
-        row[f"acc_{s['slice']}"] = s["accuracy"]
-        row[f"val_{s['slice']}"] = s["val_accuracy"]
-    return row
+    config = record["config"]
+    return {"task": config["task"]["name"], "line": config["line"], "read_twice": config["task"]["read_twice"],
+            "mixer": config["mixer"], "knobs": json.dumps(config["knobs"], sort_keys=True),
+            "d_model": config["d_model"], "lr": config["lr"], "epochs": config["trainer"]["max_epochs"],
+            **result_columns(record, {"accuracy": "acc", "val_accuracy": "val"})}
 
 
 def summarise(preset: SuitePreset, records: list[dict], tasks: list[str], lines: list[str], device: str) -> dict:
     rows = [flat_row(r) for r in records]
-    best: dict[tuple, dict] = {}
-    for row in rows:  # the lr with the best mean validation accuracy; ties go to the first lr of the grid
-        point = (row["task"], row["line"], row["read_twice"], row["epochs"])
-        if point not in best or row["val_mean_accuracy"] > best[point]["val_mean_accuracy"]:
-            best[point] = row
-    chosen = {row["key"] for row in best.values()}
-    for row in rows:
-        row["chosen_lr"] = row["key"] in chosen
+    best = mark_best_lr(rows, lambda row: (row["task"], row["line"], row["read_twice"], row["epochs"]), "chosen_lr")
     return {
         "environment": describe(device), "preset": asdict(preset), "tasks": tasks, "lines": lines,
         "protocol": {"pairing": [PAIRING, "<line's mixer>"], "n_layers": N_LAYERS,
                      "lr": "chosen per (task, line, read_twice) by mean validation accuracy; test reported once",
                      "state_size": "LM.state_size at the task's longest test input (read-twice included)",
                      "accuracy": "mean over the task's test slices of exact-match accuracy at the answer positions"},
-        "runs": rows, "best": [r for r in rows if r["chosen_lr"]],
+        "runs": rows, "best": best,
     }
 
 
@@ -222,11 +209,7 @@ def table_rows(summary: dict) -> list[dict]:
 
 def write_outputs(summary: dict, out: Path):
     write_json(out / "suite.json", summary)
-    columns = list(dict.fromkeys(c for row in summary["runs"] for c in row))
-    with open(out / "suite.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(summary["runs"])
+    write_csv(out / "suite.csv", summary["runs"])
     rows = table_rows(summary)
     tasks = [t for t in summary["tasks"] if any(t in r for r in rows)]
     columns = ["line", "knobs", "read_twice", "state_size", *tasks]
