@@ -6,7 +6,6 @@ tested once, and the accuracy per frequency bucket goes into a table (stdout, Ma
 """
 import argparse
 import concurrent.futures
-import csv
 import multiprocessing
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from zoo.bench.environment import describe
-from zoo.bench.report import format_table, pyplot, write_json, write_markdown
+from zoo.bench.report import format_table, pyplot, write_csv, write_json, write_markdown
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 QUIET = ["+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", "print_test_table=false"]
@@ -77,10 +76,7 @@ def run(args) -> int:
     write_json(out / "hpm_compare.json", {"rows": rows, "sizes": sizes, "results": results,
                                           "environment": environment})
     write_markdown(out / "hpm_compare.md", rows, columns, environment)
-    with open(out / "hpm_compare.csv", "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "hpm_compare.csv", rows, columns)
     plot(rows, sizes, out / "hpm_compare.png")
     print(f"wrote {out}/hpm_compare.json, .md, .csv, .png")
     return 0

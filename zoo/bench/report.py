@@ -1,5 +1,6 @@
 """Tables, JSON and plots: the forms every benchmark result is written in (a Markdown copy of the table, with
 the command and the machine, is what goes into the README)."""
+import csv
 import json
 from pathlib import Path
 
@@ -31,6 +32,18 @@ def write_markdown(path: Path, rows: list[dict], columns: list[str], environment
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
+    """Rows as CSV; the columns default to every key of the rows, in the order first seen."""
+    columns = columns or list(dict.fromkeys(c for row in rows for c in row))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
     return path
 
 

@@ -76,7 +76,7 @@ def plot(rows: list[dict], path: Path):
 def write_report(sweep_dir) -> list[dict]:
     """Write text_compare.{json,csv,md,png} for the finished jobs of a sweep folder; returns the rows."""
     from zoo.bench.environment import describe
-    from zoo.bench.report import format_table, write_json, write_markdown
+    from zoo.bench.report import format_table, write_csv, write_json, write_markdown
 
     sweep_dir = Path(sweep_dir)
     number = lambda p: int(p.name.split("_", 1)[0]) if p.name.split("_", 1)[0].isdigit() else 1 << 30
@@ -86,10 +86,7 @@ def write_report(sweep_dir) -> list[dict]:
         return rows
     environment = describe("cpu")
     write_json(sweep_dir / "text_compare.json", {"environment": environment, "rows": rows})
-    with open(sweep_dir / "text_compare.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(sweep_dir / "text_compare.csv", rows)
     write_markdown(sweep_dir / "text_compare.md", rows, COLUMNS, environment)
     plot(rows, sweep_dir / "text_compare.png")
     print(format_table(rows, COLUMNS))
