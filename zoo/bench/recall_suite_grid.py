@@ -33,6 +33,19 @@ def _mqar(vocab, train, test):
     return {"vocab_size": vocab, "train_segments": train, "test_segments": test}
 
 
+def _lines(window: int, feature_dim: int, d_state: int, expand: int) -> dict:
+    """The suite's lines, their state-setting knobs given per preset (so the recurrent lines match in state)."""
+    return {
+        "attention": {"name": "attention"},
+        "sliding_window_attention": {"name": "attention", "window": window},
+        "based_linear_attention": {"name": "based_linear_attention", "feature_dim": feature_dim, "num_heads": 1},
+        "mamba": {"name": "mamba", "d_state": d_state},
+        "mamba_mimetic": {"name": "mamba", "d_state": d_state, "init": "mimetic"},
+        "mingru": {"name": "mingru", "expand": expand},
+        "short_conv": {"name": "short_conv", "kernel_size": 3},
+    }
+
+
 CPU_TASKS = {
     "mqar": _mqar(256, [[64, 4, 3000], [64, 8, 3000]], [[64, 8, 300], [128, 16, 300]]),
     "selective_copy": {"vocab_size": 16, "train_slices": [[64, 8, 6000]], "test_slices": [[64, 8, 300], [128, 8, 300]]},
@@ -78,15 +91,7 @@ CPU = SuitePreset(
         "matched at ~1.1-1.5k numbers for the recurrent lines (mamba d_state 8, BASED feature_dim 4, minGRU expand "
         "8, sliding window 8); attention is the unmatched reference, short_conv the floor. A small-budget ranking."),
     tasks=CPU_TASKS,
-    lines={
-        "attention": {"name": "attention"},
-        "sliding_window_attention": {"name": "attention", "window": 8},
-        "based_linear_attention": {"name": "based_linear_attention", "feature_dim": 4, "num_heads": 1},
-        "mamba": {"name": "mamba", "d_state": 8},
-        "mamba_mimetic": {"name": "mamba", "d_state": 8, "init": "mimetic"},
-        "mingru": {"name": "mingru", "expand": 8},
-        "short_conv": {"name": "short_conv", "kernel_size": 3},
-    },
+    lines=_lines(window=8, feature_dim=4, d_state=8, expand=8),
     d_model=64,
     lrs=(3e-3,),
     batch_size=32,
@@ -102,15 +107,7 @@ GPU = SuitePreset(
         "of batch 128, d_model 128, lr in {1e-3, 3e-3, 1e-2} chosen on validation, bf16, 8 runs at once; state "
         "matched at ~4-9k numbers (mamba d_state 16, BASED feature_dim 8, minGRU expand 32, window 32)."),
     tasks=GPU_TASKS,
-    lines={
-        "attention": {"name": "attention"},
-        "sliding_window_attention": {"name": "attention", "window": 32},
-        "based_linear_attention": {"name": "based_linear_attention", "feature_dim": 8, "num_heads": 1},
-        "mamba": {"name": "mamba", "d_state": 16},
-        "mamba_mimetic": {"name": "mamba", "d_state": 16, "init": "mimetic"},
-        "mingru": {"name": "mingru", "expand": 32},
-        "short_conv": {"name": "short_conv", "kernel_size": 3},
-    },
+    lines=_lines(window=32, feature_dim=8, d_state=16, expand=32),
     d_model=128,
     lrs=(1e-3, 3e-3, 1e-2),
     batch_size=128,
