@@ -50,6 +50,17 @@ def _combine(a_left, x_left, a_right, x_right):
 
 
 @triton.jit
+def _bc_offsets(batch_id, group, n, t, G, N, length, GROUPED: tl.constexpr):
+    """Offsets of state n's B / C values (or their gradients) at the steps t: (batch, G, N, length) when grouped,
+    else (batch, N, length); ``0 * group`` gives both the same shape."""
+    if GROUPED:
+        offsets = ((batch_id * G + group) * N + n) * length + t
+    else:
+        offsets = (batch_id * N + n) * length + t + 0 * group
+    return offsets
+
+
+@triton.jit
 def _softplus_dt(delta_ptr, bias, offs, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """Discretised delta (float32) and its pre-softplus value; 0 where masked (decay 1, no input)."""
     raw = tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -133,10 +144,7 @@ def _scan_fwd_kernel(
         y = tl.zeros((BLOCK_D, ROWS, LANES), dtype=tl.float32)
         for n in range(0, N):
             A2 = (tl.load(A_ptr + d_safe * N + n).to(tl.float32) * 1.4426950408889634)[:, None, None]
-            if GROUPED:
-                bc = ((batch_id * G + group) * N + n) * L + t
-            else:
-                bc = (batch_id * N + n) * L + t + 0 * group
+            bc = _bc_offsets(batch_id, group, n, t, G, N, L, GROUPED)
             Bn = tl.load(B_ptr + bc, mask=mask, other=0.0).to(tl.float32)
             Cn = tl.load(C_ptr + bc, mask=mask, other=0.0).to(tl.float32)
             h_in = tl.load(ckpt_ptr + ckpt_row + c * N + n)[:, None]
@@ -241,10 +249,7 @@ def _scan_bwd_kernel(
         for n in range(0, N):
             A_n = tl.load(A_ptr + d_safe * N + n).to(tl.float32)
             A2 = (A_n * 1.4426950408889634)[:, None, None]
-            if GROUPED:
-                bc = ((batch_id * G + group) * N + n) * L + t
-            else:
-                bc = (batch_id * N + n) * L + t + 0 * group
+            bc = _bc_offsets(batch_id, group, n, t, G, N, L, GROUPED)
             Bn = tl.load(B_ptr + bc, mask=mask, other=0.0).to(tl.float32)
             Cn = tl.load(C_ptr + bc, mask=mask, other=0.0).to(tl.float32)
             h_in = tl.load(ckpt_ptr + ckpt_row + c * N + n)[:, None]
@@ -283,10 +288,7 @@ def _scan_bwd_kernel(
             g_inp = lam * dtu  # d/dB
             g_hC = h * g_y  # d/dC
             # dB and dC are float32 buffers padded to whole chunks (L_PAD steps)
-            if GROUPED:
-                g_bc = ((batch_id * G + group) * N + n) * L_PAD + t
-            else:
-                g_bc = (batch_id * N + n) * L_PAD + t + 0 * group
+            g_bc = _bc_offsets(batch_id, group, n, t, G, N, L_PAD, GROUPED)
             if BLOCK_D == 1:  # one channel: no sum over channels and no mask (the padded steps add zeros:
                 #               dt u and dL/dy are 0 there)
                 tl.atomic_add(g_B_ptr + g_bc, g_inp, sem="relaxed")
