@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from zoo.bench.report import format_table
 from zoo.checkpoints import BEST, CHECKPOINT_DIR, LAST, find_last, load_model, read_checkpoint, run_config
 from zoo.checks import require_choice, require_known_keywords
-from zoo.interrupt import RunInterrupted, StopOnSignal
+from zoo.interrupt import StopOnSignal
 from zoo.lit import LitLM
 from zoo.model import LM
 from zoo.tasks import build_task

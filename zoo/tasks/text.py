@@ -20,7 +20,6 @@ corpus split by byte range is one document per split, so there boundaries change
 import hashlib
 import os
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
