@@ -14,7 +14,13 @@ import torch
 
 
 def ranking_key(values: torch.Tensor) -> torch.Tensor:
-    """The value rounded to bfloat16 (near-equal values of a repeated token tie exactly), in the input's dtype."""
+    """What the top-k ranks by: the value rounded to bfloat16 (8 significant bits), in the input's dtype; the rows
+    themselves keep full precision.
+
+    Equal inputs (a repeated token) give equal values, but a one-token decode step computes its projection with a
+    different matrix shape than a prefill and can land one ulp away: with exact keys that ulp would flip the tie
+    and the token's rank. Rounding first makes such near-equal values tie exactly, and ties go to the earlier token.
+    """
     return values.detach().to(torch.bfloat16).to(values.dtype)
 
 

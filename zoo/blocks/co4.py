@@ -30,6 +30,7 @@ from torch import nn
 
 from ops._backend import resolve_backend
 from ops.co4 import TRITON_DTYPES, TRITON_MAX_K, running_topk
+from ops.co4.reference import ranking_key
 from ops.packing import DocumentLayout
 from zoo.blocks.base import Cache, Mixer
 from zoo.blocks.registry import register_mixer
@@ -37,16 +38,6 @@ from zoo.checks import require_choice, require_positive_int
 
 LATENT_OUTPUTS = ("mean", "none")
 CACHE_NAMES = ("top_q", "top_k", "top_v")  # running top-k tables of M_Q, M_K, M_V
-
-
-def ranking_key(values: torch.Tensor) -> torch.Tensor:
-    """What the top-k ranks by: the value rounded to bfloat16 (8 significant bits); the rows keep full precision.
-
-    Equal inputs (a repeated token) give equal values, but a one-token decode step computes its projection with a
-    different matrix shape than a prefill and can land one ulp away: with exact keys that ulp would flip the tie
-    and the token's rank. Rounding first makes such near-equal values tie exactly, and ties go to the earlier token.
-    """
-    return values.detach().to(torch.bfloat16).to(values.dtype)
 
 
 def running_topk_indices(carry: torch.Tensor, chunk: torch.Tensor, seen: int):
