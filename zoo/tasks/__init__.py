@@ -15,8 +15,8 @@ and whether higher or lower is better; the best checkpoint and early stopping fo
 say ``("val/bpb", "min")``). Default when absent: ``("val/acc", "max")``.
 
 Resuming mid-epoch without lost or repeated batches: inherit ``zoo.tasks.data.ResumableTrainOrder`` and build
-the train loader's batch sampler with its ``train_sampler(...)`` (a task without it restarts the interrupted
-epoch from its first batch)."""
+the train loader's batch sampler with its ``train_sampler(...)``: every built-in task does
+(tests/tasks/test_resumable_tasks.py); a task without it restarts the interrupted epoch from its first batch."""
 from zoo.checks import require_known_keywords
 from zoo.tasks.facts import FactsDataModule
 from zoo.tasks.mqar_datamodule import MQARDataModule

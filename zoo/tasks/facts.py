@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from zoo.checks import require_positive_int
 from zoo.retrieval.embedders import build_embedder
 from zoo.retrieval.tree import build_tree, leaf_index
-from zoo.tasks.data import SegmentBatchSampler, collate_batch
+from zoo.tasks.data import ResumableTrainOrder, SegmentBatchSampler, collate_batch
 from zoo.tasks.mqar import IGNORE_INDEX
 
 PAD, BOS = 0, 1
@@ -78,7 +78,7 @@ def bucket_name(low: int, high: float) -> str:
     return f"freq{low}+" if math.isinf(high) else f"freq{low}-{int(high) - 1}"
 
 
-class FactsDataModule(L.LightningDataModule):
+class FactsDataModule(ResumableTrainOrder, L.LightningDataModule):
     monitor = ("val/acc", "max")
 
     def __init__(self, num_topics: int = 16, names_per_topic: int = 32, num_attributes: int = 8,
@@ -217,8 +217,7 @@ class FactsDataModule(L.LightningDataModule):
         pass  # everything is built in __init__: the slices depend on the corpus
 
     def train_dataloader(self):
-        sampler = SegmentBatchSampler([0, len(self.train_set["input_ids"])], self.batch_size, shuffle=True,
-                                      seed=self.seed)
+        sampler = self.train_sampler([0, len(self.train_set["input_ids"])], self.batch_size, self.seed)
         return DataLoader(_Rows(self.train_set), batch_sampler=sampler, collate_fn=collate_batch,
                           num_workers=self.num_workers)
 

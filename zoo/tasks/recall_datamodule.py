@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 import torch
 
 from zoo.checks import require_positive_int
-from zoo.tasks.data import SegmentBatchSampler, SegmentedDataset, collate_batch
+from zoo.tasks.data import ResumableTrainOrder, SegmentBatchSampler, SegmentedDataset, collate_batch
 from zoo.tasks.read_twice import repeat_context
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
@@ -51,7 +51,7 @@ def parse_slices(slice_type, specs, task: str, which: str) -> list:
     return slices
 
 
-class RecallTaskDataModule(L.LightningDataModule):
+class RecallTaskDataModule(ResumableTrainOrder, L.LightningDataModule):
     """Base of the recall-suite tasks (see the module docstring); ``monitor`` is what checkpointing watches."""
 
     slice_type = None
@@ -131,7 +131,7 @@ class RecallTaskDataModule(L.LightningDataModule):
                 self.eval_sets[split] = [SegmentedDataset([(x, y)]) for _, x, y in self.generate(split)]
 
     def train_dataloader(self):
-        sampler = SegmentBatchSampler(self.train_set.offsets, self.batch_size, shuffle=True, seed=self.seed)
+        sampler = self.train_sampler(self.train_set.offsets, self.batch_size, self.seed)
         return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=collate_batch, num_workers=self.num_workers)
 
     def _loaders(self, split: str):
