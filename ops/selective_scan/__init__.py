@@ -14,14 +14,18 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     backend: "auto" (Triton on CUDA; on CPU the compiled kernel of ``ops.selective_scan.cpu`` when a C compiler
     is there, else the reference) | "reference" | "triton" | "cuda" (mamba_ssm's CUDA kernel).
     seq_idx (batch, L) integer, packed sequences (see ops.packing): the state restarts from zero at each
-    document's first position. The reference does that in its scan (the decay into a document is 0); every other
-    backend runs each document as its own row (gathered, padded at the end, gathered back), without
-    initial_state or return_last_state, which then go to the reference.
+    document's first position. The reference and the CPU kernel do that in their scan (the decay into a document
+    is 0); the GPU backends run each document as its own row (gathered, padded at the end, gathered back),
+    without initial_state or return_last_state, which then go to the reference.
     """
     which = resolve_backend(backend, u.device, "selective_scan", cuda_package="mamba_ssm")
     if seq_idx is not None:
         from ops.packing import check_seq_idx
         check_seq_idx(seq_idx, u.shape[0], u.shape[-1], "selective_scan")
+        if _cpu_kernel_runs(backend, u, A):
+            from ops.selective_scan import cpu
+            return cpu.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
+                                      initial_state=initial_state, seq_idx=seq_idx)
         if backend != "reference" and initial_state is None and not return_last_state:
             return _per_document(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, seq_idx)
         from ops.selective_scan.reference import selective_scan as reference_scan
@@ -34,13 +38,20 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if which == "cuda":
         from ops.selective_scan.cuda import selective_scan as cuda_scan
         return cuda_scan(*args, initial_state=initial_state)
-    if backend == "auto" and u.device.type == "cpu":
+    if _cpu_kernel_runs(backend, u, A):
         from ops.selective_scan import cpu
-        if cpu.available(A.shape[-1]):
-            return cpu.selective_scan(*args, initial_state=initial_state)
+        return cpu.selective_scan(*args, initial_state=initial_state)
     # reference, and the time-invariant B/C cases that the Triton kernel leaves to it
     from ops.selective_scan.reference import selective_scan as reference_scan
     return reference_scan(*args, initial_state=initial_state)
+
+
+def _cpu_kernel_runs(backend, u, A) -> bool:
+    """backend="auto" on CPU takes the compiled C kernel when it builds here (real A)."""
+    if backend != "auto" or u.device.type != "cpu" or A.is_complex():
+        return False
+    from ops.selective_scan import cpu
+    return cpu.available(A.shape[-1])
 
 
 def _per_document(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, seq_idx):

@@ -34,8 +34,8 @@ _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0
 _pointer = ctypes.c_void_p
 _size = ctypes.c_int64
-_FORWARD_ARGS = [_pointer] * 5 + [_size] * 8 + [_pointer, _size] + [_pointer] * 6 + [_size] * 4
-_BACKWARD_ARGS = [_pointer] * 5 + [_size] * 8 + [_pointer, _size] + [_pointer] * 14 + [_size] * 4
+_FORWARD_ARGS = [_pointer] * 5 + [_size] * 8 + [_pointer, _size] + [_pointer] * 7 + [_size] * 4
+_BACKWARD_ARGS = [_pointer] * 5 + [_size] * 8 + [_pointer, _size] + [_pointer] * 15 + [_size] * 4
 
 
 def _kernels(n_state: int):
@@ -98,11 +98,12 @@ class _Scan(torch.autograd.Function):
     """The whole op on float32 contiguous tensors; returns (out before the cast to u's dtype, last state).
 
     delta, u, z: (batch, dim, L); A: (dim, N); B, C: (batch|1, G, L|1, N); D, delta_bias: (dim,); h0: (batch,
-    dim, N); D, z, delta_bias and h0 may be None.
+    dim, N); restart: (batch, L) uint8, nonzero where the decay into a step is 0 (packed documents); D, z,
+    delta_bias, h0 and restart may be None.
     """
 
     @staticmethod
-    def forward(ctx, delta, u, A, B, C, D, z, delta_bias, h0, delta_softplus):
+    def forward(ctx, delta, u, A, B, C, D, z, delta_bias, h0, restart, delta_softplus):
         batch, dim, length = u.shape
         n_state = A.shape[1]
         lib = _kernels(n_state)
@@ -112,16 +113,16 @@ class _Scan(torch.autograd.Function):
         checkpoints = u.new_empty(batch, dim, n_chunks, n_state)
         args = (_ptr(delta), _ptr(u), _ptr(A), _ptr(B), _ptr(C), *_bc_layout(B, dim), *_bc_layout(C, dim),
                 _ptr(delta_bias), int(delta_softplus), _ptr(D), _ptr(z),
-                _ptr(h0), _ptr(out), _ptr(checkpoints), _ptr(last), dim, length)
+                _ptr(h0), _ptr(restart), _ptr(out), _ptr(checkpoints), _ptr(last), dim, length)
         _run(lib.selective_scan_forward, _row_ranges(rows, _tasks(rows, 0)), lambda i: args)
-        ctx.save_for_backward(delta, u, A, B, C, D, z, delta_bias, checkpoints)
+        ctx.save_for_backward(delta, u, A, B, C, D, z, delta_bias, restart, checkpoints)
         ctx.has_h0, ctx.delta_softplus = h0 is not None, delta_softplus
         return out, last
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out, d_last):
-        delta, u, A, B, C, D, z, delta_bias, checkpoints = ctx.saved_tensors
+        delta, u, A, B, C, D, z, delta_bias, restart, checkpoints = ctx.saved_tensors
         batch, dim, length = u.shape
         n_state = A.shape[1]
         lib = _kernels(n_state)
@@ -138,14 +139,14 @@ class _Scan(torch.autograd.Function):
         d_C = C.new_zeros(len(ranges), *C.shape)
         d_h0 = u.new_empty(batch, dim, n_state) if ctx.has_h0 else None
         common = (_ptr(delta), _ptr(u), _ptr(A), _ptr(B), _ptr(C), *_bc_layout(B, dim), *_bc_layout(C, dim),
-                  _ptr(delta_bias), int(ctx.delta_softplus), _ptr(D), _ptr(z),
+                  _ptr(delta_bias), int(ctx.delta_softplus), _ptr(D), _ptr(z), _ptr(restart),
                   _ptr(checkpoints), _ptr(d_out), _ptr(d_last),
                   _ptr(d_delta), _ptr(d_u), _ptr(d_z), _ptr(d_bias_rows), _ptr(d_D_rows))
         _run(lib.selective_scan_backward, ranges,
              lambda i: (*common, _ptr(d_A[i]), _ptr(d_B[i]), _ptr(d_C[i]), _ptr(d_h0), dim, length))
         return (d_delta, d_u, d_A.sum(0), d_B.sum(0), d_C.sum(0),
                 None if D is None else d_D_rows.sum(0), d_z,
-                None if delta_bias is None else d_bias_rows.sum(0), d_h0, None)
+                None if delta_bias is None else d_bias_rows.sum(0), d_h0, None, None)
 
 
 def _as_groups(X: torch.Tensor, batch: int, dim: int, length: int, n_state: int, name: str) -> torch.Tensor:
@@ -176,8 +177,10 @@ def _check_shapes(u, delta, A, D, z, delta_bias, initial_state):
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, initial_state=None):
-    """Same arguments and results as ``ops.selective_scan.reference.selective_scan``; CPU tensors only."""
+                   return_last_state=False, initial_state=None, seq_idx=None):
+    """Same arguments and results as ``ops.selective_scan.reference.selective_scan``; CPU tensors only.
+
+    seq_idx (batch, L): packed documents, reset inside the kernel (no per-document gather, no padding)."""
     if A.is_complex():
         raise ValueError("selective_scan: complex A is not supported (real A only, as in Mamba-1 language models)")
     _check_shapes(u, delta, A, D, z, delta_bias, initial_state)
@@ -196,7 +199,14 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     def f32(t):
         return None if t is None else t.float().contiguous()
 
+    restart = None
+    if seq_idx is not None:
+        from ops.packing import check_seq_idx, document_starts
+        check_seq_idx(seq_idx, batch, length, "selective_scan")
+        restart = document_starts(seq_idx)
+        restart[:, 0] = False  # position 0 continues from initial_state, as in the reference
+        restart = restart.to(torch.uint8).contiguous() if bool(restart.any()) else None
     out, last = _Scan.apply(f32(delta), f32(u), f32(A), B4, C4, f32(D), f32(z), f32(delta_bias), f32(initial_state),
-                            bool(delta_softplus))
+                            restart, bool(delta_softplus))
     out = out.to(u.dtype)
     return (out, last) if return_last_state else out

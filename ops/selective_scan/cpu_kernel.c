@@ -17,6 +17,8 @@
  *   B, C, d_B, d_C: element (b, g, t, n) at b*s_b + g*s_g + t*s_t + n, where g = d / channels_per_group
  *     (each of B and C has its own strides and grouping); a stride of 0 broadcasts (time-invariant B/C)
  *   h0, last, d_last, d_h0: (rows, NSTATE); checkpoints: (rows, n_chunks, NSTATE)
+ *   restart: (batch, L) bytes or NULL; nonzero at step t means the decay into t is 0 (packed documents: the state
+ *     starts from zero at each document's first step, as in the reference's seq_idx)
  * NSTATE and CHUNK are compile-time constants (-D), so h[] stays in registers and the n loops vectorise.
  * Rows [row_begin, row_end) are done by one call; callers split rows across threads, each thread with its own
  * d_A / d_B / d_C accumulators (they are sums over rows).
@@ -97,7 +99,7 @@ void selective_scan_forward(const float *restrict delta, const float *restrict u
                             int64_t B_batch_stride, int64_t B_group_stride, int64_t B_time_stride, int64_t B_group,
                             int64_t C_batch_stride, int64_t C_group_stride, int64_t C_time_stride, int64_t C_group,
                             const float *restrict delta_bias, int64_t delta_softplus, const float *restrict D,
-                            const float *restrict z, const float *restrict h0,
+                            const float *restrict z, const float *restrict h0, const uint8_t *restrict restart,
                             float *restrict out, float *restrict checkpoints, float *restrict last,
                             int64_t dim, int64_t length, int64_t row_begin, int64_t row_end) {
     const bc_layout sb = {B_batch_stride, B_group_stride, B_time_stride, B_group};
@@ -122,6 +124,8 @@ void selective_scan_forward(const float *restrict delta, const float *restrict u
                 const float dt = dts[t - t0];
                 const float dtu = dt * u_row[t];
                 const float *b_t = B + bc_offset(&sb, b, d, t), *c_t = C + bc_offset(&sc, b, d, t);
+                if (restart && restart[b * length + t])   /* a document starts: nothing of the previous one decays in */
+                    for (int n = 0; n < NSTATE; ++n) h[n] = 0.0f;
                 float acc = 0.0f;
                 for (int n = 0; n < NSTATE; ++n) {
                     h[n] = exp_fast(dt * a_row[n]) * h[n] + dtu * b_t[n];
@@ -149,7 +153,8 @@ void selective_scan_backward(const float *restrict delta, const float *restrict 
                              int64_t B_batch_stride, int64_t B_group_stride, int64_t B_time_stride, int64_t B_group,
                              int64_t C_batch_stride, int64_t C_group_stride, int64_t C_time_stride, int64_t C_group,
                              const float *restrict delta_bias, int64_t delta_softplus, const float *restrict D,
-                             const float *restrict z, const float *restrict checkpoints,
+                             const float *restrict z, const uint8_t *restrict restart,
+                             const float *restrict checkpoints,
                              const float *restrict d_out, const float *restrict d_last,
                              float *restrict d_delta, float *restrict d_u, float *restrict d_z,
                              float *restrict d_delta_bias_rows, float *restrict d_D_rows,
@@ -187,8 +192,10 @@ void selective_scan_backward(const float *restrict delta, const float *restrict 
                 const float *b_t = B + bc_offset(&sb, b, d, t);
                 const float *hp = states[t - t0];
                 float *h = states[t - t0 + 1], *dc = decay[t - t0];
+                /* a zero decay into a document's first step also stops g and q there (no gradient crosses it) */
+                const float keep = restart && restart[b * length + t] ? 0.0f : 1.0f;
                 for (int n = 0; n < NSTATE; ++n) {
-                    dc[n] = exp_fast(dt * a_row[n]);
+                    dc[n] = keep * exp_fast(dt * a_row[n]);
                     h[n] = dc[n] * hp[n] + dtu * b_t[n];
                 }
             }

@@ -36,7 +36,7 @@ def test_causal_conv1d_taps_stop_at_a_document_boundary(backend):
 
 @pytest.mark.parametrize("backend", ["auto", "reference", "triton"])
 def test_selective_scan_restarts_its_state_at_each_document(backend, triton_device):
-    """reference: the decay into a document is 0; auto (the CPU kernel here) and triton: one row per document."""
+    """reference and auto (the CPU kernel here): the decay into a document is 0; triton: one row per document."""
     torch.manual_seed(0)
     L = sum(LENGTHS)
     u, delta, z = torch.randn(1, 4, L), torch.randn(1, 4, L), torch.randn(1, 4, L)

@@ -1,7 +1,8 @@
 """The compiled CPU selective scan (ops/selective_scan/cpu.py) against the reference: outputs, last state and the
 gradient of every input, on random inputs, ragged lengths (not a multiple of its 64-step chunk), every B/C
 layout, with and without each option, fp32/bf16/fp64 inputs, a long sequence with strong and weak decays, rows
-split across threads; and that ``backend="auto"`` on CPU picks it (and falls back to the reference without it)."""
+split across threads, packed documents (seq_idx, reset inside the kernel); and that ``backend="auto"`` on CPU picks it (and falls back to the reference without it)."""
+import functools
 import importlib
 
 import pytest
@@ -53,8 +54,10 @@ def run(scan, inputs, dtype, softplus, seed=1):
     return {"out": out, "last state": last, **{f"d {k}": v.grad for k, v in leaves.items() if v is not None}}
 
 
-def assert_matches_reference(inputs, dtype=torch.float32, softplus=True, scale=1.0):
-    got, want = run(cpu.selective_scan, inputs, dtype, softplus), run(reference_scan, inputs, dtype, softplus)
+def assert_matches_reference(inputs, dtype=torch.float32, softplus=True, scale=1.0, seq_idx=None):
+    kernel = functools.partial(cpu.selective_scan, seq_idx=seq_idx)
+    reference = functools.partial(reference_scan, seq_idx=seq_idx)
+    got, want = run(kernel, inputs, dtype, softplus), run(reference, inputs, dtype, softplus)
     assert got.keys() == want.keys()
     assert got["out"].dtype == want["out"].dtype == dtype
     for name in want:
@@ -90,6 +93,39 @@ def test_long_sequence_stays_accurate(decay):
     if decay == "weak":
         inputs["delta_bias"] = torch.full((4,), -4.0)   # softplus(-4) ~ 0.018: a state that lasts ~1000s of steps
     assert_matches_reference(inputs)
+
+
+def packed(length: int, *rows_of_starts) -> torch.Tensor:
+    """seq_idx (rows, length) whose row i starts a new document at each position in rows_of_starts[i]."""
+    seq_idx = torch.zeros(len(rows_of_starts), length, dtype=torch.long)
+    for row, starts in enumerate(rows_of_starts):
+        for start in starts:
+            seq_idx[row, start:] += 1
+    return seq_idx
+
+
+@pytest.mark.parametrize("starts", [[1, 63], [64, 65, 129], [5, 6, 7, 100, 149]], ids=str)
+@pytest.mark.parametrize("layout", ["invariant", "variable", "grouped"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_packed_documents_reset_in_the_kernel_like_the_reference(starts, layout, dtype):
+    """Boundaries beside and on the 64-step chunk edges, one-step documents, a document at the last step; the
+    second row has one document (no reset), the initial state reaches each row's first document only."""
+    inputs = make_inputs(length=150, b_layout=layout, c_layout=layout)
+    assert_matches_reference(inputs, dtype, seq_idx=packed(150, starts, []))
+
+
+def test_auto_resets_packed_documents_in_the_cpu_kernel_without_a_gather(monkeypatch):
+    calls = []
+    kernel = cpu.selective_scan
+    monkeypatch.setattr(cpu, "selective_scan", lambda *a, **kw: calls.append(kw.get("seq_idx")) or kernel(*a, **kw))
+    monkeypatch.setattr("ops.packing.DocumentLayout", None)  # a gather would fail here
+    inputs = make_inputs(batch=2, length=40)
+    seq_idx = packed(40, [10, 30], [3])
+    out, last = ops.selective_scan(**inputs, delta_softplus=True, seq_idx=seq_idx, return_last_state=True)
+    assert len(calls) == 1 and calls[0] is seq_idx
+    want, want_last = reference_scan(**inputs, delta_softplus=True, seq_idx=seq_idx, return_last_state=True)
+    assert_close("out", out, want, torch.float32)
+    assert_close("last state", last, want_last, torch.float32)
 
 
 def test_softplus_beyond_its_linear_threshold():
