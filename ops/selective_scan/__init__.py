@@ -14,36 +14,31 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     backend: "auto" (Triton on CUDA; on CPU the compiled kernel of ``ops.selective_scan.cpu`` when a C compiler
     is there, else the reference) | "reference" | "triton" | "cuda" (mamba_ssm's CUDA kernel).
     seq_idx (batch, L) integer, packed sequences (see ops.packing): the state restarts from zero at each
-    document's first position. The reference and the CPU kernel do that in their scan (the decay into a document
-    is 0); the GPU backends run each document as its own row (gathered, padded at the end, gathered back),
-    without initial_state or return_last_state, which then go to the reference.
+    document's first position. The reference, the Triton kernel and the CPU kernel do that in their scan (the
+    decay into a document is 0); the cuda backend (mamba_ssm's Mamba-1 scan has no seq_idx) runs each document as
+    its own row (gathered, padded at the end, gathered back), without initial_state or return_last_state, which
+    then go to the reference.
     """
     which = resolve_backend(backend, u.device, "selective_scan", cuda_package="mamba_ssm")
     if seq_idx is not None:
         from ops.packing import check_seq_idx
         check_seq_idx(seq_idx, u.shape[0], u.shape[-1], "selective_scan")
-        if _cpu_kernel_runs(backend, u, A):
-            from ops.selective_scan import cpu
-            return cpu.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                                      initial_state=initial_state, seq_idx=seq_idx)
-        if backend != "reference" and initial_state is None and not return_last_state:
-            return _per_document(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, seq_idx)
-        from ops.selective_scan.reference import selective_scan as reference_scan
-        return reference_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state,
-                              initial_state=initial_state, seq_idx=seq_idx)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if which == "triton" and B.dim() >= 3 and C.dim() >= 3:
         from ops.selective_scan.triton import selective_scan as triton_scan
-        return triton_scan(*args, initial_state=initial_state)
+        return triton_scan(*args, initial_state=initial_state, seq_idx=seq_idx)
     if which == "cuda":
-        from ops.selective_scan.cuda import selective_scan as cuda_scan
-        return cuda_scan(*args, initial_state=initial_state)
+        if seq_idx is None:
+            from ops.selective_scan.cuda import selective_scan as cuda_scan
+            return cuda_scan(*args, initial_state=initial_state)
+        if initial_state is None and not return_last_state:
+            return _per_document(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, seq_idx)
     if _cpu_kernel_runs(backend, u, A):
         from ops.selective_scan import cpu
-        return cpu.selective_scan(*args, initial_state=initial_state)
+        return cpu.selective_scan(*args, initial_state=initial_state, seq_idx=seq_idx)
     # reference, and the time-invariant B/C cases that the Triton kernel leaves to it
     from ops.selective_scan.reference import selective_scan as reference_scan
-    return reference_scan(*args, initial_state=initial_state)
+    return reference_scan(*args, initial_state=initial_state, seq_idx=seq_idx)
 
 
 def _cpu_kernel_runs(backend, u, A) -> bool:

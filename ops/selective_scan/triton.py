@@ -109,12 +109,30 @@ def _last_row(x, R: tl.constexpr):
 
 
 @triton.jit
+def _restarts(restart_ptr, batch_id, L, t, HAS_RESTART: tl.constexpr):
+    """Whether each step t starts a packed document (its decay is 0): (1, ROWS, LANES), shared by the channels;
+    nothing is loaded without packing."""
+    if HAS_RESTART:
+        return tl.load(restart_ptr + batch_id * L + t, mask=t < L, other=0) != 0
+    return t < 0
+
+
+@triton.jit
+def _decay(dt, A2, restart, HAS_RESTART: tl.constexpr):
+    """exp(dt A) (A2 = A / ln 2), and 0 where a packed document starts: nothing of the previous one enters."""
+    decay = tl.exp2(dt * A2)
+    if HAS_RESTART:
+        decay = tl.where(restart, 0.0, decay)
+    return decay
+
+
+@triton.jit
 def _scan_fwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr, y_ptr, ckpt_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, restart_ptr, out_ptr, y_ptr, ckpt_ptr,
     DIM, L, N, G, CH_PER_GROUP, N_CHUNKS,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    SAVE_Y: tl.constexpr, GROUPED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-    ROWS: tl.constexpr,
+    SAVE_Y: tl.constexpr, GROUPED: tl.constexpr, HAS_RESTART: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_L: tl.constexpr, ROWS: tl.constexpr,
 ):
     # the chunk as a (BLOCK_D, ROWS, LANES) tile, step k * ROWS + r in row r of lane k (as in the backward)
     LANES: tl.constexpr = BLOCK_L // ROWS
@@ -141,6 +159,7 @@ def _scan_fwd_kernel(
         u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         dt, _ = _softplus_dt(delta_ptr, bias3, offs, mask, HAS_BIAS, SOFTPLUS)
         dtu = dt * u
+        restart = _restarts(restart_ptr, batch_id, L, t, HAS_RESTART)
         y = tl.zeros((BLOCK_D, ROWS, LANES), dtype=tl.float32)
         for n in range(0, N):
             A2 = (tl.load(A_ptr + d_safe * N + n).to(tl.float32) * 1.4426950408889634)[:, None, None]
@@ -148,7 +167,7 @@ def _scan_fwd_kernel(
             Bn = tl.load(B_ptr + bc, mask=mask, other=0.0).to(tl.float32)
             Cn = tl.load(C_ptr + bc, mask=mask, other=0.0).to(tl.float32)
             h_in = tl.load(ckpt_ptr + ckpt_row + c * N + n)[:, None]
-            decay = tl.exp2(dt * A2)
+            decay = _decay(dt, A2, restart, HAS_RESTART)
             # within each lane's rows from a zero state, then across the lanes (the chunk's state enters at lane 0)
             P, H = tl.associative_scan((decay, dtu * Bn), 1, _combine)
             P_lane, H_lane = _last_row(P, ROWS), _last_row(H, ROWS)
@@ -180,11 +199,12 @@ def _flip_lanes(x, LANES: tl.constexpr):
 
 @triton.jit
 def _scan_bwd_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, ckpt_ptr, g_out_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, restart_ptr, y_ptr, ckpt_ptr, g_out_ptr,
     g_u_ptr, g_delta_ptr, g_z_ptr, g_A_ptr, g_B_ptr, g_C_ptr, g_D_ptr, g_bias_ptr, lam_ptr, scratch_ptr,
     DIM, L, L_PAD, N, G, CH_PER_GROUP, N_CHUNKS,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    GROUPED: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, ROWS: tl.constexpr,
+    GROUPED: tl.constexpr, HAS_RESTART: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    ROWS: tl.constexpr,
 ):
     # A chunk's BLOCK_L steps as a (BLOCK_D, ROWS, LANES) tile: step k * ROWS + r of the chunk is row r of lane k,
     # so each thread holds ROWS consecutive steps (the contiguity hint of 1 keeps the rows within the thread, so no
@@ -243,6 +263,8 @@ def _scan_bwd_kernel(
         dt_next = tl.load(dt_slot + step + 1, mask=(step + 1 < BLOCK_L) & dmask3, other=0.0)
         dt_next = tl.where(is_chunk_last, dt_end, dt_next)
         tl.debug_barrier()  # the next chunk overwrites the slot
+        restart = _restarts(restart_ptr, batch_id, L, t, HAS_RESTART)
+        restart_next = _restarts(restart_ptr, batch_id, L, t + 1, HAS_RESTART)  # a_{t+1} = 0 stops lambda there
         g_u_acc = tl.zeros((BLOCK_D, ROWS, LANES), dtype=tl.float32)   # sum_n lambda B
         g_dt_acc = tl.zeros((BLOCK_D, ROWS, LANES), dtype=tl.float32)  # sum_n A lambda a h_prev
 
@@ -254,7 +276,7 @@ def _scan_bwd_kernel(
             Cn = tl.load(C_ptr + bc, mask=mask, other=0.0).to(tl.float32)
             h_in = tl.load(ckpt_ptr + ckpt_row + c * N + n)[:, None]
             lam_in = tl.load(lam_ptr + state_row + n)[:, None]
-            decay = tl.exp2(dt * A2)
+            decay = _decay(dt, A2, restart, HAS_RESTART)
             x = dtu * Bn
 
             # states in time order, from the chunk's checkpoint: within each lane's rows, then across the lanes
@@ -269,7 +291,8 @@ def _scan_bwd_kernel(
             # adjoint lambda_t = a_{t+1} lambda_{t+1} + g_y_t C_t, run backwards: within each lane's rows read
             # reversed (a register renaming), then across the lanes read reversed (a flip within the warp)
             g_yC = g_y * Cn
-            Q, Lr = tl.associative_scan((tl.flip(tl.exp2(dt_next * A2), 1), tl.flip(g_yC, 1)), 1, _combine)
+            decay_next = _decay(dt_next, A2, restart_next, HAS_RESTART)
+            Q, Lr = tl.associative_scan((tl.flip(decay_next, 1), tl.flip(g_yC, 1)), 1, _combine)
             Q_lane, L_lane = _flip_lanes(_last_row(Q, ROWS), LANES), _flip_lanes(_last_row(Lr, ROWS), LANES)
             L_lane = tl.where(k2 == 0, Q_lane * lam_in + L_lane, L_lane)  # lambda from the later chunk
             _, lam_first, _, lam_start = tl.associative_scan(
@@ -280,7 +303,7 @@ def _scan_bwd_kernel(
             tl.store(lam_ptr + state_row[:, None] + n + 0 * k2, lam_first,
                      mask=(k2 == LANES - 1) & d_mask[:, None])
 
-            q = lam * (h - x)  # lambda_t a_t h_{t-1}
+            q = lam * (h - x)  # lambda_t a_t h_{t-1} (exactly 0 at a restart, where a_t = 0 gives h = x)
             g_u_acc += lam * Bn
             g_dt_acc += A_n[:, None, None] * q
             g_A_old = tl.load(g_A_ptr + state_row + n)
@@ -364,7 +387,7 @@ def _as_grouped(X):
 
 class SelectiveScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, restart, save):
         batch, dim, length = u.shape
         n_state = A.shape[1]
         b_shape, c_shape = B.shape, C.shape
@@ -388,14 +411,14 @@ class SelectiveScanFn(torch.autograd.Function):
             ckpt[:, :, 0] = 0.0
         grid = (triton.cdiv(dim, block_d), batch)
         _scan_fwd_kernel[grid](
-            u, delta, A, B, C, D, z, delta_bias, out, y, ckpt,
+            u, delta, A, B, C, D, z, delta_bias, restart, out, y, ckpt,
             dim, length, n_state, groups, dim // groups, n_chunks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), SAVE_Y=save_y, GROUPED=groups > 1,
+            SOFTPLUS=bool(delta_softplus), SAVE_Y=save_y, GROUPED=groups > 1, HAS_RESTART=restart is not None,
             BLOCK_D=block_d, BLOCK_L=block_l, ROWS=tile_rows(block_l), num_warps=warps,
         )
         if save:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, y, ckpt)
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, restart, y, ckpt)
             ctx.delta_softplus = bool(delta_softplus)
             ctx.b_shape, ctx.c_shape = b_shape, c_shape
             ctx.h0_dtype = initial_state.dtype if initial_state is not None else None
@@ -403,7 +426,7 @@ class SelectiveScanFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_out, g_last):
-        u, delta, A, B, C, D, z, delta_bias, y, ckpt = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, restart, y, ckpt = ctx.saved_tensors
         batch, dim, length = u.shape
         n_state, groups = A.shape[1], B.shape[1]
         block_d, block_l, warps = _tiles(backward=True)
@@ -423,11 +446,11 @@ class SelectiveScanFn(torch.autograd.Function):
         grid = (triton.cdiv(dim, block_d), batch)
         scratch = torch.empty(batch * grid[0] * block_d * block_l, device=u.device, dtype=torch.float32)
         _scan_bwd_kernel[grid](
-            u, delta, A, B, C, D, z, delta_bias, y, ckpt, g_out.contiguous(),
+            u, delta, A, B, C, D, z, delta_bias, restart, y, ckpt, g_out.contiguous(),
             g_u, g_delta, g_z, g_A, g_B, g_C, g_D, g_bias, lam, scratch,
             dim, length, n_chunks * block_l, n_state, groups, dim // groups, n_chunks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.delta_softplus, GROUPED=groups > 1,
+            SOFTPLUS=ctx.delta_softplus, GROUPED=groups > 1, HAS_RESTART=restart is not None,
             BLOCK_D=block_d, BLOCK_L=block_l, ROWS=tile_rows(block_l), num_warps=warps,
         )
         g_h0 = None
@@ -442,12 +465,13 @@ class SelectiveScanFn(torch.autograd.Function):
                 g_B[..., :length].to(B.dtype).reshape(ctx.b_shape), g_C[..., :length].to(C.dtype).reshape(ctx.c_shape),
                 g_D.sum(0).to(D.dtype) if D is not None else None, g_z,
                 g_bias.sum(0).to(delta_bias.dtype) if delta_bias is not None else None, None,
-                g_h0, None)
+                g_h0, None, None)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   return_last_state=False, initial_state=None):
-    """Triton selective scan for variable B/C; same arguments and results as the reference."""
+                   return_last_state=False, initial_state=None, seq_idx=None):
+    """Triton selective scan for variable B/C; same arguments and results as the reference (seq_idx included:
+    packed documents restart in the kernel, a zero decay at each document's first step)."""
     _check_real(A)
     if B.dim() < 3 or C.dim() < 3:
         raise ValueError("selective_scan (triton): B and C must vary with time, (batch, N, L) or (batch, G, N, L)")
@@ -460,5 +484,18 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     # the pre-gate output is kept only when a backward can follow (not in inference)
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
-    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, save)
+    out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                      _restart_flags(seq_idx, u), save)
     return (out, last) if return_last_state else out
+
+
+def _restart_flags(seq_idx, u):
+    """(batch, L) uint8, 1 where a packed document starts after position 0 (position 0 continues from the initial
+    state, as in the reference); None without packing or with one document per row."""
+    if seq_idx is None:
+        return None
+    from ops.packing import check_seq_idx, document_starts
+    check_seq_idx(seq_idx, u.shape[0], u.shape[-1], "selective_scan")
+    restart = document_starts(seq_idx.to(u.device))
+    restart[:, 0] = False
+    return restart.to(torch.uint8).contiguous() if bool(restart.any()) else None

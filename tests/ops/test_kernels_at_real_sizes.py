@@ -88,6 +88,22 @@ def test_selective_scan(case):
     compare(f"selective_scan {case}", run_scan, inputs, scale=2.0 if length >= LONG else 1.0)
 
 
+def test_selective_scan_packed_documents():
+    """seq_idx at a real size: ~40 documents per 4096-step row (some at 512-step chunk edges), an initial state,
+    the last state; the kernels restart in place, the reference zeroes the decay into each document."""
+    inputs = scan_inputs(2, 256, 4096, 16, 0, True)
+    g = torch.Generator().manual_seed(1)
+    starts = torch.rand(2, 4096, generator=g) < 1 / 100
+    starts[:, [512, 1024, 1025, 4095]] = True
+    seq_idx = starts.long().cumsum(1).cuda()
+
+    def run(backend, *xs):
+        u, delta, A, B, C, D, z, bias, h0 = xs
+        return ops.selective_scan(u, delta, A, B, C, D, z, bias, delta_softplus=True, return_last_state=True,
+                                  initial_state=h0, backend=backend, seq_idx=seq_idx)
+    compare("selective_scan packed", run, inputs)
+
+
 # ---------------------------------------------------------------- linear recurrence, both forms
 LR_CASES = {"B4-T2048-D1536": (4, 2048, 1536), "ragged-B3-T1999-D700": (3, 1999, 700), "long-B2-T16k-D512": (2, LONG, 512)}
 
