@@ -1,4 +1,4 @@
-"""Comparison helpers for kernel tests: one tolerance rule per dtype, used by every op's tests."""
+"""Helpers for kernel tests: one tolerance rule per dtype, used by every op's tests, and packed-row inputs."""
 import torch
 
 # Relative RMS error allowed between a kernel and its fp32 reference, by the dtype of the kernel's inputs.
@@ -51,3 +51,12 @@ def assert_close_everywhere(name: str, actual: torch.Tensor, expected: torch.Ten
         raise AssertionError(
             f"{name}: at {where} got {a.flatten()[worst].item():.6g}, expected {e.flatten()[worst].item():.6g}: "
             f"error {ratio.flatten()[worst].item():.3g} x (RMS + |expected|) > {bound:.3g} for {dtype}")
+
+
+def packed_seq_idx(length: int, *rows_of_starts) -> torch.Tensor:
+    """seq_idx (rows, length) whose row i starts a new document at each position in ``rows_of_starts[i]``."""
+    seq_idx = torch.zeros(len(rows_of_starts), length, dtype=torch.long)
+    for row, starts in enumerate(rows_of_starts):
+        for start in starts:
+            seq_idx[row, start:] += 1
+    return seq_idx

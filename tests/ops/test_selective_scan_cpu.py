@@ -10,7 +10,7 @@ import torch
 
 import ops
 from ops.selective_scan.reference import selective_scan as reference_scan
-from ops.testing import assert_close
+from ops.testing import assert_close, packed_seq_idx
 from zoo.blocks.mamba import Mamba
 
 cpu = importlib.import_module("ops.selective_scan.cpu")
@@ -95,15 +95,6 @@ def test_long_sequence_stays_accurate(decay):
     assert_matches_reference(inputs)
 
 
-def packed(length: int, *rows_of_starts) -> torch.Tensor:
-    """seq_idx (rows, length) whose row i starts a new document at each position in rows_of_starts[i]."""
-    seq_idx = torch.zeros(len(rows_of_starts), length, dtype=torch.long)
-    for row, starts in enumerate(rows_of_starts):
-        for start in starts:
-            seq_idx[row, start:] += 1
-    return seq_idx
-
-
 @pytest.mark.parametrize("starts", [[1, 63], [64, 65, 129], [5, 6, 7, 100, 149]], ids=str)
 @pytest.mark.parametrize("layout", ["invariant", "variable", "grouped"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -111,7 +102,7 @@ def test_packed_documents_reset_in_the_kernel_like_the_reference(starts, layout,
     """Boundaries beside and on the 64-step chunk edges, one-step documents, a document at the last step; the
     second row has one document (no reset), the initial state reaches each row's first document only."""
     inputs = make_inputs(length=150, b_layout=layout, c_layout=layout)
-    assert_matches_reference(inputs, dtype, seq_idx=packed(150, starts, []))
+    assert_matches_reference(inputs, dtype, seq_idx=packed_seq_idx(150, starts, []))
 
 
 def test_auto_resets_packed_documents_in_the_cpu_kernel_without_a_gather(monkeypatch):
@@ -120,7 +111,7 @@ def test_auto_resets_packed_documents_in_the_cpu_kernel_without_a_gather(monkeyp
     monkeypatch.setattr(cpu, "selective_scan", lambda *a, **kw: calls.append(kw.get("seq_idx")) or kernel(*a, **kw))
     monkeypatch.setattr("ops.packing.DocumentLayout", None)  # a gather would fail here
     inputs = make_inputs(batch=2, length=40)
-    seq_idx = packed(40, [10, 30], [3])
+    seq_idx = packed_seq_idx(40, [10, 30], [3])
     out, last = ops.selective_scan(**inputs, delta_softplus=True, seq_idx=seq_idx, return_last_state=True)
     assert len(calls) == 1 and calls[0] is seq_idx
     want, want_last = reference_scan(**inputs, delta_softplus=True, seq_idx=seq_idx, return_last_state=True)

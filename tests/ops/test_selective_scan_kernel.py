@@ -11,7 +11,7 @@ import torch
 
 from ops.selective_scan import selective_scan
 from ops.selective_scan.reference import selective_scan as reference_scan
-from ops.testing import assert_close
+from ops.testing import assert_close, packed_seq_idx
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
@@ -39,15 +39,6 @@ def _inputs(batch, dim, length, n_state, groups=None, with_h0=True, seed=0):
                   delta_bias=torch.randn(dim, generator=g) * 0.5,
                   initial_state=torch.randn(batch, dim, n_state, generator=g) if with_h0 else None)
     return {k: (v.requires_grad_(True) if v is not None else None) for k, v in inputs.items()}
-
-
-def _packed(length: int, *rows_of_starts) -> torch.Tensor:
-    """seq_idx (rows, length) whose row i starts a new document at each position in rows_of_starts[i]."""
-    seq_idx = torch.zeros(len(rows_of_starts), length, dtype=torch.long)
-    for row, starts in enumerate(rows_of_starts):
-        for start in starts:
-            seq_idx[row, start:] += 1
-    return seq_idx
 
 
 def _compare(inputs, device, loss_on=("out", "last"), seq_idx=None):
@@ -91,12 +82,12 @@ def test_packed_documents_restart_inside_the_kernels(device, groups):
     """Row 0: documents from steps 1 (one step after the initial state's), 8 and 16 (chunk edges), 9 and 10
     (one-step documents), 23 (the last step); row 1: one document. The initial state reaches each row's first
     document only; no gradient crosses a boundary."""
-    _compare(_inputs(2, 6, 24, 3, groups=groups, seed=6), device, seq_idx=_packed(24, [1, 8, 9, 10, 16, 23], []))
+    _compare(_inputs(2, 6, 24, 3, groups=groups, seed=6), device, seq_idx=packed_seq_idx(24, [1, 8, 9, 10, 16, 23], []))
 
 
 def test_packed_gradient_through_the_last_state_alone(device):
     """The adjoint from the last state stops at the last document's start (steps 5 and 12, inside chunks)."""
-    _compare(_inputs(1, 4, 19, 2, seed=7), device, loss_on=("last",), seq_idx=_packed(19, [5, 12]))
+    _compare(_inputs(1, 4, 19, 2, seed=7), device, loss_on=("last",), seq_idx=packed_seq_idx(19, [5, 12]))
 
 
 @pytest.mark.parametrize("tiles, length, groups", [
@@ -112,7 +103,7 @@ def test_one_channel_per_program_as_launched(monkeypatch, device, tiles, length,
     _compare(_inputs(2, 4 if groups else 3, length, 3, groups=groups, seed=3), device)
     if groups:  # packed (in one case, for time): at a lane's first row, inside a lane, at the next chunk's first step
         starts = [4, 7, tiles[1], length - 1]
-        _compare(_inputs(2, 4, length, 3, groups=groups, seed=8), device, seq_idx=_packed(length, starts, [7]))
+        _compare(_inputs(2, 4, length, 3, groups=groups, seed=8), device, seq_idx=packed_seq_idx(length, starts, [7]))
 
 
 def test_launch_chunk_of_512_with_a_boundary_at_exactly_512(monkeypatch, device):
@@ -124,4 +115,4 @@ def test_launch_chunk_of_512_with_a_boundary_at_exactly_512(monkeypatch, device)
     _compare(_inputs(1, 2, kernel.BLOCK_L, 2, with_h0=False, seed=5), device, loss_on=("last",))
     # packed: a document from step 512 (the second chunk's first, the chunk-last step's a_{t+1} = 0), one from 520
     _compare(_inputs(1, 2, 2 * kernel.BLOCK_L + 3, 2, seed=9), device,
-             seq_idx=_packed(2 * kernel.BLOCK_L + 3, [kernel.BLOCK_L, kernel.BLOCK_L + 8]))
+             seq_idx=packed_seq_idx(2 * kernel.BLOCK_L + 3, [kernel.BLOCK_L, kernel.BLOCK_L + 8]))
