@@ -29,6 +29,14 @@ def document_starts(seq_idx: torch.Tensor) -> torch.Tensor:
     return starts
 
 
+def document_restarts(seq_idx: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) bool: True where a document starts after position 0, i.e. where a recurrence's decay is 0
+    (position 0 continues from an initial state, as without packing)."""
+    restarts = document_starts(seq_idx)
+    restarts[:, 0] = False
+    return restarts
+
+
 def positions_in_document(seq_idx: torch.Tensor) -> torch.Tensor:
     """(batch, seq) int64: each position's offset from the start of its document (0 at every start)."""
     index = torch.arange(seq_idx.shape[1], device=seq_idx.device).expand_as(seq_idx)

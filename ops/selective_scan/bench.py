@@ -1,6 +1,10 @@
 """Selective-scan cases for ``python -m zoo.bench ops selective_scan``: Mamba-1 training shapes
 (variable B/C, z gate, delta_bias, delta_softplus), ours against mamba-ssm's CUDA ``selective_scan_fn``; on CPU
-the compiled CPU kernel (ops/selective_scan/cpu.py) against the reference, which is then the ratio's baseline."""
+the compiled CPU kernel (ops/selective_scan/cpu.py) against the reference, which is then the ratio's baseline.
+
+One packed case (``seq_idx``, documents of random lengths): the kernel's in-place restarts against running each
+document as its own padded row through the same kernel (what mamba-ssm's Mamba-1 scan needs, and what ours did
+before), the ratio's baseline there."""
 import torch
 
 from zoo.bench.ops import OpCase, OpImpl
@@ -8,6 +12,8 @@ from zoo.bench.ops import OpCase, OpImpl
 GPU_SHAPES = [(8, 1536, 2048, 16), (2, 1536, 8192, 16), (8, 1536, 2048, 64)]   # (batch, dim, L, N), ANCHORS.md
 # the first is the default Mamba LM's training step on CPU (batch 64 x L 64, d_inner 128), then long and short rows
 CPU_SHAPES = [(64, 128, 64, 16), (4, 128, 1024, 16), (1, 64, 1024, 16)]
+# (batch, dim, L, N, mean document length): about 8 documents per row, geometric lengths
+GPU_PACKED_SHAPE, CPU_PACKED_SHAPE = (8, 1536, 2048, 16, 256), (32, 128, 128, 16, 16)
 # the reference materialises several (batch, dim, L, N) float32 tensors per scan step for autograd: time its
 # backward only where one such tensor stays under this size, so the anchor N=64 case cannot run out of memory
 REFERENCE_BACKWARD_MAX_BYTES = 2 << 30
@@ -53,6 +59,11 @@ def cases(preset: str, device: torch.device, dtype: torch.dtype) -> list[OpCase]
         cpu_kernel = cpu.selective_scan if cpu.available() else None
 
     out = []
+    ours = cpu_kernel if device.type == "cpu" else None
+    if device.type == "cuda":
+        from ops.selective_scan.triton import selective_scan as ours
+    if ours is not None:
+        out.append(_packed_case(ours, GPU_PACKED_SHAPE if preset == "gpu" else CPU_PACKED_SHAPE, device, dtype))
     for batch, dim, length, n_state in shapes:
         impls = [OpImpl("reference", lambda **kw: reference_scan(**kw, delta_softplus=True),
                         backward=batch * dim * length * n_state * 4 <= REFERENCE_BACKWARD_MAX_BYTES,
@@ -70,3 +81,25 @@ def cases(preset: str, device: torch.device, dtype: torch.dtype) -> list[OpCase]
             floor_bytes=_floor_bytes(batch, dim, length, n_state, dtype), impls=impls,
         ))
     return out
+
+
+def _packed_case(kernel, shape, device, dtype) -> OpCase:
+    """The kernel given seq_idx (restarts in place) against the same kernel on each document as its own row."""
+    from ops.selective_scan import _per_document
+    batch, dim, length, n_state, mean_document = shape
+
+    def make_inputs():
+        inputs = _inputs(batch, dim, length, n_state, device, dtype)
+        starts = torch.rand(batch, length, generator=torch.Generator().manual_seed(0)) < 1 / mean_document
+        inputs["seq_idx"] = starts.long().cumsum(1).to(device)
+        return inputs
+
+    def one_row_per_document(seq_idx, **kw):
+        args = [kw[name] for name in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+        return _per_document(*args, True, "auto", seq_idx, scan=kernel)
+
+    return OpCase(
+        op="selective_scan", shape=f"B{batch} D{dim} L{length} N{n_state} packed (mean document {mean_document})",
+        make_inputs=make_inputs, floor_bytes=_floor_bytes(batch, dim, length, n_state, dtype),
+        impls=[OpImpl("one row per document", one_row_per_document, peer=True),
+               OpImpl("restart in the kernel", lambda **kw: kernel(**kw, delta_softplus=True))])

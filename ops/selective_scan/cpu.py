@@ -23,6 +23,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ops._native import load, why_unavailable
+from ops.selective_scan.restarts import restart_flags
 
 KERNEL_SOURCE = Path(__file__).with_name("cpu_kernel.c")
 CHUNK = 64                          # steps between the forward's state checkpoints (the backward's recompute span)
@@ -199,14 +200,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     def f32(t):
         return None if t is None else t.float().contiguous()
 
-    restart = None
-    if seq_idx is not None:
-        from ops.packing import check_seq_idx, document_starts
-        check_seq_idx(seq_idx, batch, length, "selective_scan")
-        restart = document_starts(seq_idx)
-        restart[:, 0] = False  # position 0 continues from initial_state, as in the reference
-        restart = restart.to(torch.uint8).contiguous() if bool(restart.any()) else None
     out, last = _Scan.apply(f32(delta), f32(u), f32(A), B4, C4, f32(D), f32(z), f32(delta_bias), f32(initial_state),
-                            restart, bool(delta_softplus))
+                            restart_flags(seq_idx, u), bool(delta_softplus))
     out = out.to(u.dtype)
     return (out, last) if return_last_state else out

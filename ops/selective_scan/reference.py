@@ -127,11 +127,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         return (u.new_zeros(u.shape), state) if return_last_state else u.new_zeros(u.shape)
     decay = torch.exp(delta[..., None] * A32[:, None, :])                   # (b, d, L, N)
     if seq_idx is not None:
-        from ops.packing import check_seq_idx, document_starts
+        from ops.packing import check_seq_idx, document_restarts
         check_seq_idx(seq_idx, batch, length, "selective_scan")
-        restart = document_starts(seq_idx)
-        restart[:, 0] = False  # position 0 continues from initial_state, as without packing
-        decay = decay.masked_fill(restart[:, None, :, None], 0.0)
+        decay = decay.masked_fill(document_restarts(seq_idx)[:, None, :, None], 0.0)
     inp = (delta * u32)[..., None] * B4                                     # (b, d, L, N)
     h = _LinearScan.apply(decay, inp, initial)                              # (b, d, L, N)
 

@@ -42,6 +42,7 @@ import triton
 import triton.language as tl
 
 from ops.selective_scan.reference import _check_real
+from ops.selective_scan.restarts import restart_flags
 
 @triton.jit
 def _combine(a_left, x_left, a_right, x_right):
@@ -481,17 +482,6 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias, initial_state))
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                                      _restart_flags(seq_idx, u), save)
+                                      restart_flags(seq_idx, u), save)
     return (out, last) if return_last_state else out
 
-
-def _restart_flags(seq_idx, u):
-    """(batch, L) uint8, 1 where a packed document starts after position 0 (position 0 continues from the initial
-    state, as in the reference); None without packing or with one document per row."""
-    if seq_idx is None:
-        return None
-    from ops.packing import check_seq_idx, document_starts
-    check_seq_idx(seq_idx, u.shape[0], u.shape[-1], "selective_scan")
-    restart = document_starts(seq_idx.to(u.device))
-    restart[:, 0] = False
-    return restart.to(torch.uint8).contiguous() if bool(restart.any()) else None

@@ -232,3 +232,13 @@ def test_runs_in_a_forked_child_after_the_parent_used_its_threads(monkeypatch):
 def _scan_in_child(inputs):
     cpu.torch.get_num_threads = lambda: 2  # the fork copied the patched function; keep two threads explicitly
     return cpu.selective_scan(**inputs).detach()
+
+
+def test_the_packed_benchmark_case_times_two_ways_to_the_same_result():
+    """``zoo.bench ops selective_scan``'s packed case: in-kernel restarts and one row per document agree."""
+    from ops.selective_scan.bench import _packed_case
+    case = _packed_case(cpu.selective_scan, (2, 8, 40, 4, 6), torch.device("cpu"), torch.float32)
+    inputs = case.make_inputs()
+    assert int(inputs["seq_idx"][:, -1].min()) >= 2, "the case should pack several documents per row"
+    gathered, in_place = (impl.fn(**inputs) for impl in case.impls)
+    assert_close("packed benchmark outputs", in_place, gathered, torch.float32)
