@@ -22,8 +22,14 @@ def triton_device() -> torch.device:
     return torch.device("cpu")
 
 
+@pytest.fixture
+def interpreter_scan_tiles() -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_L) of the selective scan under the interpreter; a folder's conftest may override it."""
+    return (4, 16)
+
+
 @pytest.fixture(autouse=True)
-def small_scan_tiles_in_the_interpreter(monkeypatch):
+def small_scan_tiles_in_the_interpreter(monkeypatch, interpreter_scan_tiles):
     """The interpreter runs a kernel as NumPy, one program at a time: at the selective scan's launch tiles (512 time
     steps per chunk) one small Mamba test takes minutes. Under the interpreter every test gets small tiles, which
     also make small inputs span several ragged chunks and channel blocks; a test may still set its own. On a GPU
@@ -33,4 +39,4 @@ def small_scan_tiles_in_the_interpreter(monkeypatch):
             from ops.selective_scan import triton as scan_kernel
         except ImportError:  # no triton installed: the Triton tests skip anyway
             return
-        monkeypatch.setattr(scan_kernel, "_TEST_TILES", (4, 16))
+        monkeypatch.setattr(scan_kernel, "_TEST_TILES", interpreter_scan_tiles)

@@ -49,9 +49,8 @@ def _cpu_kernel_runs(backend, u, A) -> bool:
     return cpu.available(A.shape[-1])
 
 
-def _per_document(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, seq_idx, scan=None):
-    """The scan of each packed document as its own row: any backend (or ``scan``, a scan function with this
-    module's arguments less backend), the padding after a document unread."""
+def _per_document(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, seq_idx):
+    """The scan of each packed document as its own row: any backend, the padding after a document unread."""
     from ops.packing import DocumentLayout
     layout = DocumentLayout(seq_idx)
 
@@ -59,8 +58,8 @@ def _per_document(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, 
         return None if t is None or t.dim() < 3 else layout.unpack(t.movedim(-1, 1)).movedim(1, -1)
     B = unpack(B) if B.dim() >= 3 else B
     C = unpack(C) if C.dim() >= 3 else C
-    args = (unpack(u), unpack(delta), A, B, C, D, unpack(z), delta_bias, delta_softplus)
-    out = scan(*args) if scan is not None else selective_scan(*args, backend=backend)
+    out = selective_scan(unpack(u), unpack(delta), A, B, C, D, unpack(z), delta_bias, delta_softplus,
+                         backend=backend)
     return layout.repack(out.movedim(-1, 1)).movedim(1, -1)
 
 

@@ -59,11 +59,8 @@ def cases(preset: str, device: torch.device, dtype: torch.dtype) -> list[OpCase]
         cpu_kernel = cpu.selective_scan if cpu.available() else None
 
     out = []
-    ours = cpu_kernel if device.type == "cpu" else None
-    if device.type == "cuda":
-        from ops.selective_scan.triton import selective_scan as ours
-    if ours is not None:
-        out.append(_packed_case(ours, GPU_PACKED_SHAPE if preset == "gpu" else CPU_PACKED_SHAPE, device, dtype))
+    if device.type == "cuda" or cpu_kernel is not None:  # "auto" is then our kernel: Triton, or the C scan
+        out.append(_packed_case(GPU_PACKED_SHAPE if preset == "gpu" else CPU_PACKED_SHAPE, device, dtype))
     for batch, dim, length, n_state in shapes:
         impls = [OpImpl("reference", lambda **kw: reference_scan(**kw, delta_softplus=True),
                         backward=batch * dim * length * n_state * 4 <= REFERENCE_BACKWARD_MAX_BYTES,
@@ -83,9 +80,10 @@ def cases(preset: str, device: torch.device, dtype: torch.dtype) -> list[OpCase]
     return out
 
 
-def _packed_case(kernel, shape, device, dtype) -> OpCase:
-    """The kernel given seq_idx (restarts in place) against the same kernel on each document as its own row."""
-    from ops.selective_scan import _per_document
+def _packed_case(shape, device, dtype) -> OpCase:
+    """backend="auto" (our kernel on this device) given seq_idx, restarting in place, against the same kernel on
+    each document as its own row."""
+    from ops.selective_scan import _per_document, selective_scan
     batch, dim, length, n_state, mean_document = shape
 
     def make_inputs():
@@ -96,10 +94,10 @@ def _packed_case(kernel, shape, device, dtype) -> OpCase:
 
     def one_row_per_document(seq_idx, **kw):
         args = [kw[name] for name in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-        return _per_document(*args, True, "auto", seq_idx, scan=kernel)
+        return _per_document(*args, True, "auto", seq_idx)
 
     return OpCase(
         op="selective_scan", shape=f"B{batch} D{dim} L{length} N{n_state} packed (mean document {mean_document})",
         make_inputs=make_inputs, floor_bytes=_floor_bytes(batch, dim, length, n_state, dtype),
         impls=[OpImpl("one row per document", one_row_per_document, peer=True),
-               OpImpl("restart in the kernel", lambda **kw: kernel(**kw, delta_softplus=True))])
+               OpImpl("restart in the kernel", lambda **kw: selective_scan(**kw, delta_softplus=True))])

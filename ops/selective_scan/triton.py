@@ -484,4 +484,3 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     out, last = SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
                                       restart_flags(seq_idx, u), save)
     return (out, last) if return_last_state else out
-

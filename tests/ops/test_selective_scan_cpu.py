@@ -1,7 +1,8 @@
 """The compiled CPU selective scan (ops/selective_scan/cpu.py) against the reference: outputs, last state and the
 gradient of every input, on random inputs, ragged lengths (not a multiple of its 64-step chunk), every B/C
 layout, with and without each option, fp32/bf16/fp64 inputs, a long sequence with strong and weak decays, rows
-split across threads, packed documents (seq_idx, reset inside the kernel); and that ``backend="auto"`` on CPU picks it (and falls back to the reference without it)."""
+split across threads, packed documents (seq_idx, reset inside the kernel); and that ``backend="auto"`` on CPU
+picks it (and falls back to the reference without it)."""
 import functools
 import importlib
 
@@ -237,7 +238,7 @@ def _scan_in_child(inputs):
 def test_the_packed_benchmark_case_times_two_ways_to_the_same_result():
     """``zoo.bench ops selective_scan``'s packed case: in-kernel restarts and one row per document agree."""
     from ops.selective_scan.bench import _packed_case
-    case = _packed_case(cpu.selective_scan, (2, 8, 40, 4, 6), torch.device("cpu"), torch.float32)
+    case = _packed_case((2, 8, 40, 4, 6), torch.device("cpu"), torch.float32)
     inputs = case.make_inputs()
     assert int(inputs["seq_idx"][:, -1].min()) >= 2, "the case should pack several documents per row"
     gathered, in_place = (impl.fn(**inputs) for impl in case.impls)
