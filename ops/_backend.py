@@ -54,3 +54,27 @@ def resolve_backend(backend: str, device: torch.device, op: str, cuda_package: s
             raise ValueError(f"{op}: backend='cuda' needs the optional package {cuda_package!r} (pip install zoo[cuda])")
         return "cuda"
     return "reference"
+
+
+def resolve_peer_backend(backend: str, device: torch.device, op: str, peer: str, package: str,
+                         install: str) -> str:
+    """Backends of an op whose only fast GPU path is a maintained peer's kernel (fla, mamba-ssm).
+
+    Offered: "auto", "reference" and ``peer`` (e.g. "fla" or "cuda"). "auto" takes the peer on a CUDA device
+    when ``package`` is importable (we have no kernel of our own to prefer), else the reference; naming the
+    peer on a CPU, or without the package, is one clear error naming ``install``.
+    """
+    allowed = ("auto", "reference", peer)
+    if backend not in allowed:
+        raise ValueError(f"{op}: unknown backend {backend!r}; choose one of {', '.join(allowed)}")
+    device = torch.device(device)
+    on_gpu_with_peer = device.type == "cuda" and package_importable(package)
+    if backend == "auto":
+        return peer if on_gpu_with_peer else "reference"
+    if backend == peer:
+        if device.type != "cuda":
+            raise ValueError(f"{op}: backend={peer!r} needs a CUDA device, got {device.type!r}; "
+                             "use backend='reference' or 'auto' on CPU")
+        if not package_importable(package):
+            raise ValueError(f"{op}: backend={peer!r} needs the optional package {package!r} ({install})")
+    return backend
