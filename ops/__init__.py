@@ -1,8 +1,10 @@
-"""Sequence ops: one folder per op, each with a pure-PyTorch ``reference.py`` (the definition) and a fused
-``triton.py`` kernel (plus adapters to CUDA packages when they are installed).
+"""Sequence ops: one folder per op, each with a pure-PyTorch ``reference.py`` (the definition) and, where we
+wrote one, a fused ``triton.py`` kernel; adapters to the peers' kernels (``cuda.py`` for mamba-ssm and
+causal-conv1d, ``fla.py`` for fla) where a maintained package has the fast GPU path; a compiled CPU path where the
+CPU needs one. ``causal_conv1d`` has no kernel of its own (its reference is one grouped conv).
 
-The public functions dispatch on ``backend`` ("auto" | "reference" | "triton" | "cuda"). Each op's package
-``__init__`` is light (Triton and CUDA packages are imported only when a backend needs them).
+The public functions dispatch on ``backend`` (``ops._backend`` says what "auto" takes). Each op's package
+``__init__`` is light: Triton and the peers' packages are imported only when a backend needs them.
 """
 import importlib
 

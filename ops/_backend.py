@@ -1,4 +1,10 @@
-"""Which implementation of an op runs: one rule for every op, so "auto" means the same thing everywhere."""
+"""Which implementation of an op runs.
+
+``resolve_backend`` is the rule for ops with a kernel of our own: "auto" is our Triton kernel on CUDA and the
+reference elsewhere, except where an op's dispatcher knows a faster CPU path (e.g. the selective scan's
+compiled C kernel) and takes it before asking here. ``resolve_peer_backend`` is the rule for ops whose only GPU
+kernel is a maintained peer's (fla, mamba-ssm): "auto" takes the peer on CUDA when it is installed.
+"""
 import importlib.util
 import os
 

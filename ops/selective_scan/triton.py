@@ -346,20 +346,17 @@ def _scan_bwd_kernel(
 BLOCK_L = 512
 FWD_BLOCK_D, FWD_WARPS = 1, 1
 BWD_BLOCK_D, BWD_WARPS = 1, 1
-# Kept so that older tests that vary it still run: the states are checkpointed at every chunk boundary (every
-# BLOCK_L >= 512 steps in launches), and this no longer changes the kernel.
-CKPT_EVERY = 1
 
 # Test hooks. _TEST_TILES forces (BLOCK_D, BLOCK_L): tiny tiles keep interpreter tests fast and make small inputs
-# span several ragged chunks and channel blocks. _NAN_FILL fills fresh output buffers with NaN, so an unwritten
+# span several ragged chunks and channel blocks. FILL_FRESH_BUFFERS_WITH_NAN fills fresh output buffers with NaN, so an unwritten
 # entry fails the comparison.
 _TEST_TILES = None
-_NAN_FILL = False
+FILL_FRESH_BUFFERS_WITH_NAN = False
 
 
 def _fresh(shape, like, dtype=None):
     dtype = dtype or like.dtype
-    if _NAN_FILL:
+    if FILL_FRESH_BUFFERS_WITH_NAN:
         return torch.full(shape, float("nan"), device=like.device, dtype=dtype)
     return torch.empty(shape, device=like.device, dtype=dtype)
 

@@ -39,13 +39,50 @@ def test_band_mask():
     assert torch.equal(mask, expected)
 
 
-def test_rotary_makes_attention_position_aware():
-    """With rotary positions, shifting the whole prompt by one token of padding changes the scores."""
+def rotated(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """RoFormer's rotation written as complex multiplication: channel c and c + dim/2 form the number rotated by
+    position * base^(-2c/dim). x: (..., seq, dim), in float64."""
+    half = x.shape[-1] // 2
+    frequencies = base ** (-torch.arange(half, dtype=torch.float64) * 2 / x.shape[-1])
+    turn = torch.polar(torch.ones(len(positions), half, dtype=torch.float64),
+                       positions.double()[:, None] * frequencies)
+    pairs = torch.complex(x[..., :half].double(), x[..., half:].double()) * turn
+    return torch.cat([pairs.real, pairs.imag], dim=-1)
+
+
+def rotary_scores(mixer: Attention, x: torch.Tensor, first_position: int) -> torch.Tensor:
+    """Each head's q.k scores (batch, heads, seq, seq), from the projection weights split into heads here, not by
+    the mixer, with the rotation above."""
+    batch, seq, d_model = x.shape
+    w_q, w_k, _ = mixer.qkv_proj.weight.double().chunk(3, dim=0)
+    heads = [slice(h * mixer.head_dim, (h + 1) * mixer.head_dim) for h in range(mixer.num_heads)]
+    positions = torch.arange(first_position, first_position + seq)
+    q = torch.stack([rotated(x.double() @ w_q[h].T, positions) for h in heads], dim=1)
+    k = torch.stack([rotated(x.double() @ w_k[h].T, positions) for h in heads], dim=1)
+    return q @ k.transpose(-1, -2)
+
+
+def test_rotary_scores_depend_only_on_relative_position():
+    """The same tokens placed at positions 0.. or 37.. give the same scores (relative positions), different from
+    the scores without rotation; and the mixer computes exactly these scores, at either offset."""
     torch.manual_seed(0)
-    with_rotary, without = Attention(16, num_heads=1), Attention(16, num_heads=1, rotary=False)
-    without.load_state_dict(with_rotary.state_dict())
-    x = torch.randn(1, 6, 16)
-    assert not torch.allclose(with_rotary(x), without(x))
+    mixer = Attention(16, num_heads=2).double()
+    x = torch.randn(1, 6, 16, dtype=torch.float64)
+    at_start, shifted = rotary_scores(mixer, x, 0), rotary_scores(mixer, x, 37)
+    torch.testing.assert_close(shifted, at_start)
+    w_q, w_k, _ = mixer.qkv_proj.weight.chunk(3, dim=0)
+    unrotated = (x @ w_q.T).view(1, 6, 2, 8).transpose(1, 2) @ (x @ w_k.T).view(1, 6, 2, 8).permute(0, 2, 3, 1)
+    assert not torch.allclose(at_start, unrotated), "the rotation changes the scores"
+    causal = torch.ones(6, 6, dtype=torch.bool).tril()
+    for first_position in (0, 37):
+        cache = mixer.allocate_cache(1)
+        cache.seen = first_position  # an empty cache that says 37 tokens went before: positions start there
+        with torch.no_grad():
+            y = mixer(x, cache=cache) if first_position else mixer(x)
+        scores = rotary_scores(mixer, x, first_position).masked_fill(~causal, float("-inf")) / math.sqrt(8)
+        v = (x @ mixer.qkv_proj.weight.chunk(3, dim=0)[2].T).view(1, 6, 2, 8).transpose(1, 2)
+        expected = mixer.out_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(1, 6, 16))
+        torch.testing.assert_close(y, expected)
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -24,7 +24,7 @@ def nan_filled_buffers(monkeypatch):
     from ops.selective_scan import triton as selective_scan
     monkeypatch.setattr(based, "FILL_FRESH_BUFFERS_WITH_NAN", True)
     monkeypatch.setattr(linear_recurrence, "FILL_FRESH_BUFFERS_WITH_NAN", True)
-    monkeypatch.setattr(selective_scan, "_NAN_FILL", True)
+    monkeypatch.setattr(selective_scan, "FILL_FRESH_BUFFERS_WITH_NAN", True)
 
 
 def leaves(*tensors):

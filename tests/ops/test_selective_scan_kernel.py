@@ -20,7 +20,7 @@ NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 def small_nan_filled_tiles(monkeypatch):
     from ops.selective_scan import triton as kernel
     monkeypatch.setattr(kernel, "_TEST_TILES", (4, 8))
-    monkeypatch.setattr(kernel, "_NAN_FILL", True)
+    monkeypatch.setattr(kernel, "FILL_FRESH_BUFFERS_WITH_NAN", True)
 
 
 @pytest.fixture(autouse=True)

@@ -50,6 +50,7 @@ def _flex_sliding_window(q, k, v, window: int):
 @register_mixer("attention")
 class Attention(Mixer):
     backends = ("auto", "reference", "triton")  # "triton" = flex_attention for the sliding window on CUDA
+    triton_runs_in_interpreter = False
     def __init__(self, d_model: int, layer_idx: int = 0, backend: str = "auto", num_heads: int = 1,
                  window: int | None = None, rotary: bool = True, rotary_base: float = 10000.0, bias: bool = False):
         super().__init__(d_model, layer_idx, backend)

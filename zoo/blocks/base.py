@@ -39,6 +39,9 @@ class Mixer(nn.Module):
 
     # the backends a block offers; a block without a CUDA-package path leaves "cuda" out
     backends: tuple[str, ...] = ("auto", "reference", "triton", "cuda")
+    # False where "triton" names a path compiled only on CUDA (attention's flex_attention), which Triton's CPU
+    # interpreter cannot run: there the generic Triton-vs-reference test has nothing to compare on a CPU
+    triton_runs_in_interpreter: bool = True
 
     def __init__(self, d_model: int, layer_idx: int = 0, backend: str = "auto"):
         super().__init__()

@@ -13,8 +13,9 @@ contract: ``Mamba(d_model, layer_idx=0, backend="auto", d_state=16, ...)``.
 Decoding keeps the last d_conv - 1 conv inputs and the (d_inner, d_state) SSM state: a fixed-size state.
 
 Packed rows (``seq_idx``): the conv's taps stop at a document boundary and the scan's state restarts at each
-document, on every backend (``ops.selective_scan``: the reference zeroes the decay into a document, the kernels
-run each document as its own row).
+document, on every backend (``ops.selective_scan``: the reference and our Triton and CPU kernels zero the decay into
+a document's first step, in place; only mamba-ssm's CUDA scan, which has no ``seq_idx``, runs each document as its
+own row).
 
 ``init="mimetic"`` (off by default; ``model=mamba_mimetic`` / ``conv_mamba_mimetic``): the structured
 initialisation of Trockman et al. 2024, "Mimetic initialization helps state space models learn to recall"

@@ -7,20 +7,21 @@ MIXERS: dict[str, type[nn.Module]] = {}
 MLPS: dict[str, type[nn.Module]] = {}
 
 
-def register_mixer(name: str):
+def _register(table: dict, kind: str, name: str):
     def add(cls):
-        if name in MIXERS and MIXERS[name] is not cls:
-            raise ValueError(f"mixer name {name!r} is already taken by {MIXERS[name].__name__}")
-        MIXERS[name] = cls
+        if name in table and table[name] is not cls:
+            raise ValueError(f"{kind} name {name!r} is already taken by {table[name].__name__}")
+        table[name] = cls
         return cls
     return add
+
+
+def register_mixer(name: str):
+    return _register(MIXERS, "mixer", name)
 
 
 def register_mlp(name: str):
-    def add(cls):
-        MLPS[name] = cls
-        return cls
-    return add
+    return _register(MLPS, "mlp", name)
 
 
 def _lookup(table: dict, kind: str, name: str):

@@ -1,0 +1,12 @@
+"""Tests of the compiled CPU kernels (C, built at first use by ops/_native.py) need a C compiler. Without one they
+skip, unless ZOO_REQUIRE_NATIVE=1 (set by CI): then a kernel that does not build is a failure, so CI cannot pass
+with a CPU kernel untested."""
+import os
+
+import pytest
+
+
+def skip_or_fail_without_native(reason: str):
+    if os.environ.get("ZOO_REQUIRE_NATIVE") == "1":
+        pytest.fail(reason + "; ZOO_REQUIRE_NATIVE=1 requires it", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
