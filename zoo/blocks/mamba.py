@@ -62,6 +62,27 @@ INITS = ("default", "mimetic")
 MIMETIC_DECAY_RATE = 0.01  # -A at a mimetic initialisation: exp(-0.01 * delta) >= 0.999 for delta <= 0.1
 
 
+def _check_hyperparameters(d_model, d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init, dt_scale,
+                           dt_init_floor, init):
+    """Each bad constructor argument in one line naming it and what is allowed."""
+    owner = "Mamba"
+    require_choice("init", init, INITS, owner)
+    require_positive_int("d_state", d_state, owner)
+    require_positive_int("d_conv", d_conv, owner)
+    _require_positive_number("expand", expand, owner)
+    if dt_rank != "auto":
+        require_positive_int("dt_rank ('auto' or an int)", dt_rank, owner)
+    require_choice("dt_init", dt_init, ("random", "constant"), owner)
+    for name, value in (("dt_min", dt_min), ("dt_max", dt_max), ("dt_scale", dt_scale)):
+        _require_positive_number(name, value, owner)
+    if dt_min > dt_max:
+        raise ValueError(f"{owner}: dt_min={dt_min!r} must not exceed dt_max={dt_max!r}")
+    if isinstance(dt_init_floor, bool) or not isinstance(dt_init_floor, (int, float)) or dt_init_floor < 0:
+        raise ValueError(f"{owner}: dt_init_floor must be a number >= 0, got {dt_init_floor!r}")
+    if int(expand * d_model) < 1:
+        raise ValueError(f"{owner}: expand={expand!r} gives d_inner={int(expand * d_model)}; it must be at least 1")
+
+
 @register_mixer("mamba")
 class Mamba(Mixer):
     backends = ("auto", "reference", "triton", "cuda")
@@ -74,26 +95,12 @@ class Mamba(Mixer):
         """``use_fast_path`` is accepted for signature compatibility with mamba-ssm; ``backend`` picks the path.
         ``init``: "default" (mamba-ssm's) or "mimetic" (see the module docstring)."""
         super().__init__(d_model, layer_idx, backend)
-        owner = "Mamba"
-        require_choice("init", init, INITS, owner)
+        _check_hyperparameters(d_model, d_state, d_conv, expand, dt_rank, dt_min, dt_max, dt_init, dt_scale,
+                               dt_init_floor, init)
         self.init = init
-        require_positive_int("d_state", d_state, owner)
-        require_positive_int("d_conv", d_conv, owner)
-        _require_positive_number("expand", expand, owner)
-        if dt_rank != "auto":
-            require_positive_int("dt_rank ('auto' or an int)", dt_rank, owner)
-        require_choice("dt_init", dt_init, ("random", "constant"), owner)
-        for name, value in (("dt_min", dt_min), ("dt_max", dt_max), ("dt_scale", dt_scale)):
-            _require_positive_number(name, value, owner)
-        if dt_min > dt_max:
-            raise ValueError(f"{owner}: dt_min={dt_min!r} must not exceed dt_max={dt_max!r}")
-        if isinstance(dt_init_floor, bool) or not isinstance(dt_init_floor, (int, float)) or dt_init_floor < 0:
-            raise ValueError(f"{owner}: dt_init_floor must be a number >= 0, got {dt_init_floor!r}")
         factory = {"device": device, "dtype": dtype}
         self.d_state, self.d_conv, self.expand = d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
-        if self.d_inner < 1:
-            raise ValueError(f"{owner}: expand={expand!r} gives d_inner={self.d_inner}; it must be at least 1")
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
         self.use_fast_path = use_fast_path
 
@@ -104,7 +111,21 @@ class Mamba(Mixer):
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
 
-        # dt_proj keeps delta at its initial scale; its bias is softplus^-1 of a log-uniform dt in [dt_min, dt_max]
+        self._init_dt_proj(dt_init, dt_scale, dt_min, dt_max, dt_init_floor, factory)
+
+        # S4D-real initialisation: A[d, n] = -(n + 1), stored as its log
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
+        self.D._no_weight_decay = True
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+        if init == "mimetic":
+            self._mimetic_init()
+
+    def _init_dt_proj(self, dt_init, dt_scale, dt_min, dt_max, dt_init_floor, factory):
+        """dt_proj keeps delta at its initial scale; its bias is softplus^-1 of a log-uniform dt in [dt_min, dt_max]
+        (drawn in mamba-ssm's order, so the same seed gives the same weights)."""
         dt_init_std = self.dt_rank ** -0.5 * dt_scale
         if dt_init == "constant":
             nn.init.constant_(self.dt_proj.weight, dt_init_std)
@@ -117,16 +138,6 @@ class Mamba(Mixer):
             self.dt_proj.bias.copy_(inv_dt)
         self.dt_proj.bias._no_reinit = True
         self.dt_proj.bias._no_weight_decay = True
-
-        # S4D-real initialisation: A[d, n] = -(n + 1), stored as its log
-        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
-        self.A_log = nn.Parameter(torch.log(A))
-        self.A_log._no_weight_decay = True
-        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
-        self.D._no_weight_decay = True
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
-        if init == "mimetic":
-            self._mimetic_init()
 
     @torch.no_grad()
     def _mimetic_init(self):
