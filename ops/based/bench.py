@@ -6,7 +6,7 @@ head dim 64 on the same B, T, H for context (it is the quadratic-exact alternati
 """
 import torch
 
-from zoo.bench.ops import OpCase, OpImpl
+from ops.bench_cases import OpCase, OpImpl
 
 SHAPES = {"gpu": [(8, 2048, 12, 16, 64)], "cpu": [(2, 256, 4, 16, 32)]}
 

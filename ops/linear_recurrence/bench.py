@@ -4,18 +4,16 @@
   ``fused_recurrent_hgrn`` when importable.
 - log form, same shape: ours (reference, triton) vs the pure-PyTorch log-space scan of the minGRU paper's code
   (cumulative sum + ``logcumsumexp``, float32).
-- mingru_layer, B8 T512 width 1536: one MinGRU layer (expand 1) vs cuDNN ``nn.GRU`` of the same width, the
-  paper's "175x faster at length 512" comparison. Its floor counts only the layer input and output, not weights.
+(The MinGRU layer against cuDNN ``nn.GRU`` is timed beside these by zoo/bench/layer_cases.py.)
 """
 import torch
 import torch.nn.functional as F
 
 from ops._backend import package_importable
 from ops.linear_recurrence.reference import linear_recurrence_reference, log_linear_recurrence_reference
-from zoo.bench.ops import OpCase, OpImpl
+from ops.bench_cases import OpCase, OpImpl
 
 SHAPES = {"gpu": dict(batch=8, length=2048, width=1536), "cpu": dict(batch=2, length=256, width=64)}
-LAYER_SHAPES = {"gpu": dict(batch=8, length=512, width=1536), "cpu": dict(batch=2, length=64, width=64)}
 
 
 def log_space_scan_logcumsumexp(log_coeffs, log_values):
@@ -24,7 +22,7 @@ def log_space_scan_logcumsumexp(log_coeffs, log_values):
     return torch.exp(cum + torch.logcumsumexp(log_values.float() - cum, dim=1))
 
 
-def _leaf(t: torch.Tensor, dtype) -> torch.Tensor:
+def leaf(t: torch.Tensor, dtype) -> torch.Tensor:
     return t.to(dtype).detach().requires_grad_()
 
 
@@ -47,12 +45,12 @@ def _scan_cases(preset, device, dtype) -> list[OpCase]:
     on_gpu = device.type == "cuda"
 
     def linear_inputs():
-        return {"x": _leaf(torch.randn(batch, length, width, device=device), dtype),
-                "g": _leaf(F.logsigmoid(torch.randn(batch, length, width, device=device)), dtype)}
+        return {"x": leaf(torch.randn(batch, length, width, device=device), dtype),
+                "g": leaf(F.logsigmoid(torch.randn(batch, length, width, device=device)), dtype)}
 
     def log_inputs():
-        return {"log_coeffs": _leaf(F.logsigmoid(torch.randn(batch, length, width, device=device)), dtype),
-                "log_values": _leaf(F.logsigmoid(torch.randn(batch, length, width, device=device)), dtype)}
+        return {"log_coeffs": leaf(F.logsigmoid(torch.randn(batch, length, width, device=device)), dtype),
+                "log_values": leaf(F.logsigmoid(torch.randn(batch, length, width, device=device)), dtype)}
 
     linear = OpCase("linear_recurrence", shape, linear_inputs, floor,
                     (_fla_peers() if on_gpu else []) + [OpImpl("reference", linear_recurrence_reference)])
@@ -66,33 +64,5 @@ def _scan_cases(preset, device, dtype) -> list[OpCase]:
     return [linear, log]
 
 
-def _gru_peer(width, device, dtype) -> OpImpl:
-    """cuDNN nn.GRU in the benchmark dtype, or in float32 (named so) where the dtype is not supported."""
-    gru = torch.nn.GRU(width, width, batch_first=True).to(device)
-    try:
-        gru.to(dtype)(torch.zeros(1, 2, width, device=device, dtype=dtype))
-        name = "nn.GRU (cuDNN)" if device.type == "cuda" else "nn.GRU"
-        return OpImpl(name, lambda x: gru(x)[0], peer=True)
-    except RuntimeError:
-        gru.float()
-        return OpImpl("nn.GRU fp32", lambda x: gru(x.float())[0], peer=True)
-
-
-def _layer_case(preset, device, dtype) -> OpCase:
-    from zoo.blocks.mingru import MinGRU
-    batch, length, width = LAYER_SHAPES[preset].values()
-    floor = 2 * batch * length * width * torch.finfo(dtype).bits // 8
-
-    def inputs():
-        return {"x": _leaf(torch.randn(batch, length, width, device=device), dtype)}
-
-    impls = [_gru_peer(width, device, dtype)]
-    backends = ["triton", "reference"] if device.type == "cuda" else ["reference"]
-    for backend in backends:
-        layer = MinGRU(width, backend=backend).to(device=device, dtype=dtype)
-        impls.append(OpImpl(f"MinGRU layer ({backend})", layer))
-    return OpCase("mingru_layer", f"B{batch} T{length} d{width}", inputs, floor, impls)
-
-
 def cases(preset: str, device: torch.device, dtype: torch.dtype) -> list[OpCase]:
-    return _scan_cases(preset, device, dtype) + [_layer_case(preset, device, dtype)]
+    return _scan_cases(preset, device, dtype)

@@ -7,7 +7,7 @@ document as its own padded row through the same kernel (what mamba-ssm's Mamba-1
 before), the ratio's baseline there."""
 import torch
 
-from zoo.bench.ops import OpCase, OpImpl
+from ops.bench_cases import OpCase, OpImpl
 
 GPU_SHAPES = [(8, 1536, 2048, 16), (2, 1536, 8192, 16), (8, 1536, 2048, 64)]   # (batch, dim, L, N), ANCHORS.md
 # the first is the default Mamba LM's training step on CPU (batch 64 x L 64, d_inner 128), then long and short rows

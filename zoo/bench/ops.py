@@ -8,36 +8,21 @@ the memory-bandwidth floor (bandwidth measured in the same run) and the ratio to
 import argparse
 import importlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
 
+from ops.bench_cases import OpCase, OpImpl  # noqa: F401  (the cases' types, re-exported)
 from zoo.bench.environment import describe
+from zoo.bench.layer_cases import mingru_layer_case
 from zoo.bench.report import format_table, pyplot, write_json, write_markdown
 from zoo.bench.timing import median_ms
 
 OPS_WITH_BENCHMARKS = ("selective_scan", "linear_recurrence", "based")
+# whole blocks timed beside an op (they need zoo.blocks, which ops/ may not import): op name -> case makers
+LAYER_CASES = {"linear_recurrence": (mingru_layer_case,)}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class OpImpl:
-    name: str                       # "reference", "triton", "mamba-ssm", ...
-    fn: Callable[..., object]       # called as fn(**inputs); returns a tensor or a tuple of tensors
-    peer: bool = False              # a competitor measured for the ratio column
-    backward: bool = True           # whether fwd+bwd is timed
-
-
-@dataclass
-class OpCase:
-    op: str
-    shape: str                      # human label, e.g. "B8 D1536 L2048 N16"
-    make_inputs: Callable[[], dict] # fresh inputs (leaf tensors requiring grad where gradients are timed)
-    floor_bytes: int                # bytes read + written once by an ideal kernel
-    impls: list[OpImpl] = field(default_factory=list)
 
 
 def _outputs(result) -> list[torch.Tensor]:
@@ -116,6 +101,7 @@ def run(args) -> int:
             print(f"[zoo.bench ops] {name}: no benchmark written yet, skipped")
             continue
         cases += module.cases(preset, device, dtype)
+        cases += [make(preset, device, dtype) for make in LAYER_CASES.get(name, ())]
     if not cases:
         raise SystemExit("nothing to time")
 
