@@ -28,7 +28,7 @@ def read_checkpoint(path, map_location="cpu") -> dict:
     try:  # our own files, holding plain containers besides tensors; optimizer states need the full unpickler
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:  # not a torch file, cut short, unreadable: one line naming the file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = (str(error).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".") or "no detail"
         raise ValueError(f"{str(path)!r} is not a readable checkpoint ({type(error).__name__}: {reason}); expected "
                          f"a .ckpt file written by python train.py") from None
     if not isinstance(checkpoint, dict) or "model_config" not in checkpoint.get("hyper_parameters", {}):

@@ -1,8 +1,9 @@
 """The run folder of ``python train.py``: what it is named, and what a failed command may remove from it.
 
-Named after what runs (``run_name``, a resolver in configs/train.yaml's ``hydra.run.dir``): the model config,
-or a short name from the layer list when ``model.layers`` differs from that config's; ``eval=CHECKPOINT``
-writes to ``<run folder>/eval_<checkpoint name>``, where ``python -m zoo.evaluate`` writes.
+Named after what runs (``run_dir``, a resolver in configs/train.yaml's ``hydra.run.dir``): the model config,
+or a short name from the layer list when ``model.layers`` differs from that config's (and ``_<mlp>`` when
+``model.mlp`` does); ``eval=CHECKPOINT`` writes to ``<run folder>/eval_<checkpoint name>``, where
+``python -m zoo.evaluate`` writes.
 
 Hydra makes the folder and writes ``.hydra/`` and its log before train.py sees the config. ``FolderGuard`` (a
 Hydra callback) notes what was there before; a command that fails its checks then undoes only its own writes
@@ -31,21 +32,27 @@ def _layer_names(layers) -> list[str]:
     return [str(layer if isinstance(layer, str) else layer.get("name", "layer")) for layer in layers]
 
 
-def model_name(choice: str, layers) -> str:
+def _plain(node):
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def model_name(choice: str, layers, mlp=None) -> str:
     """The model config's name, unless its layer list was replaced: then the mixers' names in order, joined by
-    ``+`` (``short_conv+mamba``), cut to NAME_LIMIT characters."""
-    layers = OmegaConf.to_container(layers, resolve=True) if OmegaConf.is_config(layers) else layers
+    ``+`` (``short_conv+mamba``), cut to NAME_LIMIT characters; ``_<mlp>`` added when the MLP was replaced
+    (``conv_attention_hpm``)."""
+    layers, mlp = _plain(layers), _plain(mlp)
     declared = CONFIGS / "model" / f"{choice}.yaml"
-    if declared.is_file():
-        configured = OmegaConf.to_container(OmegaConf.load(declared)).get("layers")
-        if configured == layers:
-            return str(choice)
-    names = _layer_names(layers)
-    return "+".join(names)[:NAME_LIMIT] if names else str(choice)
+    configured = OmegaConf.to_container(OmegaConf.load(declared)) if declared.is_file() else {}
+    name = str(choice)
+    if configured.get("layers", layers) != layers and _layer_names(layers):
+        name = "+".join(_layer_names(layers))[:NAME_LIMIT]
+    if configured.get("mlp", mlp) != mlp and mlp:
+        name += f"_{mlp if isinstance(mlp, str) else mlp.get('name', 'mlp')}"
+    return name
 
 
-def run_name(choice: str, layers, task: str) -> str:
-    return f"{model_name(choice, layers)}_{task}"
+def run_name(choice: str, layers, mlp, task: str) -> str:
+    return f"{model_name(choice, layers, mlp)}_{task}"
 
 
 def eval_folder(checkpoint) -> str | None:
@@ -61,9 +68,9 @@ def eval_folder(checkpoint) -> str | None:
         return None
 
 
-def run_dir(default: str, choice: str, layers, task: str, evaluated=None) -> str:
+def run_dir(default: str, choice: str, layers, mlp, task: str, evaluated=None) -> str:
     """hydra.run.dir: ``<default>_<model>_<task>``, or for eval= the evaluated run's eval folder."""
-    return eval_folder(evaluated) or f"{default}_{run_name(choice, layers, task)}"
+    return eval_folder(evaluated) or f"{default}_{run_name(choice, layers, mlp, task)}"
 
 
 def register_resolvers():
