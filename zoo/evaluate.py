@@ -20,7 +20,8 @@ def default_out(checkpoint: Path) -> Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zoo.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="a .ckpt written by python train.py, a run folder (its best checkpoint), or 'last'")
+    parser.add_argument("checkpoint",
+                        help="a .ckpt written by python train.py, a run folder (its best checkpoint), or 'last'")
     parser.add_argument("--out", default=None, help="folder for the result (default <run folder>/eval_<name>)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings that replace the checkpoint's")
     args = parser.parse_intermixed_args(argv)
