@@ -9,6 +9,12 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(autouse=True)
+def private_cache_folder(tmp_path_factory, monkeypatch):
+    """Caches (BPE tokenisers under $XDG_CACHE_HOME/zoo) go to the test session's folder, not the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
 @pytest.fixture
 def triton_device() -> torch.device:
     """Where a ``backend="triton"`` test runs its kernel: the GPU when there is one (compiled kernels), else the

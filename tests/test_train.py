@@ -83,8 +83,8 @@ def run_cli(*args, cwd=ROOT):
 
 def test_unknown_model_lists_the_known_ones():
     done = run_cli("model=nope")
-    assert done.returncode != 0
-    assert "Could not find 'model/nope'" in done.stderr and "conv_attention" in done.stderr
+    assert done.returncode == 2
+    assert "model=nope is not a config in configs/model/" in done.stderr and "conv_attention" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
 
 

@@ -23,10 +23,15 @@ def build_model(model_config: dict, imports=()):
 def read_checkpoint(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} does not exist")
-    # our own files, holding plain containers besides tensors; optimizer states need the full unpickler
-    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    if "model_config" not in checkpoint.get("hyper_parameters", {}):
+        raise ValueError(f"checkpoint {str(path)!r} " + ("is a folder; expected a .ckpt file written by python "
+                                                          "train.py" if path.is_dir() else "does not exist"))
+    try:  # our own files, holding plain containers besides tensors; optimizer states need the full unpickler
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # not a torch file, cut short, unreadable: one line naming the file
+        reason = (str(error).strip().splitlines() or [""])[0].split(". ")[0].rstrip(".") or "no detail"
+        raise ValueError(f"{str(path)!r} is not a readable checkpoint ({type(error).__name__}: {reason}); expected "
+                         f"a .ckpt file written by python train.py") from None
+    if not isinstance(checkpoint, dict) or "model_config" not in checkpoint.get("hyper_parameters", {}):
         raise ValueError(f"{str(path)!r} is not a zoo checkpoint (it carries no model_config); it was not written "
                          f"by python train.py")
     return checkpoint

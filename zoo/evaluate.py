@@ -20,10 +20,12 @@ def default_out(checkpoint: Path) -> Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zoo.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", help="a .ckpt written by python train.py (or 'last')")
+    parser.add_argument("checkpoint",
+                        help="a .ckpt written by python train.py, a run folder (its best checkpoint), or 'last'")
     parser.add_argument("--out", default=None, help="folder for the result (default <run folder>/eval_<name>)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="settings that replace the checkpoint's")
     args = parser.parse_intermixed_args(argv)
+    from zoo.checkpoints import BEST
     from zoo.train import checkpoint_path, execute, prepare  # after argument parsing: --help answers at once
 
     try:
@@ -32,7 +34,7 @@ def main(argv=None) -> int:
             raise ValueError(f"settings are key=value, got {', '.join(map(repr, bad))}")
         cfg = OmegaConf.merge(OmegaConf.from_dotlist(args.overrides), {"eval": args.checkpoint, "resume": None})
         run = prepare(cfg, args.overrides)
-        out = Path(args.out) if args.out else default_out(checkpoint_path(args.checkpoint))
+        out = Path(args.out) if args.out else default_out(checkpoint_path(args.checkpoint, prefer=BEST))
         out.mkdir(parents=True, exist_ok=True)
         execute(run, out)
     except ValueError as error:

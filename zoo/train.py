@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.bench.report import format_table
 from zoo.checkpoints import BEST, CHECKPOINT_DIR, LAST, find_last, load_model, read_checkpoint, run_config
-from zoo.checks import require_choice, require_known_keywords
+from zoo.checks import require_choice, require_known_keywords, require_scalar_types
 from zoo.interrupt import StopOnSignal
 from zoo.lit import LitLM
 from zoo.model import LM
@@ -36,6 +36,7 @@ RESERVED_TRAINER_KEYS = {
     "enable_checkpointing": "use checkpoint=true|false",
 }
 LIT_ARGUMENTS_SET_HERE = ("model", "slice_keys", "model_config", "run_config")
+TASKS_SUPPLYING = {"memory_path": "task=facts"}  # where an MLP's extra input comes from
 
 
 def quiet_lightning():
@@ -63,6 +64,7 @@ def check_trainer(options: dict):
         if key in options:
             raise ValueError(f"trainer.{key} is set by train.py: {where}")
     require_known_keywords(L.Trainer, options, "trainer")
+    require_scalar_types(L.Trainer.__init__, options, "trainer")
     if str(options.get("accelerator", "auto")) in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ValueError("trainer=gpu needs a CUDA GPU and torch sees none on this machine; use trainer=cpu")
 
@@ -115,10 +117,20 @@ def check_top_level(cfg: DictConfig):
                          f"known: {', '.join(sorted(known))} (to continue a run: resume=PATH)")
 
 
-def checkpoint_path(value) -> Path:
+def checkpoint_path(value, prefer: str = LAST) -> Path:
+    """The .ckpt that resume=/eval= name: a file, ``last``, or a run folder (its checkpoints/``prefer``, else the
+    other one: eval prefers best.ckpt, resume last.ckpt)."""
     path = find_last() if str(value) == "last" else Path(str(value))
+    if path.is_dir():
+        folder = path if path.name == CHECKPOINT_DIR else path / CHECKPOINT_DIR
+        found = [folder / name for name in dict.fromkeys((prefer, BEST, LAST)) if (folder / name).is_file()]
+        if not found:
+            raise ValueError(f"{str(path)!r} is a folder without {CHECKPOINT_DIR}/{BEST} or {CHECKPOINT_DIR}/{LAST}; "
+                             f"give resume= or eval= a .ckpt file, a run folder that holds one, or last")
+        return found[0]
     if not path.is_file():
-        raise ValueError(f"checkpoint {str(path)!r} does not exist (give resume= or eval= a .ckpt file, or last)")
+        raise ValueError(f"checkpoint {str(path)!r} does not exist (give resume= or eval= a .ckpt file, a run "
+                         f"folder, or last)")
     return path
 
 
@@ -132,6 +144,20 @@ def config_of_checkpoint(cfg: DictConfig, path: Path, overrides=()) -> DictConfi
             OmegaConf.update(stored, key, OmegaConf.select(cfg, key), force_add=True)
     stored.resume, stored.eval = cfg.get("resume"), cfg.get("eval")
     return stored
+
+
+def check_mlp_inputs(model: LM, datamodule, mlp, task_name: str):
+    """An MLP that reads a batch entry the task never supplies (model.mlp=hpm without memory paths) would train as
+    something else (the memory's anchor alone): say so before training."""
+    from zoo.model import _keyword_inputs
+    supplied = set(getattr(datamodule, "model_inputs", ()))
+    for mlp_class in {type(layer.mlp) for layer in model.layers if layer.mlp is not None}:
+        missing = sorted((_keyword_inputs(mlp_class) or set()) - supplied)
+        if missing:
+            name = mlp.get("name") if isinstance(mlp, dict) else mlp
+            where = ", ".join(dict.fromkeys(TASKS_SUPPLYING.get(m, "a task that supplies it") for m in missing))
+            raise ValueError(f"model.mlp={name} reads {', '.join(missing)} from each batch, which task {task_name!r} "
+                             f"does not supply: it would train without it (a memory as its anchor alone); use {where}")
 
 
 # ---- building -----------------------------------------------------------------------------------------------------
@@ -160,13 +186,15 @@ def build(cfg: DictConfig):
     """(datamodule, LitLM) from a train config; raises ValueError on any bad name or impossible setting."""
     import_modules(cfg.get("imports") or [])
     task = plain(cfg.task)
-    datamodule = build_task(task.pop("name"), **task)
+    task_name = task.pop("name")
+    datamodule = build_task(task_name, **task)
     model_config = {"vocab_size": datamodule.vocab_size, **plain(cfg.model)}
     require_known_keywords(LM, model_config, "model", skip=("vocab_size",))
     optim = plain(cfg.optim)
     require_known_keywords(LitLM, optim, "optim", skip=LIT_ARGUMENTS_SET_HERE)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = LM(**model_config)
+    check_mlp_inputs(model, datamodule, model_config.get("mlp"), task_name)
     lit = LitLM(model, datamodule.slice_keys, **optim, model_config=model_config, run_config=plain(cfg))
     return datamodule, lit
 
@@ -178,7 +206,7 @@ def prepare(cfg: DictConfig, overrides=()) -> Run:
         raise ValueError("resume= and eval= exclude each other: resume continues training, eval only tests")
     checkpoint = None
     if cfg.get("resume") or cfg.get("eval"):
-        checkpoint = checkpoint_path(cfg.get("resume") or cfg.get("eval"))
+        checkpoint = checkpoint_path(cfg.get("resume") or cfg.get("eval"), prefer=BEST if cfg.get("eval") else LAST)
         cfg = config_of_checkpoint(cfg, checkpoint, overrides)
     trainer_options = plain(cfg.trainer)
     check_trainer(trainer_options)

@@ -11,8 +11,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from zoo.tasks import build_task
-from zoo.tasks.text import (MIN_DOCUMENTS_FOR_DOCUMENT_SPLIT, default_corpus, pack, split_documents,
-                            tokenizer_from_task_config)
+from zoo.tasks.text import (MIN_DOCUMENTS_FOR_DOCUMENT_SPLIT, default_cache_dir, default_corpus, pack,
+                            split_documents, tokenizer_from_task_config)
 from zoo.tasks.tokenizers import ByteTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -203,8 +203,9 @@ def test_bpe_trains_caches_reloads_and_round_trips_exactly(tmp_path):
     options = dict(path=str(tmp_path / "corpus"), tokenizer="bpe", bpe_vocab_size=400, seq_len=32)
     first = build_task("text", **options)
     assert first.vocab_size == 400 and first.tokenizer.eos_id is not None
-    cached = list(tmp_path.glob(".corpus.bpe400-*.json"))
-    assert len(cached) == 1 and first.tokenizer.file == str(cached[0])    # cached beside the folder
+    cached = [Path(first.tokenizer.file)]
+    assert cached[0].parent == default_cache_dir() and cached[0].name.startswith("corpus.bpe400-")  # user cache
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"], "nothing written beside the user's data"
     stamp = cached[0].stat().st_mtime_ns
     second = build_task("text", **options)                               # reloaded, not retrained
     assert second.tokenizer.file == first.tokenizer.file and cached[0].stat().st_mtime_ns == stamp

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from zoo.checks import require_positive_int
+from zoo.checks import require_package, require_positive_int
 from zoo.retrieval.embedders import build_embedder
 from zoo.retrieval.tree import build_tree, leaf_index
 from zoo.tasks.data import ResumableTrainOrder, SegmentBatchSampler, collate_batch
@@ -80,6 +80,7 @@ def bucket_name(low: int, high: float) -> str:
 
 class FactsDataModule(ResumableTrainOrder, L.LightningDataModule):
     monitor = ("val/acc", "max")
+    model_inputs = ("memory_path",)  # batch entries for the model besides input_ids (zoo.train checks MLPs read them)
 
     def __init__(self, num_topics: int = 16, names_per_topic: int = 32, num_attributes: int = 8,
                  values_per_attribute: int = 16, num_documents: int = 4000, facts_per_document: int = 6,
@@ -101,6 +102,7 @@ class FactsDataModule(ResumableTrainOrder, L.LightningDataModule):
         edges = [int(e) for e in bucket_edges]
         if not edges or edges[0] < 1 or any(a >= b for a, b in zip(edges, edges[1:])):
             raise ValueError(f"facts: bucket_edges must be increasing integers >= 1, got {list(bucket_edges)!r}")
+        require_package("sklearn", "scikit-learn", "task=facts (k-means for the memory tree)", "memory")
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.seq_len, self.levels, self.branching = seq_len, levels, branching
         self.world = FactWorld(num_topics, names_per_topic, num_attributes, values_per_attribute, seed)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from zoo.checks import require_choice, require_positive_int
+from zoo.checks import require_choice, require_package, require_positive_int
 from zoo.tasks.data import ResumableTrainOrder, SegmentBatchSampler, SegmentedDataset, collate_batch
 from zoo.tasks.tokenizers import BPETokenizer, ByteTokenizer, bpe_cache_file, train_bpe
 
@@ -49,6 +49,7 @@ class Corpus:
 
 
 def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/zoo/text, else ~/.cache/zoo/text: where BPE tokenisers are kept unless task.cache_dir."""
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zoo" / "text"
 
 
@@ -65,7 +66,7 @@ def read_text_file(path: Path) -> str:
 
 
 def corpus_files(folder: Path) -> list[Path]:
-    """Every non-hidden file under folder, in a fixed order (hidden files include the cached BPE)."""
+    """Every non-hidden file under folder, in a fixed order."""
     files = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -74,7 +75,8 @@ def corpus_files(folder: Path) -> list[Path]:
 
 
 def local_corpus(path: str) -> Corpus:
-    """A file is one document; a folder's files are its documents. The BPE is cached beside the file/folder."""
+    """A file is one document; a folder's files are its documents. Its BPE is cached in the user cache folder
+    (nothing is written beside the user's data), named by the path, size and modification time."""
     root = Path(path).expanduser().resolve()
     if not root.exists():
         raise ValueError(f"text corpus path {path} does not exist; give a UTF-8 text file or a folder of them")
@@ -87,7 +89,7 @@ def local_corpus(path: str) -> Corpus:
     stats = [f.stat() for f in files]
     identity = {"path": str(root), "files": len(files), "bytes": sum(s.st_size for s in stats),
                 "mtime_ns": max(s.st_mtime_ns for s in stats)}
-    return Corpus(name="." + root.name, identity=identity, cache_dir=root.parent, documents=documents)
+    return Corpus(name=root.name, identity=identity, cache_dir=default_cache_dir(), documents=documents)
 
 
 def default_corpus() -> Corpus:
@@ -179,6 +181,7 @@ def resolve_tokenizer(corpus: Corpus, tokenizer: str, bpe_vocab_size: int, cache
     require_choice("tokenizer", tokenizer, TOKENIZERS, "text task")
     if tokenizer == "byte":
         return ByteTokenizer()
+    require_package("tokenizers", "tokenizers", "task.tokenizer=bpe", "text", instead="task.tokenizer=byte")
     if tokenizer_file is not None:
         if not Path(tokenizer_file).is_file():
             raise ValueError(f"tokenizer_file {tokenizer_file} does not exist")

@@ -79,10 +79,14 @@ def train_bpe(texts, vocab_size: int, file: Path) -> BPETokenizer:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    file.parent.mkdir(parents=True, exist_ok=True)
     partial = file.with_name(file.name + ".partial")
-    tokenizer.save(str(partial))
-    partial.replace(file)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tokenizer.save(str(partial))
+        partial.replace(file)
+    except Exception as error:  # a read-only or missing cache folder: one line naming it
+        raise ValueError(f"cannot write the BPE tokenizer cache {file} ({type(error).__name__}: {error}); set "
+                         f"task.cache_dir to a writable folder") from None
     return BPETokenizer(file)
 
 
