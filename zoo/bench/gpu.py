@@ -19,6 +19,8 @@ the earlier call are not run again.
 
 On the device machine, whose $OUT returns at most 8 files, keep DIR elsewhere and put only the archive there:
     python3 -m zoo.bench gpu --phase proof --out /tmp/gpu --archive $OUT/gpu-proof.tar
+(docs/gpu.md has the whole device-tool call: the carried wheels are installed first, since ``python -m
+zoo.bench`` loads every command and ``hpm`` imports Hydra).
 
 Wheels found in ``--wheels`` (default ``.whl/``, filled on a machine with internet by ``bash
 scripts/gpu_wheels.sh``) are installed for the phases that need them (fla for the proof, omegaconf and Hydra for

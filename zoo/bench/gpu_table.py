@@ -96,7 +96,10 @@ def write_summary(out: Path) -> Path:
     lines = ["# GPU proof", "", "Made by `python -m zoo.bench gpu --phase proof`; every number below was measured in "
              "this run unless its row says recorded.", ""]
     lines += [f"- note: {note}" for note in record.get("notes", [])]
-    lines += ["", "## Steps", ""] + markdown_table(record.get("cases", []), ["step", "case", "status", "seconds", "why"])
+    steps = [dict(case, why=case.get("why") or (f"return code {case.get('returncode')}: see {case['case']}.log"
+                                                 if case["status"] in ("failed", "timeout") else None))
+             for case in record.get("cases", [])]
+    lines += ["", "## Steps", ""] + markdown_table(steps, ["step", "case", "status", "seconds", "why"])
     lines += ["", "## 1. Kernels at real sizes (compiled, NaN-filled buffers, bf16, up to T=16k)", ""]
     lines += markdown_table(kernel_test_rows(out, record), ["case", "test", "outcome", "detail"])
     rows, bandwidths = ops_rows(out)
