@@ -219,3 +219,15 @@ def test_the_recorded_mamba_ssm_timings_are_the_ones_in_docs_peers():
     for shape, (fwd, both) in gpu_table.RECORDED_MAMBA_SSM_H100.items():
         assert any(shape in line and "mamba-ssm" in line and f"| {fwd} | {both} |" in line
                    for line in peers.splitlines()), shape
+
+
+def test_the_speed_step_paces_itself_to_its_limit_and_keeps_attention_first(tmp_path, monkeypatch):
+    from zoo.bench import gpu_speed, speed
+    monkeypatch.setenv("ZOO_CASE_DEADLINE", str(time.time() + 3600))
+    rows = gpu_speed.measure_all(["short_conv", "attention"], tmp_path, device="cpu", preset=speed.TEST)
+    assert [(r["mixer"], r["status"]) for r in rows] == [("attention", "ok")] * 2 + [("short_conv", "ok")] * 2
+    assert rows[2]["train_vs_attention"] is not None
+    monkeypatch.setenv("ZOO_CASE_DEADLINE", str(time.time() + 5))   # less than one mixer's time: nothing starts
+    rows = gpu_speed.measure_all(["short_conv"], tmp_path, per_mixer_s=60, device="cpu", preset=speed.TEST)
+    assert [r["status"].split(":")[0] for r in rows] == ["skipped", "skipped"]
+    assert json.loads((tmp_path / "speed.json").read_text())["rows"] == rows

@@ -21,9 +21,9 @@ SIZES = {"long-B1-T16k": (1, 16384), "ragged-B2-T2000": (2, 2000)}
 def outputs_and_grads(op, backend, inputs):
     leaves = {k: v.detach().clone().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
     output, final = call(op, backend, leaves)
-    gen = torch.Generator("cuda").manual_seed(1)
-    torch.autograd.backward([output, final], [torch.randn(output.shape, device="cuda", generator=gen).to(output.dtype),
-                                             torch.randn(final.shape, device="cuda", generator=gen).to(final.dtype)])
+    gen = torch.Generator(output.device).manual_seed(1)
+    torch.autograd.backward([output, final], [torch.randn(t.shape, device=t.device, generator=gen).to(t.dtype)
+                                             for t in (output, final)])
     return [output.float(), final.float()], {k: v.grad.float() for k, v in leaves.items() if v.grad is not None}
 
 

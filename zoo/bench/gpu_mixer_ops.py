@@ -161,13 +161,13 @@ def _floor_bytes(inputs: dict) -> int:
     return sum(t.numel() * t.element_size() for t in inputs.values()) + first.numel() * first.element_size()
 
 
-def bench(out: Path) -> list[dict]:
+def bench(out: Path, device=None) -> list[dict]:
     import torch
 
     from zoo.bench.ops import copy_bandwidth
     from zoo.bench.timing import median_ms
     limit_peer_autotune()
-    device = torch.device("cuda")
+    device = torch.device(device or "cuda")
     bandwidth = copy_bandwidth(device)
     tuned = "untuned: first config only" if os.environ.get(AUTOTUNE_VARIABLE) else "autotuned"
     rows = []

@@ -31,14 +31,15 @@ def seconds_left() -> float:
     return float("inf") if not deadline else float(deadline) - time.time()
 
 
-def measure_all(mixers: list[str], out: Path, per_mixer_s: float = PER_MIXER_S) -> list[dict]:
+def measure_all(mixers: list[str], out: Path, per_mixer_s: float = PER_MIXER_S, device="cuda",
+                preset=None) -> list[dict]:
     import torch
 
     from zoo.bench.environment import describe
     from zoo.bench.report import format_table, write_markdown
     from zoo.bench.speed import REFERENCE, add_ratios, benchmark
-    preset = proof_preset()
-    device = torch.device("cuda")
+    preset = preset or proof_preset()
+    device = torch.device(device)
     environment = describe(device)
     rows: list[dict] = []
     order = [REFERENCE] + [m for m in mixers if m != REFERENCE]
