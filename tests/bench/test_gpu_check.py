@@ -132,14 +132,16 @@ def test_proof_refuses_on_a_cpu_with_one_line(capsys, tmp_path):
 def test_a_missing_package_or_op_and_too_little_time_are_skipped_lines(tmp_path):
     phase = gpu.Phase("fake", "seconds", [
         gpu.Case("needs-a-package", [sys.executable, "-c", "pass"], 30, requires=("no_such_package_zoo",)),
-        gpu.Case("needs-an-op", [sys.executable, "-c", "pass"], 30, requires=("op:no_such_op",)),
+        gpu.Case("needs-an-op", [sys.executable, "-c", "pass"], 30, requires=("op:no_such_op|nor_this",)),
+        gpu.Case("one-of-two-ops", [sys.executable, "-c", "pass"], 30, requires=("op:no_such_op|based",)),
         gpu.Case("too-long", [sys.executable, "-c", "pass"], 30, estimate_s=500),
         gpu.Case("runs", [sys.executable, "-c", "import os; print(os.environ['ZOO_CASE_DEADLINE'])"], 30, estimate_s=1),
     ], seconds=60)
     record = gpu.run_phase(phase, tmp_path / "out", tmp_path / "a.tar")
     why = {c["case"]: (c["status"], c.get("why", "")) for c in record["cases"]}
     assert why["needs-a-package"] == ("skipped", "not installed: no_such_package_zoo")
-    assert why["needs-an-op"] == ("skipped", "not installed: ops.no_such_op")
+    assert why["needs-an-op"] == ("skipped", "not installed: ops.no_such_op or ops.nor_this")
+    assert why["one-of-two-ops"] == ("ok", "")
     assert why["too-long"][0] == "skipped" and "needs ~500 s" in why["too-long"][1]
     assert why["runs"] == ("ok", "") and record["failed"] == []
     assert record["skipped"] == ["needs-a-package", "needs-an-op", "too-long"]

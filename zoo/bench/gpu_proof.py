@@ -34,6 +34,7 @@ PER_MIXER_S = 10.0           # zoo.bench.gpu_speed: one mixer at two points (tra
 KERNEL_TESTS = "tests/ops/test_kernels_at_real_sizes.py"
 PEER_KERNEL_TESTS = "tests/ops/test_peer_kernels_at_real_sizes.py"
 PEER_AUTOTUNE = {"ZOO_PEER_AUTOTUNE_CONFIGS": "1"}
+FLA_OPS = "op:gla|delta_rule|gated_delta_rule|dplr_delta_rule"   # the new mixers' ops with an fla backend
 
 
 @dataclass(frozen=True)
@@ -109,14 +110,15 @@ def proof_phase(out: Path, mixers: list[str]) -> Phase:
         kernel_tests("kernels-linear-recurrence", KERNEL_TESTS, "linear_recurrence", 120),
         kernel_tests("kernels-based", KERNEL_TESTS, "based_attention", 60),
         kernel_tests("kernels-running-topk", KERNEL_TESTS, "running_topk", 60),
-        kernel_tests("kernels-fla-mixers", PEER_KERNEL_TESTS, "not ssd", 110, requires=("fla",), env=PEER_AUTOTUNE),
+        kernel_tests("kernels-fla-mixers", PEER_KERNEL_TESTS, "not ssd", 110, requires=(FLA_OPS, "fla"),
+                     env=PEER_AUTOTUNE),
         kernel_tests("kernels-ssd", PEER_KERNEL_TESTS, "ssd", 60, requires=("op:ssd", "mamba_ssm", "selective_scan_cuda"),
                      env=PEER_AUTOTUNE),
         bench_ops("selective_scan", 90),
         bench_ops("linear_recurrence", 120),
         bench_ops("based", 60),
         case("mixer-ops", python_command("-m", "zoo.bench.gpu_mixer_ops", "--out", str(out / "mixer-ops")), 60,
-             "2 peers", requires=("fla",), env=PEER_AUTOTUNE, watch="mixer-ops"),
+             "2 peers", requires=(FLA_OPS, "fla"), env=PEER_AUTOTUNE, watch="mixer-ops"),
         case("speed", python_command("-m", "zoo.bench.gpu_speed", "--out", str(out / "speed")), PROOF_SECONDS,
              "3 speed", estimate=speed, min_s=START_S + 2 * PER_MIXER_S, watch="speed"),
     ]

@@ -35,8 +35,8 @@ class Case:
     files go into the archive while the case runs; ``needs``: "peers" puts the built peers on PYTHONPATH,
     "wheels" the extra wheels. ``estimate_s`` and ``basis``: what it should take on one H100 and what that rests
     on (the dry run lists both); ``min_s``: the least time left for which starting it is worth it (default: the
-    estimate); ``requires``: importable modules, or "op:<name>" for an op folder ops/<name>/ in this checkout,
-    without which it is skipped; ``env``: extra environment variables; ``step``: the heading it is listed under."""
+    estimate); ``requires``: importable modules, or "op:<name>[|<name>...]" for an op folder ops/<name>/ in this
+    checkout (any one of them), without which it is skipped; ``env``: extra environment variables; ``step``: the heading it is listed under."""
     name: str
     command: list[str]
     seconds: float
@@ -143,9 +143,10 @@ def missing_requirements(case: Case, search: list[Path]) -> list[str]:
     """What of ``case.requires`` this checkout and the paths in ``search`` (besides sys.path) lack."""
     missing = []
     for requirement in case.requires:
-        if requirement.startswith("op:"):
-            if not (REPO / "ops" / requirement[3:] / "__init__.py").is_file():
-                missing.append(f"ops.{requirement[3:]}")
+        if requirement.startswith("op:"):  # "op:a|b": the folder ops/a/ or ops/b/
+            names = requirement[3:].split("|")
+            if not any((REPO / "ops" / name / "__init__.py").is_file() for name in names):
+                missing.append(" or ".join(f"ops.{name}" for name in names))
             continue
         top = requirement.split(".")[0]
         if any((folder / top).is_dir() or any(folder.glob(f"{top}*.so")) for folder in search if folder.is_dir()):
