@@ -12,7 +12,7 @@ COMMANDS = {
     "speed": ("zoo.bench.speed", "LM training / prefill / decode tokens per second and peak memory against length"),
     "recall": ("zoo.bench.recall", "MQAR recall against state size, one line per mixer"),
     "hpm": ("zoo.bench.hpm_compare", "anchor vs anchor + hierarchical memory vs dense, accuracy per fact frequency"),
-    "gpu": ("zoo.bench.gpu", "the GPU check, one phase per call (test, peers, ops, speed, recall), packed into one archive"),
+    "gpu": ("zoo.bench.gpu", "the GPU check, one phase per call (proof first; then peers, ops, mixers, recall, ...), packed into one archive"),
 }
 
 
