@@ -228,8 +228,8 @@ def execute(run: Run, output_dir: Path, callbacks=()) -> dict:
                 raise
         finally:
             stop.uninstall()
-        if stop.received is not None:  # stopped outside a training step, or after the last one: not finished
-            stop._stop(trainer)
+        # a signal outside a training step, or after the last one: not finished (every process asks together)
+        stop.stop_if_received(trainer)
         if best is not None and best.best_model_path:
             trainer.test(lit, datamodule=datamodule, verbose=False, ckpt_path=best.best_model_path,
                          weights_only=False)
