@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from zoo.bench.report import format_table
 from zoo.checkpoints import BEST, CHECKPOINT_DIR, LAST, find_last, load_model, read_checkpoint, run_config
 from zoo.checks import require_choice, require_known_keywords
+from zoo.distributed import check_sparse_gradients, check_strategy
 from zoo.interrupt import StopOnSignal
 from zoo.lit import LitLM
 from zoo.model import LM
@@ -181,9 +182,11 @@ def prepare(cfg: DictConfig, overrides=()) -> Run:
         checkpoint = checkpoint_path(cfg.get("resume") or cfg.get("eval"))
         cfg = config_of_checkpoint(cfg, checkpoint, overrides)
     trainer_options = plain(cfg.trainer)
+    check_strategy(trainer_options)
     check_trainer(trainer_options)
     logger_class(plain(cfg.get("logger") or {"name": "csv"}))
     datamodule, lit = build(cfg)
+    check_sparse_gradients(trainer_options, lit.model)
     if cfg.get("eval"):
         lit.model.load_state_dict(load_model(checkpoint)[0].state_dict())
     return Run(cfg, datamodule, lit, trainer_options, checkpoint, evaluate_only=bool(cfg.get("eval")))
