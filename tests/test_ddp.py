@@ -79,7 +79,7 @@ def train_py(*args, cwd):
 
 def test_ddp_on_cpu_stops_on_sigterm_resumes_and_reports_what_one_process_does(tmp_path):
     process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), "trainer=ddp_cpu", *TINY, *QUIET,
-                                "trainer.max_epochs=500"], cwd=tmp_path, stdout=subprocess.PIPE,
+                                "trainer.max_epochs=50"], cwd=tmp_path, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
         for line in process.stderr:  # both processes joined: training is about to start

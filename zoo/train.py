@@ -46,7 +46,6 @@ def quiet_lightning():
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
     # Hydra's root handler would print every Lightning info line a second time
     logging.getLogger("lightning.pytorch").propagate = False
-    logging.getLogger("lightning.fabric").propagate = False  # DDP's "Initializing distributed" lines
 
 
 def slice_rows(model, slices: list[dict], accuracies: dict) -> list[dict]:
