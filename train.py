@@ -57,6 +57,8 @@ def main(cfg: DictConfig):
     except ValueError as error:
         fail(error, 2)
     except RunInterrupted as stop:
+        if stop.rank:  # another process of a multi-process run: process 0 says where the checkpoint is
+            sys.exit(0)
         fail(f"{stop}" + (f"; continue with: python train.py resume={os.path.relpath(stop.checkpoint)}"
                           if stop.checkpoint else ""), stop.exit_code)
     return result["mean_accuracy"]  # the value a Hydra sweeper would optimise

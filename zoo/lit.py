@@ -1,5 +1,10 @@
 """Training: a LightningModule around zoo.model.LM with per-slice accuracy on the scored positions.
 
+Evaluation metrics are torchmetrics states (correct and scored counts; summed loss and scored tokens), computed
+once per epoch on every process from the states summed over all processes (torchmetrics' sync): under DDP, with
+each example evaluated on one process (zoo.tasks.data.SegmentBatchSampler), they equal one process's over the
+whole split, and every process holds the same numbers (the best checkpoint and early stopping agree).
+
 A language-modelling task's DataModule also exposes ``bytes_per_token`` ({"val": ..., "test": ...}: UTF-8
 bytes per scored token); LitLM then logs perplexity and bits per byte (comparable across tokenisers) too.
 """
@@ -10,6 +15,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from zoo.checkpoints import build_model
@@ -81,6 +87,9 @@ class LitLM(L.LightningModule):
         make = lambda: MulticlassAccuracy(num_classes=model.vocab_size, average="micro", ignore_index=IGNORE_INDEX)
         self.val_accuracy = nn.ModuleList(make() for _ in self.slice_keys)
         self.test_accuracy = nn.ModuleList(make() for _ in self.slice_keys)
+        # mean loss per scored token (each batch's mean weighted by its scored tokens)
+        self.val_loss = nn.ModuleList(MeanMetric() for _ in self.slice_keys)
+        self.test_loss = nn.ModuleList(MeanMetric() for _ in self.slice_keys)
         self.val_results: dict[str, float] = {}   # per slice, from the latest validation
         self.test_results: dict[str, float] = {}
         self.test_metrics: dict[str, dict] = {}  # language-modelling tasks: loss, perplexity, bits per byte
@@ -109,28 +118,45 @@ class LitLM(L.LightningModule):
         seconds = time.perf_counter() - self._batch_started
         self.log("train/tok_s", batch["input_ids"].numel() / seconds, prog_bar=True, on_step=True, on_epoch=False)
 
-    def _evaluate(self, batch, dataloader_idx: int, stage: str, metrics: nn.ModuleList):
+    def _evaluate(self, batch, dataloader_idx: int, accuracy: nn.ModuleList, losses: nn.ModuleList):
         loss, logits = self._loss(batch)
-        metric = metrics[dataloader_idx]
-        metric.update(logits.argmax(-1).flatten(), batch["labels"].flatten())
-        key = self.slice_keys[dataloader_idx]
-        self.log(f"{stage}/acc/{key}", metric, add_dataloader_idx=False, on_epoch=True)
-        self.log(f"{stage}/loss/{key}", loss, add_dataloader_idx=False)
+        labels = batch["labels"].flatten()
+        accuracy[dataloader_idx].update(logits.argmax(-1).flatten(), labels)
+        scored = labels.ne(IGNORE_INDEX).sum()
+        if scored > 0:  # a batch with nothing scored has no mean loss
+            losses[dataloader_idx].update(loss.detach(), weight=scored)
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        self._evaluate(batch, dataloader_idx, "val", self.val_accuracy)
+        self._evaluate(batch, dataloader_idx, self.val_accuracy, self.val_loss)
 
     def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
-        self._evaluate(batch, dataloader_idx, "test", self.test_accuracy)
+        self._evaluate(batch, dataloader_idx, self.test_accuracy, self.test_loss)
+
+    def _log_whole_split(self, name: str, value, **options):
+        # the value is already the whole split's and equal on every process; max over processes leaves it as it
+        # is, and tells Lightning it is synchronised (it would otherwise ask for sync_dist)
+        self.log(name, value, sync_dist=True, reduce_fx="max", **options)
+
+    def _slice_metrics(self, stage: str, accuracy: nn.ModuleList, losses: nn.ModuleList):
+        """Log each slice's accuracy and mean loss per scored token over the whole split and reset the states;
+        returns ({slice: accuracy}, {slice: loss}). Every process computes them, in the same order: each compute
+        sums its states over the processes."""
+        accuracies, mean_losses = {}, {}
+        for key, correct, loss in zip(self.slice_keys, accuracy, losses):
+            accuracies[key], mean_losses[key] = float(correct.compute()), float(loss.compute())
+            self._log_whole_split(f"{stage}/acc/{key}", accuracies[key])
+            self._log_whole_split(f"{stage}/loss/{key}", mean_losses[key])
+            correct.reset()
+            loss.reset()
+        return accuracies, mean_losses
 
     def on_validation_epoch_end(self):
+        accuracies, losses = self._slice_metrics("val", self.val_accuracy, self.val_loss)
         # mean over slices: one number to watch in the progress bar
-        accuracies = [self.trainer.callback_metrics.get(f"val/acc/{k}") for k in self.slice_keys]
-        if all(a is not None for a in accuracies):
-            self.log("val/acc", torch.stack([a.float() for a in accuracies]).mean(), prog_bar=True)
-            if not self.trainer.sanity_checking:
-                self.val_results = {k: float(a) for k, a in zip(self.slice_keys, accuracies)}
-        metrics = self._language_model_metrics("val")
+        self._log_whole_split("val/acc", sum(accuracies.values()) / len(accuracies), prog_bar=True)
+        if not self.trainer.sanity_checking:
+            self.val_results = accuracies
+        metrics = self._language_model_metrics("val", losses)
         if metrics and not self.trainer.sanity_checking:
             loss, ppl, bpb = (sum(m[name] for m in metrics.values()) / len(metrics)
                               for name in ("loss", "perplexity", "bits_per_byte"))
@@ -138,26 +164,26 @@ class LitLM(L.LightningModule):
                        f"perplexity {ppl:.3f}, bits per byte {bpb:.4f}")
 
     def on_test_epoch_end(self):
-        self.test_results = {k: float(self.trainer.callback_metrics[f"test/acc/{k}"]) for k in self.slice_keys}
-        self.test_metrics = self._language_model_metrics("test")
+        self.test_results, losses = self._slice_metrics("test", self.test_accuracy, self.test_loss)
+        self.test_metrics = self._language_model_metrics("test", losses)
 
-    def _language_model_metrics(self, stage: str) -> dict[str, dict]:
-        """Perplexity and bits per byte from the epoch's mean loss per token, logged per slice and averaged
-        over slices; {} unless the task says how many bytes a token stands for."""
+    def _language_model_metrics(self, stage: str, losses: dict[str, float]) -> dict[str, dict]:
+        """Perplexity and bits per byte from the epoch's mean loss per scored token (``losses``), logged per slice
+        and averaged over slices; {} unless the task says how many bytes a token stands for."""
         datamodule = getattr(self.trainer, "datamodule", None)
         bytes_per_token = getattr(datamodule, "bytes_per_token", None) or {}
         if stage not in bytes_per_token:
             return {}
         metrics = {}
         for key in self.slice_keys:
-            loss = float(self.trainer.callback_metrics[f"{stage}/loss/{key}"])  # nats per token
+            loss = losses[key]  # nats per token
             metrics[key] = {"loss": loss, "perplexity": math.exp(min(loss, 80.0)),
                             "bits_per_byte": loss / (math.log(2) * bytes_per_token[stage])}
-            self.log(f"{stage}/ppl/{key}", metrics[key]["perplexity"])
-            self.log(f"{stage}/bpb/{key}", metrics[key]["bits_per_byte"])
+            self._log_whole_split(f"{stage}/ppl/{key}", metrics[key]["perplexity"])
+            self._log_whole_split(f"{stage}/bpb/{key}", metrics[key]["bits_per_byte"])
         for name, short in (("loss", "loss"), ("perplexity", "ppl"), ("bits_per_byte", "bpb")):
-            self.log(f"{stage}/{short}", sum(m[name] for m in metrics.values()) / len(metrics),
-                     prog_bar=short == "bpb")
+            self._log_whole_split(f"{stage}/{short}", sum(m[name] for m in metrics.values()) / len(metrics),
+                                  prog_bar=short == "bpb")
         return metrics
 
     def configure_optimizers(self):

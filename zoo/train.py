@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from zoo.bench.report import format_table
 from zoo.checkpoints import BEST, CHECKPOINT_DIR, LAST, find_last, load_model, read_checkpoint, run_config
 from zoo.checks import require_choice, require_known_keywords, require_scalar_types
+from zoo.distributed import check_sparse_gradients, check_strategy
 from zoo.interrupt import StopOnSignal
 from zoo.lit import LitLM
 from zoo.model import LM
@@ -209,9 +210,11 @@ def prepare(cfg: DictConfig, overrides=()) -> Run:
         checkpoint = checkpoint_path(cfg.get("resume") or cfg.get("eval"), prefer=BEST if cfg.get("eval") else LAST)
         cfg = config_of_checkpoint(cfg, checkpoint, overrides)
     trainer_options = plain(cfg.trainer)
+    check_strategy(trainer_options)
     check_trainer(trainer_options)
     logger_class(plain(cfg.get("logger") or {"name": "csv"}))
     datamodule, lit = build(cfg)
+    check_sparse_gradients(trainer_options, lit.model)
     if cfg.get("eval"):
         lit.model.load_state_dict(load_model(checkpoint)[0].state_dict())
     return Run(cfg, datamodule, lit, trainer_options, checkpoint, evaluate_only=bool(cfg.get("eval")))
@@ -256,8 +259,8 @@ def execute(run: Run, output_dir: Path, callbacks=()) -> dict:
                 raise
         finally:
             stop.uninstall()
-        if stop.received is not None:  # stopped outside a training step, or after the last one: not finished
-            stop._stop(trainer)
+        # a signal outside a training step, or after the last one: not finished (every process asks together)
+        stop.stop_if_received(trainer)
         if best is not None and best.best_model_path:
             trainer.test(lit, datamodule=datamodule, verbose=False, ckpt_path=best.best_model_path,
                          weights_only=False)
