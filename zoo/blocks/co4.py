@@ -145,35 +145,40 @@ class Co4(Mixer):
         q_latent = latent[:, : self.d_model].to(_accumulation(k_x.dtype))
         return torch.sigmoid(k_x.to(q_latent.dtype) @ q_latent.T * self.d_model ** -0.5)
 
-    def latent_rows(self, x: torch.Tensor, projected: torch.Tensor, cache: Cache | None) -> torch.Tensor:
-        """q|k|v of the latent rows at every position: (1, 1, L, 3D) static, (B, T, L, 3D) reading the prefix.
+    def latent_rows(self, x: torch.Tensor, projected: torch.Tensor, cache: Cache | None):
+        """q, k, v of the latent rows at every position, each (1, 1, L, D) static or (B, T, L, D) reading the prefix.
 
         projected = x @ W^T (B, T, 3D), without the bias. Latent l at step t is its token plus the weighted mean of
         the tokens s <= t (and the cache's earlier ones); as the projection is linear, its q|k|v is the token's
         plus the same weighted mean of the tokens' projections, so nothing is projected per latent and position.
         The cache holds the sums in the input space (L x D) and their weights (L)."""
+        D = self.d_model
         latent = self.latent_qkv(x.dtype)
         if self.latent_mode == "static":
-            return latent[None, None]
-        weight = self.read_weights(projected[..., self.d_model: 2 * self.d_model] + self.qkv.bias[self.d_model:
-                                   2 * self.d_model].to(x.dtype), latent)                    # (B, T, L)
-        total = (weight[..., None] * projected[:, :, None, :].to(weight.dtype)).cumsum(1)   # (B, T, L, 3D)
+            return tuple(part[None, None] for part in latent.split(D, dim=-1))
+        weight = self.read_weights(projected[..., D: 2 * D] + self.qkv.bias[D: 2 * D].to(x.dtype), latent)  # (B, T, L)
         norm = weight.cumsum(1)
+        earlier = None
         if cache is not None:
             earlier_sum, earlier_weight = cache["read_sum"], cache["read_weight"]
-            total = total + F.linear(earlier_sum, self.qkv.weight.to(earlier_sum.dtype))[:, None]
+            earlier = F.linear(earlier_sum, self.qkv.weight.to(earlier_sum.dtype))                  # (B, L, 3D)
             norm = norm + earlier_weight[:, None]
             earlier_sum += torch.einsum("btl,btd->bld", weight, x.to(weight.dtype)).detach()
             earlier_weight += weight.sum(1).detach()
-        mean = total / norm.clamp_min(torch.finfo(norm.dtype).tiny)[..., None]
-        return latent + mean.to(x.dtype)
+        scale = 1 / norm.clamp_min(torch.finfo(norm.dtype).tiny)[..., None]                       # (B, T, L, 1)
+        rows = []
+        for i in range(3):  # one stream at a time: (B, T, L, D) each, never a 3D-wide tensor to split in backward
+            total = (weight[..., None] * projected[:, :, None, i * D: (i + 1) * D].to(weight.dtype)).cumsum(1)
+            if earlier is not None:
+                total = total + earlier[:, None, :, i * D: (i + 1) * D]
+            rows.append(latent[:, i * D: (i + 1) * D] + (total * scale).to(x.dtype))
+        return tuple(rows)
 
     def modulate(self, x: torch.Tensor, cache: Cache | None = None):
-        """x (B, T, D) -> M_Q, M_K, M_V (B, T, D) and the latent rows' q|k|v, (1 or B, 1 or T, L, 3D)."""
+        """x (B, T, D) -> M_Q, M_K, M_V (B, T, D) and the latent rows' q, k, v, each (1 or B, 1 or T, L, D)."""
         projected = F.linear(x, self.qkv.weight)
         q_x, k_x, v_x = (projected + self.qkv.bias).chunk(3, dim=-1)
-        latent = self.latent_rows(x, projected, cache)
-        q_l, k_l, v_l = latent.chunk(3, dim=-1)
+        q_l, k_l, v_l = latent = self.latent_rows(x, projected, cache)
         m_q = q_l.mean(2) * k_x + q_x
         m_k = k_l.mean(2) * q_x + k_x
         m_v = v_x * v_x + 2 * v_x + (q_l * k_l * (1 + v_l.abs())).mean(2)
@@ -213,26 +218,42 @@ class Co4(Mixer):
         filled = torch.arange(k, device=streams.device)[None, :, None] < start + T
         return top, rank, top[:, -1].masked_fill(~filled, float("-inf"))
 
+    def _running_topks(self, streams, carries, start: int, op_backend: str | None):
+        """The running top-k of M_Q, M_K, M_V: three (top, rank, last table). The kernels run one stream per call,
+        so the rows arrive as three tensors (slicing one 3D-wide tensor would cost full-size zero fills in backward);
+        the chunked PyTorch path runs the three as one tensor of 3D channels (a third of the ops) and splits."""
+        if op_backend is not None:
+            return [self._running_topk(m, carry, start, op_backend) for m, carry in zip(streams, carries)]
+        carry = None if carries[0] is None else torch.cat(carries, dim=-1)
+        top, rank, last = self._running_topk(torch.cat(streams, dim=-1), carry, start, None)
+        return list(zip(*(t.chunk(3, dim=-1) for t in (top, rank, last))))
+
     # ---- the attention over [latents; top-k rows] -----------------------------------------------------------------
-    def _attend(self, rows: torch.Tensor, rank: torch.Tensor, start: int) -> torch.Tensor:
-        """rows (B, C, L + k, 3D): [latent rows; top-k rows] of q|k|v at each position of a piece starting at
-        ``start``; rank (B, C, D): each token's rank in the top-k of M_V. Returns the (B, C, D) mixed output."""
-        B, C, R, _ = rows.shape
-        L, H, E, D = self.latents, self.num_heads, self.head_dim, self.d_model
-        k = R - L
-        seen = torch.arange(start + 1, start + C + 1, device=rows.device)        # tokens in each prefix
-        filled = torch.arange(k, device=rows.device)[None, :] < seen[:, None]    # (C, k) rows that exist
+    def _attend(self, latent, top, rank: torch.Tensor, start: int) -> torch.Tensor:
+        """latent: q, k, v of the latent rows, each (B|1, C|1, L, D); top: q, k, v of the top-k rows, each (B, C, k, D),
+        at each position of a piece starting at ``start``; rank (B, C, D): each token's rank in the top-k of M_V.
+        Returns the (B, C, D) mixed output."""
+        B, C, k, D = top[0].shape
+        L, H, E = self.latents, self.num_heads, self.head_dim
+        seen = torch.arange(start + 1, start + C + 1, device=rank.device)        # tokens in each prefix
+        filled = torch.arange(k, device=rank.device)[None, :] < seen[:, None]    # (C, k) rows that exist
         key_valid = torch.cat([filled.new_ones(C, L), filled], dim=1)            # (C, L + k)
-        q, kk, v = (part.unflatten(-1, (H, E)).transpose(2, 3) for part in rows.split(D, dim=-1))  # (B, C, H, R, E)
-        scores = (q @ kk.transpose(-1, -2)) * self.scale
-        scores = scores.masked_fill(~key_valid[None, :, None, None, :], float("-inf"))
-        out = (scores.softmax(dim=-1) @ v).transpose(2, 3).reshape(B, C, R, D)
-        # each channel reads the row of its own rank among the top-k of M_V (nothing where it is not in it)
-        own = out[:, :, L:].gather(2, rank.clamp(max=k - 1).unsqueeze(2)).squeeze(2)
-        mixed = own * (rank < k).to(out.dtype)
+        q, kk, v = (torch.cat([lat.expand(B, C, L, D), rows], dim=2).unflatten(-1, (H, E))
+                    for lat, rows in zip(latent, top))                          # (B, C, L + k, H, E)
+        scores = torch.einsum("bcrhe,bcshe->bchrs", q, kk) * self.scale
+        weights = scores.masked_fill(~key_valid[None, :, None, None, :], float("-inf")).softmax(dim=-1)
+        # only two things are read: the top-k rows' outputs (each channel the row of its own rank among the top-k of
+        # M_V, nothing where it is not in it) and the mean of the latent rows' outputs, which is the output of their
+        # mean attention weights
         if self.latent_output == "mean":
-            mixed = mixed + out[:, :, :L].mean(dim=2)
-        return mixed
+            weights = torch.cat([weights[..., :L, :].mean(dim=3, keepdim=True), weights[..., L:, :]], dim=3)
+            first = 1
+        else:
+            weights, first = weights[..., L:, :], 0
+        out = torch.einsum("bchrs,bcshe->bcrhe", weights, v).flatten(-2)         # (B, C, first + k, D)
+        own = out[:, :, first:].gather(2, rank.clamp(max=k - 1).unsqueeze(2)).squeeze(2)
+        mixed = own * (rank < k).to(out.dtype)
+        return mixed + out[:, :, 0] if first else mixed
 
     def _piece(self, batch: int) -> int:
         """Tokens per piece of the attention: as many as keep its scores under ATTENTION_SCORES, at least chunk_size."""
@@ -246,25 +267,25 @@ class Co4(Mixer):
             layout = DocumentLayout(seq_idx)
             return layout.repack(self.forward(layout.unpack(x)))
         B, T, D = x.shape
-        L, S = self.latents, 3 * D
         op_backend = self._op_backend(x)  # before the cache changes: a bad backend fails with nothing written
-        (m_q, m_k, m_v), latent = self.modulate(x, cache)
-        # the three streams rank independently per channel: run them as one tensor of 3 * d_model channels
-        streams = torch.cat([m_q, m_k, m_v], dim=-1)
-        carry, start = None, 0
+        streams, latent = self.modulate(x, cache)
+        carries, start = (None,) * 3, 0
         if cache is not None:
-            carry, start = torch.cat([cache[name].to(x.dtype) for name in CACHE_NAMES], dim=-1), cache.seen
-        top, rank, last = self._running_topk(streams, carry, start, op_backend)
+            carries, start = [cache[name].to(x.dtype) for name in CACHE_NAMES], cache.seen
+        (top_q, _, last_q), (top_k, _, last_k), (top_v, rank, last_v) = self._running_topks(streams, carries, start,
+                                                                                          op_backend)
+        top = (top_q, top_k, top_v)
         outputs = []
         piece = self._piece(B)
         for c0 in range(0, T, piece):
             c1 = min(T, c0 + piece)
-            rows = torch.cat([latent[:, c0:c1].expand(B, c1 - c0, L, S), top[:, c0:c1]], dim=2)
-            outputs.append(m_v[:, c0:c1] + self._attend(rows, rank[:, c0:c1, 2 * D:], start + c0))
+            outputs.append(streams[2][:, c0:c1] + self._attend([lat[:, c0:c1] for lat in latent],
+                                                              [rows[:, c0:c1] for rows in top],
+                                                              rank[:, c0:c1], start + c0))
         y = torch.cat(outputs, dim=1)
         if cache is not None:
-            for name, table in zip(CACHE_NAMES, last.detach().split(D, dim=-1)):
-                cache[name].copy_(table)
+            for name, table in zip(CACHE_NAMES, (last_q, last_k, last_v)):
+                cache[name].copy_(table.detach())
             cache.seen += T
         return self.out_proj(y) if self.out_proj is not None else y
 
