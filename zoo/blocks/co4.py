@@ -88,6 +88,17 @@ def running_topk_indices(carry: torch.Tensor, chunk: torch.Tensor, seen: int):
     return order, rank
 
 
+def prefix_sum(values: torch.Tensor) -> torch.Tensor:
+    """Cumulative sum over dim 1 by doubling (log2 T vectorised adds; Hillis & Steele): on CPU ~3x faster than
+    torch.cumsum over a middle dimension, whose kernel walks each strided column one element at a time. The sums
+    are formed in another order than a sequential scan's (a tree), so they agree to rounding."""
+    span = 1
+    while span < values.shape[1]:
+        values = torch.cat([values[:, :span], values[:, span:] + values[:, :-span]], dim=1)
+        span *= 2
+    return values
+
+
 def _accumulation(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -168,7 +179,7 @@ class Co4(Mixer):
         scale = 1 / norm.clamp_min(torch.finfo(norm.dtype).tiny)[..., None]                       # (B, T, L, 1)
         rows = []
         for i in range(3):  # one stream at a time: (B, T, L, D) each, never a 3D-wide tensor to split in backward
-            total = (weight[..., None] * projected[:, :, None, i * D: (i + 1) * D].to(weight.dtype)).cumsum(1)
+            total = prefix_sum(weight[..., None] * projected[:, :, None, i * D: (i + 1) * D].to(weight.dtype))
             if earlier is not None:
                 total = total + earlier[:, None, :, i * D: (i + 1) * D]
             rows.append(latent[:, i * D: (i + 1) * D] + (total * scale).to(x.dtype))
@@ -238,9 +249,10 @@ class Co4(Mixer):
         seen = torch.arange(start + 1, start + C + 1, device=rank.device)        # tokens in each prefix
         filled = torch.arange(k, device=rank.device)[None, :] < seen[:, None]    # (C, k) rows that exist
         key_valid = torch.cat([filled.new_ones(C, L), filled], dim=1)            # (C, L + k)
-        q, kk, v = (torch.cat([lat.expand(B, C, L, D), rows], dim=2).unflatten(-1, (H, E))
-                    for lat, rows in zip(latent, top))                          # (B, C, L + k, H, E)
-        scores = torch.einsum("bcrhe,bcshe->bchrs", q, kk) * self.scale
+        # rows (B, C, H, L + k, E), laid out by the concatenation itself, so the products below copy nothing
+        q, kk, v = (torch.cat([lat.unflatten(-1, (H, E)).transpose(2, 3).expand(B, C, H, L, E),
+                               rows.unflatten(-1, (H, E)).transpose(2, 3)], dim=3) for lat, rows in zip(latent, top))
+        scores = (q @ kk.transpose(-1, -2)) * self.scale                         # (B, C, H, L + k, L + k)
         weights = scores.masked_fill(~key_valid[None, :, None, None, :], float("-inf")).softmax(dim=-1)
         # only two things are read: the top-k rows' outputs (each channel the row of its own rank among the top-k of
         # M_V, nothing where it is not in it) and the mean of the latent rows' outputs, which is the output of their
@@ -250,7 +262,7 @@ class Co4(Mixer):
             first = 1
         else:
             weights, first = weights[..., L:, :], 0
-        out = torch.einsum("bchrs,bcshe->bcrhe", weights, v).flatten(-2)         # (B, C, first + k, D)
+        out = (weights @ v).transpose(2, 3).flatten(-2)                          # (B, C, first + k, D)
         own = out[:, :, first:].gather(2, rank.clamp(max=k - 1).unsqueeze(2)).squeeze(2)
         mixed = own * (rank < k).to(out.dtype)
         return mixed + out[:, :, 0] if first else mixed
