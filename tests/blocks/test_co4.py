@@ -212,7 +212,7 @@ def test_bad_state_size_argument():
         Co4(32).state_size(-1)
 
 
-@pytest.mark.parametrize("config", ["co4", "co4_babylm", "conv_co4"])
+@pytest.mark.parametrize("config", ["co4", "co4_static", "co4_babylm", "conv_co4"])
 def test_model_configs_build_and_generate(config):
     spec = yaml.safe_load((CONFIGS / f"{config}.yaml").read_text())
     torch.manual_seed(0)
@@ -285,3 +285,13 @@ def test_latents_read_a_normalised_running_sum_of_the_prefix():
     static = _block(latents=3, latent_mode="static")
     with torch.no_grad():
         assert [part.shape for part in static.modulate(x)[1]] == [(1, 1, 3, 32)] * 3
+
+
+def test_auto_uses_the_chunked_path_without_the_compiled_kernel(monkeypatch):
+    """No C compiler (or ZOO_NATIVE=0): "auto" on CPU runs the chunked PyTorch path, with the same results."""
+    block = _block(topk=3, chunk_size=4)
+    x = _x(2, 11)
+    expected = block(x)
+    monkeypatch.setattr(cpu, "available", lambda: False)
+    monkeypatch.setattr(cpu, "running_topk_cpu", lambda *a, **kw: pytest.fail("the kernel ran"))
+    torch.testing.assert_close(block(x), expected, **F64)
