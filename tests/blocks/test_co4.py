@@ -11,6 +11,7 @@ import yaml
 from ops.co4 import cpu
 from tests.blocks.co4_reference import co4_oracle
 from ops.co4.reference import ranking_key
+import zoo.blocks.co4 as co4_module
 from zoo.blocks.co4 import Co4, running_topk_indices
 from zoo.blocks.registry import MIXERS, build_mixer
 from zoo.model import LM
@@ -83,6 +84,18 @@ def test_chunked_equals_oracle_outputs_and_gradients(hyper, seq, backend):
     for name, grad in grads.items():
         assert grad.abs().sum() > 0, f"{name} gets no gradient"
         torch.testing.assert_close(grad, grads_ref[name], **F64, msg=lambda m, n=name: f"grad of {n}: {m}")
+
+
+@pytest.mark.parametrize("latent_mode", ["prefix", "static"])
+def test_results_do_not_depend_on_the_attention_pieces(latent_mode, monkeypatch):
+    """The small attention runs in pieces of as many tokens as fit ATTENTION_SCORES: pieces of 4 tokens (the
+    chunk size) give the same outputs as one piece."""
+    block = _block(topk=3, chunk_size=4, latent_mode=latent_mode)
+    x = _x(2, 11)
+    expected = block(x)
+    monkeypatch.setattr(co4_module, "ATTENTION_SCORES", 1)
+    assert block._piece(2) == 4
+    torch.testing.assert_close(block(x), expected, **F64)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 8, 100])

@@ -278,7 +278,7 @@ class Co4(Mixer):
         if seq_idx is not None:  # the running top-k and the latents' sums restart per document: one row each
             layout = DocumentLayout(seq_idx)
             return layout.repack(self.forward(layout.unpack(x)))
-        B, T, D = x.shape
+        T = x.shape[1]
         op_backend = self._op_backend(x)  # before the cache changes: a bad backend fails with nothing written
         streams, latent = self.modulate(x, cache)
         carries, start = (None,) * 3, 0
@@ -288,10 +288,12 @@ class Co4(Mixer):
                                                                                           op_backend)
         top = (top_q, top_k, top_v)
         outputs = []
-        piece = self._piece(B)
+        piece = self._piece(x.shape[0])
         for c0 in range(0, T, piece):
             c1 = min(T, c0 + piece)
-            outputs.append(streams[2][:, c0:c1] + self._attend([lat[:, c0:c1] for lat in latent],
+            # static latent rows are one (1, 1, L, D) row set for every position
+            outputs.append(streams[2][:, c0:c1] + self._attend([lat[:, c0:c1] if lat.shape[1] > 1 else lat
+                                                               for lat in latent],
                                                               [rows[:, c0:c1] for rows in top],
                                                               rank[:, c0:c1], start + c0))
         y = torch.cat(outputs, dim=1)
