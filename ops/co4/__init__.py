@@ -8,6 +8,9 @@ fill yet, differentiable (each row's gradient goes to its source); rank (batch, 
 in its own prefix (k when outside the top k); index (batch, T, k, C) int64 into ``cat([initial, values], 1)``
 (-1 for an unfilled row) when ``return_indices``, else None. ``initial`` (batch, k, C), same dtype, sorted that
 way, holds ``initial_count`` filled slots first (a decoding cache; the rest is ignored). See reference.py.
+
+``backend="auto"``: the Triton kernel on a GPU (k <= 64), the compiled C kernel on CPU (ops/co4/cpu.py, built at
+first use; the reference where no C compiler is found), else the reference.
 """
 import torch
 
@@ -37,6 +40,14 @@ def _check(values, k, initial, initial_count):
                          f"{tuple(initial.shape)} in {initial.dtype}")
 
 
+def cpu_kernel_runs(backend: str, values: torch.Tensor) -> bool:
+    """backend="auto" on CPU takes the compiled C kernel when it builds here."""
+    if backend != "auto" or values.device.type != "cpu":
+        return False
+    from ops.co4 import cpu
+    return cpu.available()
+
+
 def running_topk(values: torch.Tensor, k: int, initial: torch.Tensor | None = None, initial_count: int = 0,
                  return_indices: bool = False, backend: str = "auto"):
     """The causal per-channel running top-k of values (batch, T, C); returns (top, rank, index or None)."""
@@ -51,6 +62,9 @@ def running_topk(values: torch.Tensor, k: int, initial: torch.Tensor | None = No
     if chosen == "triton":
         from ops.co4.triton import running_topk_triton
         return running_topk_triton(values, k, initial, initial_count, return_indices)
+    if cpu_kernel_runs(backend, values):
+        from ops.co4.cpu import running_topk_cpu
+        return running_topk_cpu(values, k, initial, initial_count, return_indices)
     from ops.co4.reference import running_topk_reference
     top, rank, index = running_topk_reference(values, k, initial, initial_count)
     return top, rank, (index if return_indices else None)

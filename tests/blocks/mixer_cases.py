@@ -14,7 +14,8 @@ EXTRA_CASES = {
     "mamba": [{"init": "mimetic"}],
     # top-k saturated within the test lengths, chunks crossing it, several heads; the other latent/output modes
     "co4": [{"latents": 2, "topk": 3, "num_heads": 4, "chunk_size": 5},
-            {"latent_output": "none", "output_projection": True, "chunk_size": 1}],
+            {"latent_output": "none", "output_projection": True, "chunk_size": 1},
+            {"latent_mode": "static", "topk": 3, "chunk_size": 4}],
 }
 
 

@@ -1,13 +1,18 @@
-"""Co4: the chunked block equals its O(N^2) oracle (outputs and every gradient), decodes like its parallel forward,
-keeps exactly state_size numbers, breaks top-k ties towards the earlier token, and rejects bad arguments."""
+"""Co4: the block (the chunked PyTorch top-k and the compiled CPU one) equals its O(N^2) oracle (outputs and every
+gradient) with latents that read the prefix and with static ones, decodes like its parallel forward, keeps exactly
+state_size numbers, breaks top-k ties towards the earlier token, lets earlier tokens reach later outputs through
+the latents, and rejects bad arguments."""
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from zoo.blocks.co4 import Co4, ranking_key, running_topk_chunk
-from zoo.blocks.co4_reference import co4_oracle
+from ops.co4 import cpu
+from tests.blocks.co4_reference import co4_oracle
+from ops.co4.reference import ranking_key
+import zoo.blocks.co4 as co4_module
+from zoo.blocks.co4 import Co4, running_topk_indices
 from zoo.blocks.registry import MIXERS, build_mixer
 from zoo.model import LM
 
@@ -15,14 +20,31 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 F64 = dict(rtol=1e-9, atol=1e-9)
 
 # (hyperparameters, sequence length): top-k saturated or not, chunk boundaries inside and at the top-k size,
-# one head or several, each latent-output mode, with and without the optional projection
+# one head or several, each latent-output mode, with and without the optional projection, each latent mode
+# (one latent reading the prefix: the released code's single CLS latent)
 SETTINGS = [
     ({"latents": 2, "topk": 3, "num_heads": 4, "chunk_size": 5}, 17),
     ({"latents": 1, "topk": 12, "num_heads": 1, "chunk_size": 4}, 9),     # fewer tokens than k
-    ({"latents": 4, "topk": 5, "num_heads": 2, "chunk_size": 64}, 23),    # one chunk
+    ({"latents": 4, "topk": 5, "num_heads": 2, "chunk_size": 64, "latent_mode": "static"}, 23),    # one chunk
     ({"latents": 3, "topk": 2, "num_heads": 2, "chunk_size": 1, "latent_output": "none",
       "output_projection": True}, 11),
 ]
+# the block's top-k paths on CPU: "reference" counts ranks chunk by chunk in PyTorch, "auto" is the compiled kernel
+CPU_BACKENDS = ["reference", "auto"]
+
+
+def running_topk_chunk(carry: torch.Tensor, chunk: torch.Tensor, seen: int):
+    """(top (B, C, k, S), rank): the chunked path's running top-k values themselves (gathered, so differentiable),
+    0 in slots the prefix cannot fill yet. See running_topk_indices."""
+    order, rank = running_topk_indices(carry, chunk, seen)
+    B, C, k, S = order.shape
+    source = torch.cat([carry, chunk, chunk.new_zeros(B, 1, S)], dim=1)
+    return torch.gather(source, 1, order.reshape(B, C * k, S)).view(B, C, k, S), rank
+
+
+@pytest.fixture(scope="module", autouse=True)
+def the_compiled_kernel_builds():
+    assert cpu.available(), f"the compiled CPU running top-k is unavailable: {cpu.unavailable_reason()}"
 
 
 def _block(seed=0, d_model=32, dtype=torch.float64, **hyper):
@@ -48,9 +70,10 @@ def test_registered_under_its_config_name():
     assert (block.latents, block.topk, block.num_heads, block.head_dim, block.layer_idx) == (3, 5, 4, 8, 1)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("hyper,seq", SETTINGS, ids=lambda v: str(v) if isinstance(v, int) else None)
-def test_chunked_equals_oracle_outputs_and_gradients(hyper, seq):
-    block = _block(**hyper)
+def test_chunked_equals_oracle_outputs_and_gradients(hyper, seq, backend):
+    block = _block(backend=backend, **hyper)
     x = _x(2, seq)
     weights = _x(2, seq, seed=7)
     y, dx, grads = _outputs_and_grads(block, block, x, weights)
@@ -61,6 +84,18 @@ def test_chunked_equals_oracle_outputs_and_gradients(hyper, seq):
     for name, grad in grads.items():
         assert grad.abs().sum() > 0, f"{name} gets no gradient"
         torch.testing.assert_close(grad, grads_ref[name], **F64, msg=lambda m, n=name: f"grad of {n}: {m}")
+
+
+@pytest.mark.parametrize("latent_mode", ["prefix", "static"])
+def test_results_do_not_depend_on_the_attention_pieces(latent_mode, monkeypatch):
+    """The small attention runs in pieces of as many tokens as fit ATTENTION_SCORES: pieces of 4 tokens (the
+    chunk size) give the same outputs as one piece."""
+    block = _block(topk=3, chunk_size=4, latent_mode=latent_mode)
+    x = _x(2, 11)
+    expected = block(x)
+    monkeypatch.setattr(co4_module, "ATTENTION_SCORES", 1)
+    assert block._piece(2) == 4
+    torch.testing.assert_close(block(x), expected, **F64)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 8, 100])
@@ -110,16 +145,19 @@ def test_cache_holds_the_running_top_k_of_each_modulated_stream():
         torch.testing.assert_close(cache[name], m.gather(1, order), **F64)
 
 
-def test_state_size_is_exact_and_constant():
-    block = _block(d_model=32, topk=5)
-    assert block.state_size(0) == block.state_size(1) == block.state_size(10_000) == 3 * 5 * 32
+@pytest.mark.parametrize("latent_mode", ["prefix", "static"])
+def test_state_size_is_exact_and_constant(latent_mode):
+    block = _block(d_model=32, topk=5, latents=3, latent_mode=latent_mode)
+    # three top-k tables; reading the prefix adds each latent's running sum (32) and its weight (1)
+    expected = 3 * 5 * 32 + (3 * 33 if latent_mode == "prefix" else 0)
+    assert block.state_size(0) == block.state_size(1) == block.state_size(10_000) == expected
     for seq in (1, 3, 5, 12):
         cache = block.allocate_cache(3)
         with torch.no_grad():
             block(_x(3, seq), cache)
         assert cache.numel_per_sequence() == block.state_size(seq)
-    # the latent rows are parameters, not state
-    assert sum(t[0].numel() for t in cache.values()) == 3 * 5 * 32
+    # the latent tokens are parameters, not state
+    assert sum(t[0].numel() for t in cache.values()) == expected
 
 
 def test_ties_go_to_the_earlier_token():
@@ -174,6 +212,7 @@ def test_float64_and_bfloat16_run_and_decode():
 @pytest.mark.parametrize("bad,named", [
     ({"latents": 0}, "0"), ({"topk": -2}, "-2"), ({"num_heads": 3}, "num_heads=3"), ({"chunk_size": 1.5}, "1.5"),
     ({"latent_output": "max"}, "'max'"), ({"output_projection": "yes"}, "'yes'"), ({"topk": True}, "True"),
+    ({"latent_mode": "cls"}, "'cls'"),
 ])
 def test_bad_arguments_raise_value_error_naming_the_value(bad, named):
     with pytest.raises(ValueError) as error:
@@ -186,7 +225,7 @@ def test_bad_state_size_argument():
         Co4(32).state_size(-1)
 
 
-@pytest.mark.parametrize("config", ["co4", "co4_babylm", "conv_co4"])
+@pytest.mark.parametrize("config", ["co4", "co4_static", "co4_babylm", "conv_co4"])
 def test_model_configs_build_and_generate(config):
     spec = yaml.safe_load((CONFIGS / f"{config}.yaml").read_text())
     torch.manual_seed(0)
@@ -204,11 +243,15 @@ def test_model_configs_build_and_generate(config):
         assert len(model.layers) == 1 and co4_layers[0].num_heads == 2 and model.layers[0].mlp is None
 
 
+@pytest.mark.parametrize("latent_mode", ["prefix", "static"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_repeated_inputs_decode_like_the_parallel_forward(dtype):
-    """A repeated token ties exactly in the parallel forward; one-token decode steps compute its projection with
-    another matrix shape (an ulp apart), and the rounded ranking key keeps the tie, so the ranks agree."""
-    block = _block(dtype=dtype, topk=4, chunk_size=8)
+def test_repeated_inputs_decode_like_the_parallel_forward(dtype, latent_mode):
+    """Repeated tokens tie exactly in the parallel forward: under static latents a repeat is the same value, and
+    latents that read the prefix tie too where the prefix repeats its token proportions (0 1 0 2 and
+    0 1 0 2 1 0 0 2 read the same weighted mean). One-token decode steps compute those values with other
+    rounding (another matrix shape; running sums instead of a cumulative sum), an ulp apart; the rounded ranking
+    key keeps the tie, so the ranks agree."""
+    block = _block(dtype=dtype, topk=4, chunk_size=8, latent_mode=latent_mode)
     vocabulary = _x(1, 3, dtype=dtype)[0]
     x = vocabulary[torch.tensor([[0, 1, 0, 2, 1, 0, 0, 2, 1, 1, 0, 2, 2, 0]])]
     with torch.no_grad():
@@ -217,3 +260,51 @@ def test_repeated_inputs_decode_like_the_parallel_forward(dtype):
         steps = torch.cat([block(x[:, :3], cache)] + [block(x[:, t: t + 1], cache) for t in range(3, 14)], 1)
     tolerance = F64 if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(steps, expected, **tolerance)
+
+
+def _jacobian_blocks(block, x):
+    """|d y_t / d x_s| summed over channels: (T, T), row t, column s."""
+    jac = torch.autograd.functional.jacobian(lambda inp: block(inp)[0], x)   # (T, D, 1, T, D)
+    return jac.abs().sum(dim=(1, 2, 4))
+
+
+def test_earlier_tokens_reach_later_outputs_through_the_latents():
+    """With static latents token s < t reaches output t only through the top-k rows it occupies; where it occupies
+    none (its gradient into y_t is exactly 0), latents that read the prefix still carry it. Static weights are
+    the same parameters, so the difference is the latent path alone."""
+    hyper = dict(d_model=8, latents=2, topk=1, num_heads=2, chunk_size=4)
+    x = _x(1, 12, d=8, seed=5)
+    static = _jacobian_blocks(_block(latent_mode="static", **hyper), x)
+    prefix = _jacobian_blocks(_block(latent_mode="prefix", **hyper), x)
+    earlier = torch.ones(12, 12, dtype=torch.bool).tril(-1)
+    unreached = earlier & (static == 0)
+    assert unreached.sum() >= 5, "the test needs tokens that static Co4 does not carry to later outputs"
+    assert (prefix[unreached] > 1e-6).all()
+    assert (prefix.triu(1) == 0).all() and (static.triu(1) == 0).all()         # and both stay causal
+
+
+def test_latents_read_a_normalised_running_sum_of_the_prefix():
+    """Each latent's rows at step t are its token's plus the weighted mean of the tokens' projections s <= t; a
+    change at s moves the latents from s on, never before; static latents never move."""
+    block = _block(latents=3)
+    x = _x(2, 10)
+    changed = x.clone()
+    changed[:, 4] += 1
+    with torch.no_grad():
+        latent, latent_changed = (torch.cat(block.modulate(inp)[1], dim=-1) for inp in (x, changed))
+    assert latent.shape == (2, 10, 3, 96)
+    torch.testing.assert_close(latent_changed[:, :4], latent[:, :4], **F64)
+    assert (latent_changed[:, 4:] - latent[:, 4:]).abs().amax(dim=(2, 3)).min() > 1e-6
+    static = _block(latents=3, latent_mode="static")
+    with torch.no_grad():
+        assert [part.shape for part in static.modulate(x)[1]] == [(1, 1, 3, 32)] * 3
+
+
+def test_auto_uses_the_chunked_path_without_the_compiled_kernel(monkeypatch):
+    """No C compiler (or ZOO_NATIVE=0): "auto" on CPU runs the chunked PyTorch path, with the same results."""
+    block = _block(topk=3, chunk_size=4)
+    x = _x(2, 11)
+    expected = block(x)
+    monkeypatch.setattr(cpu, "available", lambda: False)
+    monkeypatch.setattr(cpu, "running_topk_cpu", lambda *a, **kw: pytest.fail("the kernel ran"))
+    torch.testing.assert_close(block(x), expected, **F64)

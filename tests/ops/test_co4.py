@@ -1,11 +1,12 @@
 """running_topk (Co4's causal per-channel running top-k): the reference against a brute-force ranking of every
-prefix, and the fused Triton kernel against the reference on values, ranks, indices and every gradient
-(interpreter on CPU): ragged T and channel tiles, several k (one lane per list and lists shared by lanes), ties
-exact and within bfloat16 rounding, an initial table, float32 / bfloat16 / float64."""
+prefix, and the compiled CPU kernel and the fused Triton kernel (interpreter on CPU) against the reference on
+values, ranks, indices and every gradient: ragged T and channel tiles, several k (one lane per list and lists
+shared by lanes), ties exact and within bfloat16 rounding, an initial table, float32 / bfloat16 / float64."""
 import pytest
 import torch
 
 import ops
+from ops.co4 import cpu
 from ops.co4.reference import ranking_key, running_topk_reference
 from ops.testing import assert_close
 
@@ -129,26 +130,38 @@ def test_parallel_in_time_matches_reference(chunk, shape, count, monkeypatch, tr
         assert_close(name, a, e, torch.float64)
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_ties_go_to_the_earlier_token_exact_and_within_rounding(backend, triton_device):
+BACKENDS = ["reference", "cpu", "triton"]
+
+
+def _device_and_backend(backend, triton_device):
+    """Where each backend runs and the name to ask for: "cpu" is the compiled kernel, which "auto" takes on CPU."""
+    if backend == "cpu" and not cpu.available():
+        pytest.fail(f"the compiled CPU running top-k is unavailable: {cpu.unavailable_reason()}")
+    return (triton_device, "triton") if backend == "triton" else ("cpu", "auto" if backend == "cpu" else backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_go_to_the_earlier_token_exact_and_within_rounding(backend, request):
     """Equal values: token t's rank is t, the rows come from the first k tokens, and so does their gradient. A later
     value larger by less than bfloat16's rounding ties too and still loses to the earlier one."""
-    device = triton_device if backend == "triton" else "cpu"
+    triton_device = request.getfixturevalue("triton_device") if backend == "triton" else None
+    device, name = _device_and_backend(backend, triton_device)
     k = 3
     values = torch.ones(1, 10, 2)
     values[0, :, 1] = 1 + torch.arange(10) * 1e-4  # rounds to 1.0 in bfloat16: all tie
     values = values.to(device).requires_grad_()
-    top, rank, index = ops.running_topk(values, k, return_indices=True, backend=backend)
+    top, rank, index = ops.running_topk(values, k, return_indices=True, backend=name)
     assert rank[0, :, 0].tolist() == rank[0, :, 1].tolist() == [0, 1, 2, 3, 3, 3, 3, 3, 3, 3]
     assert index[0, -1].T.tolist() == [[k, k + 1, k + 2]] * 2
     top[:, -1].sum().backward()
     assert values.grad[0].T.tolist() == [[1, 1, 1, 0, 0, 0, 0, 0, 0, 0]] * 2
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_an_initial_table_continues_the_sequence(backend, triton_device):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_initial_table_continues_the_sequence(backend, request):
     """Running the second half from the first half's last top-k table equals running the whole, gradients too."""
-    device = triton_device if backend == "triton" else "cpu"
+    triton_device = request.getfixturevalue("triton_device") if backend == "triton" else None
+    device, backend = _device_and_backend(backend, triton_device)
     B, T, C, k, split = 1, 14, 6, 4, 6
     values = _values((B, T, C), torch.float64, ties=True).to(device).requires_grad_()
     whole, whole_rank, _ = ops.running_topk(values, k, backend=backend)
@@ -162,8 +175,35 @@ def test_an_initial_table_continues_the_sequence(backend, triton_device):
     torch.testing.assert_close(grad_split, grad_whole, rtol=1e-12, atol=1e-12)
 
 
-def test_auto_runs_the_reference_on_cpu():
+# (batch, T, C, k): one step; k above T; ragged widths; a width the vector loops do not divide; k = 65
+CPU_SHAPES = [(2, 1, 3, 4), (2, 23, 19, 4), (1, 9, 5, 12), (3, 40, 37, 7), (1, 70, 3, 65)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("shape", CPU_SHAPES, ids=str)
+def test_cpu_kernel_matches_reference(shape, ties, dtype):
+    """backend="auto" on CPU is the compiled kernel: the same values, ranks and indices as the reference, and the
+    same gradients, with and without an initial table."""
+    assert cpu.available(), f"the compiled CPU running top-k is unavailable: {cpu.unavailable_reason()}"
+    B, T, C, k = shape
+    values = _values((B, T, C), dtype, ties=ties)
+    initial = _values((B, k, C), dtype, seed=4, ties=ties).sort(1, descending=True).values
+    for count in sorted({0, min(2, k), k}):
+        table = initial if count else None
+        expected = _run("reference", "cpu", values, k, table, count)
+        actual = _run("auto", "cpu", values, k, table, count)
+        for name, a, e in zip(("top", "rank", "index", "d values", "d initial"), actual, expected):
+            if name.startswith("d "):
+                assert_close(f"{name} (count {count})", a, e, dtype)
+            else:
+                assert torch.equal(a, e), f"{name} differs (count {count})"
+
+
+def test_auto_falls_back_to_the_reference_without_the_compiled_kernel(monkeypatch):
     values = _values((1, 7, 3), torch.float32)
+    monkeypatch.setattr(cpu, "available", lambda: False)
+    monkeypatch.setattr(cpu, "running_topk_cpu", lambda *a, **kw: pytest.fail("the kernel ran"))
     for a, e in zip(ops.running_topk(values, 3, return_indices=True), running_topk_reference(values, 3)):
         assert torch.equal(a, e)
 

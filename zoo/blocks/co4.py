@@ -1,33 +1,40 @@
 """Co4 (Adeel 2025, "Beyond Attention: Toward Machines with Intrinsic Higher Mental States"; Zain, Raza & Adeel,
 BabyLM 2025, "Single layer tiny Co^4 outpaces GPT-2 and GPT-BERT") made causal, with O(1) decoding.
 
-The released Co4 is bidirectional (vision / RL). This block is its causal version; docs/co4.md lists every choice
-the papers do not make and why. In one line per step, for the token at position t:
+docs/co4.md says what is the 2025 paper's, what the released code's (ARIA-Funded-TREND/HMS, bidirectional: its top-k
+over tokens and its CLS latent) and what ours. In one line per step, for the token at position t:
 
-1. One shared projection with bias gives q, k, v for the L learned latent tokens and for the input token.
-2. Modulation, per channel: M_Q = q_L * k_x + q_x, M_K = k_L * q_x + k_x, M_V = v_x^2 + 2 v_x + c_V, where
+1. One shared projection with bias gives q, k, v for the input token and for the L latent tokens.
+2. The latents read the prefix (``latent_mode="prefix"``, the default): latent l at step t is its learned token
+   plus a normalised running sum over s <= t of the tokens, weighted sigmoid(q_l . k_s / sqrt(D)) by how well its
+   query matches each token's key, so it changes with the input and decoding keeps only the running sums
+   (L x (D + 1) numbers). ``"static"``: the learned tokens alone (the ablation; then the modulation below is an
+   affine map of x).
+3. Modulation, per channel: M_Q = q_L * k_x + q_x, M_K = k_L * q_x + k_x, M_V = v_x^2 + 2 v_x + c_V, where
    q_L, k_L are the latent rows' mean and c_V = mean over latent rows of q_l * k_l * (1 + |v_l|).
-3. Running per-channel top-k over the prefix s <= t of M_Q, M_K, M_V, ranked by the value rounded to bfloat16
-   (ties, exact or within that rounding, go to the earlier position; see ``ranking_key``): the k
-   pseudo-token rows T_Q, T_K, T_V (row r holds the r-th largest value of each channel). Before k tokens have
-   been seen only the first t + 1 rows exist (the others are masked out of the attention).
-4. Softmax attention (scale head_dim^-1/2, per head, no causal mask among these rows: they all summarise the
+4. Running per-channel top-k over the prefix s <= t of M_Q, M_K, M_V, ranked by the value rounded to bfloat16
+   (ties, exact or within that rounding, go to the earlier position; see ``ranking_key`` and docs/co4.md for why
+   not the exact value): the k pseudo-token rows T_Q, T_K, T_V (row r holds the r-th largest value of each channel). Before k
+   tokens have been seen only the first t + 1 rows exist (the others are masked out of the attention).
+5. Softmax attention (scale head_dim^-1/2, per head, no causal mask among these rows: they all summarise the
    prefix) over the L + k rows [Q_L; T_Q] x [K_L; T_K] -> [V_L; T_V].
-5. Output: M_V[t], plus in each channel where token t is itself in the running top-k of M_V (rank r) the
+6. Output: M_V[t], plus in each channel where token t is itself in the running top-k of M_V (rank r) the
    attention output of row L + r, plus the latent rows' outputs pooled (``latent_output="mean"``) and broadcast.
    No output projection unless ``output_projection=True``.
 
-Training runs chunk by chunk (``chunk_size`` tokens): the top-k of everything before the chunk is carried, and
-each position of the chunk merges it with the chunk's causal prefix, so the cost is linear in the length. With
-``backend="triton"`` (or "auto" on a GPU) one kernel (ops.running_topk) computes the running top-k of the whole
-sequence instead, and only the small attention runs chunk by chunk.
-Decoding keeps only the three (k, d_model) top-k tables: O(1) per token. zoo/blocks/co4_reference.py is the
-O(N^2) masked oracle of the same definition. Packed rows (``seq_idx``): each document is gathered into its own
-row (padded at the end) and run as a sequence of its own, so its top-k never holds another document's values.
+The running top-k of the whole sequence is one op call, ``ops.running_topk``: the Triton kernel on a GPU, the
+compiled C kernel on CPU (``backend="auto"``); ``backend="reference"`` (and "auto" where neither runs) counts ranks
+chunk by chunk in PyTorch (``chunk_size`` tokens; see ``running_topk_indices``). The small attention then runs in
+pieces of at least ``chunk_size`` tokens, as many as fit ``ATTENTION_SCORES`` numbers. Decoding keeps the three
+(k, d_model) top-k tables and the latents' running sums: O(1) per token. tests/blocks/co4_reference.py is the
+O(N^2) oracle of the same definition. Packed rows (``seq_idx``): each document is gathered into its own row
+(padded at the end) and run as a sequence of its own, so nothing crosses a document boundary.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+import ops.co4
 from ops._backend import resolve_backend
 from ops.co4 import TRITON_DTYPES, TRITON_MAX_K, running_topk
 from ops.co4.reference import ranking_key
@@ -36,8 +43,11 @@ from zoo.blocks.base import Cache, Mixer
 from zoo.blocks.registry import register_mixer
 from zoo.checks import require_choice, require_positive_int
 
+LATENT_MODES = ("prefix", "static")
 LATENT_OUTPUTS = ("mean", "none")
 CACHE_NAMES = ("top_q", "top_k", "top_v")  # running top-k tables of M_Q, M_K, M_V
+READ_NAMES = ("read_sum", "read_weight")   # prefix mode: each latent's weighted sum of the tokens, and its weight
+ATTENTION_SCORES = 1 << 24                 # attention scores per piece of the small attention (memory only)
 
 
 def running_topk_indices(carry: torch.Tensor, chunk: torch.Tensor, seen: int):
@@ -78,33 +88,43 @@ def running_topk_indices(carry: torch.Tensor, chunk: torch.Tensor, seen: int):
     return order, rank
 
 
-def running_topk_chunk(carry: torch.Tensor, chunk: torch.Tensor, seen: int):
-    """(top (B, C, k, S), rank): the running top-k values themselves (gathered, so differentiable), 0 in slots
-    the prefix cannot fill yet. See running_topk_indices."""
-    order, rank = running_topk_indices(carry, chunk, seen)
-    B, C, k, S = order.shape
-    source = torch.cat([carry, chunk, chunk.new_zeros(B, 1, S)], dim=1)
-    return torch.gather(source, 1, order.reshape(B, C * k, S)).view(B, C, k, S), rank
+def prefix_sum(values: torch.Tensor) -> torch.Tensor:
+    """Cumulative sum over dim 1 by doubling (log2 T vectorised adds; Hillis & Steele): on CPU ~3x faster than
+    torch.cumsum over a middle dimension, whose kernel walks each strided column one element at a time. The sums
+    are formed in another order than a sequential scan's (a tree), so they agree to rounding."""
+    span = 1
+    while span < values.shape[1]:
+        values = torch.cat([values[:, :span], values[:, span:] + values[:, :-span]], dim=1)
+        span *= 2
+    return values
+
+
+def _accumulation(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @register_mixer("co4")
 class Co4(Mixer):
     """Causal Co4: latent-modulated triadic attention over a running per-channel top-k of the prefix.
 
-    Hyperparameters: ``latents`` L learned latent tokens; ``topk`` k pseudo-token rows (12 in the vision code);
+    Hyperparameters: ``latents`` L latent tokens (1: the released code's single CLS latent); ``latent_mode``
+    "prefix" (default: each latent reads the prefix through a normalised running sum, so it depends on the input)
+    or "static" (the learned tokens alone, the ablation); ``topk`` k pseudo-token rows (12 in the released code);
     ``num_heads`` (must divide d_model; each head attends over its head_dim channels of the L + k rows);
     ``latent_output`` how the latent rows' attention output reaches every position ("mean": their mean is added
     to each token's output; "none": latents only act through modulation and as keys/values); ``output_projection``
     (False as in the papers; True adds a d_model x d_model projection, ``out_proj``); ``chunk_size`` tokens per
-    training chunk (memory/speed only: results do not depend on it).
-    Decoding state: the running top-k values of M_Q, M_K and M_V, 3 * k * d_model numbers, whatever the length.
+    chunk of the PyTorch top-k path and the least per piece of the attention (memory/speed only: results do not
+    depend on it).
+    Decoding state: the running top-k values of M_Q, M_K and M_V (3 * k * d_model numbers), and in prefix mode
+    each latent's running sum of tokens and of weights (L * (d_model + 1)), whatever the length.
     """
 
     backends = ("auto", "reference", "triton")  # reference: the chunked PyTorch path; triton: ops.running_topk
 
     def __init__(self, d_model: int, layer_idx: int = 0, backend: str = "auto", latents: int = 8, topk: int = 12,
                  num_heads: int = 2, latent_output: str = "mean", output_projection: bool = False,
-                 chunk_size: int = 8):
+                 chunk_size: int = 8, latent_mode: str = "prefix"):
         super().__init__(d_model, layer_idx, backend)
         owner = type(self).__name__
         require_positive_int("latents", latents, owner)
@@ -112,135 +132,197 @@ class Co4(Mixer):
         require_positive_int("num_heads", num_heads, owner)
         require_positive_int("chunk_size", chunk_size, owner)
         require_choice("latent_output", latent_output, LATENT_OUTPUTS, owner)
+        require_choice("latent_mode", latent_mode, LATENT_MODES, owner)
         if not isinstance(output_projection, bool):
             raise ValueError(f"{owner}: output_projection must be True or False, got {output_projection!r}")
         if d_model % num_heads:
             raise ValueError(f"{owner}: num_heads={num_heads} must divide d_model={d_model}")
         self.latents, self.topk, self.num_heads, self.chunk_size = latents, topk, num_heads, chunk_size
-        self.latent_output, self.head_dim = latent_output, d_model // num_heads
+        self.latent_output, self.latent_mode, self.head_dim = latent_output, latent_mode, d_model // num_heads
         self.scale = self.head_dim ** -0.5
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=True)  # shared by latent and input tokens
         # latent tokens live in the (normalised) input space and go through the same projection
         self.latent_tokens = nn.Parameter(torch.randn(latents, d_model))
         self.out_proj = nn.Linear(d_model, d_model, bias=False) if output_projection else None
 
-    # the oracle (co4_reference.py) recomputes these steps on its own; the tests compare the two
+    # ---- latents ------------------------------------------------------------------------------------------------
+    # the oracle (tests/blocks/co4_reference.py) recomputes these steps on its own; the tests compare the two
     def latent_qkv(self, dtype):
-        q_l, k_l, v_l = self.qkv(self.latent_tokens.to(dtype)).chunk(3, dim=-1)  # (L, D) each
-        return q_l, k_l, v_l
+        """q|k|v of the learned latent tokens, (L, 3D)."""
+        return self.qkv(self.latent_tokens.to(dtype))
 
-    def modulate(self, x: torch.Tensor):
-        """x (B, T, D) -> M_Q, M_K, M_V (B, T, D) and the latent rows q_L, k_L, v_L (L, D)."""
-        q_x, k_x, v_x = self.qkv(x).chunk(3, dim=-1)
-        q_l, k_l, v_l = self.latent_qkv(x.dtype)
-        m_q = q_l.mean(0) * k_x + q_x
-        m_k = k_l.mean(0) * q_x + k_x
-        m_v = v_x * v_x + 2 * v_x + (q_l * k_l * (1 + v_l.abs())).mean(0)
-        return (m_q, m_k, m_v), (q_l, k_l, v_l)
+    def read_weights(self, k_x: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """How much each latent reads each token: sigmoid(q_l . k_x / sqrt(D)), (B, T, L), accumulation dtype."""
+        q_latent = latent[:, : self.d_model].to(_accumulation(k_x.dtype))
+        return torch.sigmoid(k_x.to(q_latent.dtype) @ q_latent.T * self.d_model ** -0.5)
 
-    def _attend(self, rows: torch.Tensor, rank: torch.Tensor, start: int) -> torch.Tensor:
-        """rows (B, C, L + k, 3D): [latent rows; top-k rows] of q|k|v at each position of a chunk starting at
-        ``start``; rank (B, C, D): each token's rank in the top-k of M_V. Returns the (B, C, D) mixed output."""
-        B, C, R, _ = rows.shape
-        L, H, E, D = self.latents, self.num_heads, self.head_dim, self.d_model
-        k = R - L
-        seen = torch.arange(start + 1, start + C + 1, device=rows.device)        # tokens in each prefix
-        filled = torch.arange(k, device=rows.device)[None, :] < seen[:, None]    # (C, k) rows that exist
+    def latent_rows(self, x: torch.Tensor, projected: torch.Tensor, cache: Cache | None):
+        """q, k, v of the latent rows at every position, each (1, 1, L, D) static or (B, T, L, D) reading the prefix.
+
+        projected = x @ W^T (B, T, 3D), without the bias. Latent l at step t is its token plus the weighted mean of
+        the tokens s <= t (and the cache's earlier ones); as the projection is linear, its q|k|v is the token's
+        plus the same weighted mean of the tokens' projections, so nothing is projected per latent and position.
+        The cache holds the sums in the input space (L x D) and their weights (L)."""
+        D = self.d_model
+        latent = self.latent_qkv(x.dtype)
+        if self.latent_mode == "static":
+            return tuple(part[None, None] for part in latent.split(D, dim=-1))
+        weight = self.read_weights(projected[..., D: 2 * D] + self.qkv.bias[D: 2 * D].to(x.dtype), latent)  # (B, T, L)
+        norm = weight.cumsum(1)
+        earlier = None
+        if cache is not None:
+            earlier_sum, earlier_weight = cache["read_sum"], cache["read_weight"]
+            earlier = F.linear(earlier_sum, self.qkv.weight.to(earlier_sum.dtype))                  # (B, L, 3D)
+            norm = norm + earlier_weight[:, None]
+            earlier_sum += torch.einsum("btl,btd->bld", weight, x.to(weight.dtype)).detach()
+            earlier_weight += weight.sum(1).detach()
+        scale = 1 / norm.clamp_min(torch.finfo(norm.dtype).tiny)[..., None]                       # (B, T, L, 1)
+        rows = []
+        for i in range(3):  # one stream at a time: (B, T, L, D) each, never a 3D-wide tensor to split in backward
+            total = prefix_sum(weight[..., None] * projected[:, :, None, i * D: (i + 1) * D].to(weight.dtype))
+            if earlier is not None:
+                total = total + earlier[:, None, :, i * D: (i + 1) * D]
+            rows.append(latent[:, i * D: (i + 1) * D] + (total * scale).to(x.dtype))
+        return tuple(rows)
+
+    def modulate(self, x: torch.Tensor, cache: Cache | None = None):
+        """x (B, T, D) -> M_Q, M_K, M_V (B, T, D) and the latent rows' q, k, v, each (1 or B, 1 or T, L, D)."""
+        projected = F.linear(x, self.qkv.weight)
+        q_x, k_x, v_x = (projected + self.qkv.bias).chunk(3, dim=-1)
+        q_l, k_l, v_l = latent = self.latent_rows(x, projected, cache)
+        m_q = q_l.mean(2) * k_x + q_x
+        m_k = k_l.mean(2) * q_x + k_x
+        m_v = v_x * v_x + 2 * v_x + (q_l * k_l * (1 + v_l.abs())).mean(2)
+        return (m_q, m_k, m_v), latent
+
+    # ---- the running top-k ---------------------------------------------------------------------------------------
+    def _op_backend(self, x: torch.Tensor) -> str | None:
+        """The ops.running_topk backend that runs the top-k here, or None for the chunked PyTorch path: "auto" takes
+        the Triton kernel where it applies (else the chunked path, not the op's slow sequential reference) and the
+        compiled kernel on CPU."""
+        chosen = resolve_backend(self.backend, x.device, type(self).__name__)
+        if chosen == "triton":
+            fits = self.topk <= TRITON_MAX_K and x.dtype in TRITON_DTYPES
+            return "triton" if fits or self.backend == "triton" else None
+        return "auto" if ops.co4.cpu_kernel_runs(self.backend, x) else None
+
+    def _running_topk(self, streams: torch.Tensor, carry: torch.Tensor | None, start: int, op_backend: str | None):
+        """(top (B, T, k, S), rank (B, T, S), the table after the last token (B, k, S), -inf in unfilled slots)."""
+        B, T, S = streams.shape
+        k = self.topk
+        if op_backend is not None:
+            top, rank, _ = running_topk(streams, k, carry if start else None, min(start, k), backend=op_backend)
+        else:
+            carry = streams.new_full((B, k, S), float("-inf")) if carry is None else carry
+            tops, ranks = [], []
+            for c0 in range(0, T, self.chunk_size):
+                chunk = streams[:, c0: c0 + self.chunk_size]
+                order, rank = running_topk_indices(carry, chunk, start + c0)
+                C = chunk.shape[1]
+                source = torch.cat([carry, chunk, chunk.new_zeros(B, 1, S)], dim=1)
+                top = torch.gather(source, 1, order.reshape(B, C * k, S)).view(B, C, k, S)
+                filled = torch.arange(k, device=streams.device)[None, :, None] < start + c0 + C
+                carry = top[:, -1].masked_fill(~filled, float("-inf"))
+                tops.append(top)
+                ranks.append(rank)
+            top, rank = torch.cat(tops, 1), torch.cat(ranks, 1)
+        filled = torch.arange(k, device=streams.device)[None, :, None] < start + T
+        return top, rank, top[:, -1].masked_fill(~filled, float("-inf"))
+
+    def _running_topks(self, streams, carries, start: int, op_backend: str | None):
+        """The running top-k of M_Q, M_K, M_V: three (top, rank, last table). The kernels run one stream per call,
+        so the rows arrive as three tensors (slicing one 3D-wide tensor would cost full-size zero fills in backward);
+        the chunked PyTorch path runs the three as one tensor of 3D channels (a third of the ops) and splits."""
+        if op_backend is not None:
+            return [self._running_topk(m, carry, start, op_backend) for m, carry in zip(streams, carries)]
+        carry = None if carries[0] is None else torch.cat(carries, dim=-1)
+        top, rank, last = self._running_topk(torch.cat(streams, dim=-1), carry, start, None)
+        return list(zip(*(t.chunk(3, dim=-1) for t in (top, rank, last))))
+
+    # ---- the attention over [latents; top-k rows] -----------------------------------------------------------------
+    def _attend(self, latent, top, rank: torch.Tensor, start: int) -> torch.Tensor:
+        """latent: q, k, v of the latent rows, each (B|1, C|1, L, D); top: q, k, v of the top-k rows, each (B, C, k, D),
+        at each position of a piece starting at ``start``; rank (B, C, D): each token's rank in the top-k of M_V.
+        Returns the (B, C, D) mixed output."""
+        B, C, k, D = top[0].shape
+        L, H, E = self.latents, self.num_heads, self.head_dim
+        seen = torch.arange(start + 1, start + C + 1, device=rank.device)        # tokens in each prefix
+        filled = torch.arange(k, device=rank.device)[None, :] < seen[:, None]    # (C, k) rows that exist
         key_valid = torch.cat([filled.new_ones(C, L), filled], dim=1)            # (C, L + k)
-        q, kk, v = (part.unflatten(-1, (H, E)).transpose(2, 3) for part in rows.split(D, dim=-1))  # (B, C, H, R, E)
-        scores = (q @ kk.transpose(-1, -2)) * self.scale
-        scores = scores.masked_fill(~key_valid[None, :, None, None, :], float("-inf"))
-        out = (scores.softmax(dim=-1) @ v).transpose(2, 3).reshape(B, C, R, D)
-        # each channel reads the row of its own rank among the top-k of M_V (nothing where it is not in it)
-        own = out[:, :, L:].gather(2, rank.clamp(max=k - 1).unsqueeze(2)).squeeze(2)
-        mixed = own * (rank < k).to(out.dtype)
+        # rows (B, C, H, L + k, E), laid out by the concatenation itself, so the products below copy nothing
+        q, kk, v = (torch.cat([lat.unflatten(-1, (H, E)).transpose(2, 3).expand(B, C, H, L, E),
+                               rows.unflatten(-1, (H, E)).transpose(2, 3)], dim=3) for lat, rows in zip(latent, top))
+        scores = (q @ kk.transpose(-1, -2)) * self.scale                         # (B, C, H, L + k, L + k)
+        weights = scores.masked_fill(~key_valid[None, :, None, None, :], float("-inf")).softmax(dim=-1)
+        # only two things are read: the top-k rows' outputs (each channel the row of its own rank among the top-k of
+        # M_V, nothing where it is not in it) and the mean of the latent rows' outputs, which is the output of their
+        # mean attention weights
         if self.latent_output == "mean":
-            mixed = mixed + out[:, :, :L].mean(dim=2)
-        return mixed
+            weights = torch.cat([weights[..., :L, :].mean(dim=3, keepdim=True), weights[..., L:, :]], dim=3)
+            first = 1
+        else:
+            weights, first = weights[..., L:, :], 0
+        out = (weights @ v).transpose(2, 3).flatten(-2)                          # (B, C, first + k, D)
+        own = out[:, :, first:].gather(2, rank.clamp(max=k - 1).unsqueeze(2)).squeeze(2)
+        mixed = own * (rank < k).to(out.dtype)
+        return mixed + out[:, :, 0] if first else mixed
 
+    def _piece(self, batch: int) -> int:
+        """Tokens per piece of the attention: as many as keep its scores under ATTENTION_SCORES, at least chunk_size."""
+        rows = self.latents + self.topk
+        return max(self.chunk_size, ATTENTION_SCORES // (batch * self.num_heads * rows * rows))
+
+    # ---- forward -------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, cache: Cache | None = None, seq_idx: torch.Tensor | None = None) -> torch.Tensor:
         self.check_packing(x, cache, seq_idx)
-        if seq_idx is not None:  # the running top-k restarts per document: run each as its own row
+        if seq_idx is not None:  # the running top-k and the latents' sums restart per document: one row each
             layout = DocumentLayout(seq_idx)
             return layout.repack(self.forward(layout.unpack(x)))
-        B, T, D = x.shape
-        (m_q, m_k, m_v), latent_rows = self.modulate(x)
-        # the three streams rank independently per channel: run them as one tensor of 3 * d_model channels
-        streams = torch.cat([m_q, m_k, m_v], dim=-1)
-        if cache is None:
-            carry, start = x.new_full((B, self.topk, 3 * D), float("-inf")), 0
-        else:
-            carry = torch.cat([cache[name].to(x.dtype) for name in CACHE_NAMES], dim=-1)
-            start = cache.seen
-        latent = torch.cat(latent_rows, dim=-1)                                  # (L, 3D): q|k|v of each latent
-        L, k = self.latents, self.topk
-        if self._fused(x):
-            y, carry = self._forward_fused(streams, m_v, carry, start, latent)
-            return self._finish(y, carry, cache)
-        outputs = []
-        for c0 in range(0, T, self.chunk_size):
-            c1 = min(T, c0 + self.chunk_size)
-            C = c1 - c0
-            order, rank = running_topk_indices(carry, streams[:, c0:c1], start + c0)
-            # one gather builds every position's rows: [latents; its top-k], padding (zeros) where none yet
-            source = torch.cat([carry, streams[:, c0:c1], streams.new_zeros(B, 1, 3 * D),
-                                latent.expand(B, L, 3 * D)], dim=1)
-            latent_index = torch.arange(k + C + 1, k + C + 1 + L, device=x.device)[None, None, :, None]
-            index = torch.cat([latent_index.expand(B, C, L, 3 * D), order], dim=2)
-            rows = torch.gather(source, 1, index.reshape(B, C * (L + k), 3 * D)).view(B, C, L + k, 3 * D)
-            # the top-k of everything up to the chunk's end; unfilled slots hold -inf for the next merge
-            last_filled = torch.arange(k, device=x.device) < start + c1
-            carry = torch.where(last_filled[None, :, None], rows[:, -1, L:],
-                                torch.full((), float("-inf"), dtype=rows.dtype, device=x.device))
-            outputs.append(m_v[:, c0:c1] + self._attend(rows, rank[..., 2 * D:], start + c0))
-        y = torch.cat(outputs, dim=1)
-        return self._finish(y, carry, cache)
-
-    def _finish(self, y: torch.Tensor, carry: torch.Tensor, cache: Cache | None) -> torch.Tensor:
-        """Store the last top-k tables in the cache; the optional output projection."""
+        T = x.shape[1]
+        op_backend = self._op_backend(x)  # before the cache changes: a bad backend fails with nothing written
+        streams, latent = self.modulate(x, cache)
+        carries, start = (None,) * 3, 0
         if cache is not None:
-            for name, table in zip(CACHE_NAMES, carry.detach().split(self.d_model, dim=-1)):
-                cache[name].copy_(table)
-            cache.seen += y.shape[1]
-        return self.out_proj(y) if self.out_proj is not None else y
-
-    def _fused(self, x: torch.Tensor) -> bool:
-        """Whether the running top-k runs as the Triton kernel; "auto" keeps the chunked path where the kernel
-        does not apply (k above its limit, another dtype) rather than the op's slow sequential reference."""
-        chosen = resolve_backend(self.backend, x.device, type(self).__name__)
-        if chosen == "triton" and self.backend == "auto":
-            return self.topk <= TRITON_MAX_K and x.dtype in TRITON_DTYPES
-        return chosen == "triton"
-
-    def _forward_fused(self, streams, m_v, carry, start: int, latent):
-        """The running top-k of the whole sequence in one op call (1 to 4 kernel launches), then the attention chunk
-        by chunk (its rows are (L + k) x 3D numbers per token). Returns the mixed output and the last top-k tables."""
-        B, T, S = streams.shape
-        L, k, D = self.latents, self.topk, self.d_model
-        top, rank, _ = running_topk(streams, k, carry if start else None, min(start, k), backend="triton")
+            carries, start = [cache[name].to(x.dtype) for name in CACHE_NAMES], cache.seen
+        (top_q, _, last_q), (top_k, _, last_k), (top_v, rank, last_v) = self._running_topks(streams, carries, start,
+                                                                                          op_backend)
+        top = (top_q, top_k, top_v)
         outputs = []
-        for c0 in range(0, T, self.chunk_size):
-            c1 = min(T, c0 + self.chunk_size)
-            rows = torch.cat([latent.expand(B, c1 - c0, L, S), top[:, c0:c1]], dim=2)
-            outputs.append(m_v[:, c0:c1] + self._attend(rows, rank[:, c0:c1, 2 * D:], start + c0))
-        # unfilled slots hold -inf in the tables, as in the chunked path
-        filled = torch.arange(k, device=streams.device)[None, :, None] < start + T
-        carry = top[:, -1].masked_fill(~filled, float("-inf"))
-        return torch.cat(outputs, dim=1), carry
+        piece = self._piece(x.shape[0])
+        for c0 in range(0, T, piece):
+            c1 = min(T, c0 + piece)
+            # static latent rows are one (1, 1, L, D) row set for every position
+            outputs.append(streams[2][:, c0:c1] + self._attend([lat[:, c0:c1] if lat.shape[1] > 1 else lat
+                                                               for lat in latent],
+                                                              [rows[:, c0:c1] for rows in top],
+                                                              rank[:, c0:c1], start + c0))
+        y = torch.cat(outputs, dim=1)
+        if cache is not None:
+            for name, table in zip(CACHE_NAMES, (last_q, last_k, last_v)):
+                cache[name].copy_(table.detach())
+            cache.seen += T
+        return self.out_proj(y) if self.out_proj is not None else y
 
     def allocate_cache(self, batch_size: int, device=None, dtype=None) -> Cache:
         weight = self.qkv.weight
+        device, dtype = device or weight.device, dtype or weight.dtype
         shape = (batch_size, self.topk, self.d_model)
-        options = dict(device=device or weight.device, dtype=dtype or weight.dtype)
         # the tables hold copies of modulated values (no accumulation): the model's dtype is exact enough
-        return Cache(**{name: torch.full(shape, float("-inf"), **options) for name in CACHE_NAMES})
+        tensors = {name: torch.full(shape, float("-inf"), device=device, dtype=dtype) for name in CACHE_NAMES}
+        if self.latent_mode == "prefix":  # running sums: accumulated in float32 (float64 for float64 models)
+            options = dict(device=device, dtype=_accumulation(dtype))
+            tensors.update(read_sum=torch.zeros(batch_size, self.latents, self.d_model, **options),
+                           read_weight=torch.zeros(batch_size, self.latents, **options))
+        return Cache(**tensors)
 
     def state_size(self, seq_len: int) -> int:
         if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
             raise ValueError(f"{type(self).__name__}: seq_len must be a non-negative integer, got {seq_len!r}")
-        return 3 * self.topk * self.d_model  # allocated in full from the start; latent rows are parameters
+        tables = 3 * self.topk * self.d_model  # allocated in full from the start; the latent tokens are parameters
+        return tables + (self.latents * (self.d_model + 1) if self.latent_mode == "prefix" else 0)
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, latents={self.latents}, topk={self.topk}, num_heads={self.num_heads}, "
-                f"latent_output={self.latent_output!r}, output_projection={self.out_proj is not None}, "
-                f"chunk_size={self.chunk_size}, backend={self.backend!r}")
+        return (f"d_model={self.d_model}, latents={self.latents}, latent_mode={self.latent_mode!r}, "
+                f"topk={self.topk}, num_heads={self.num_heads}, latent_output={self.latent_output!r}, "
+                f"output_projection={self.out_proj is not None}, chunk_size={self.chunk_size}, "
+                f"backend={self.backend!r}")
