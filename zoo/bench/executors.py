@@ -27,12 +27,11 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}".splitlines()[0]
 
 
-def _require(module: str, extra: str):
+def _require(module: str, extra: str, executor: str):
     try:
         return __import__(module)
     except ModuleNotFoundError:
-        raise SystemExit(f"error: --executor {extra.split(']')[0].strip('[')} needs {module}: "
-                         f"pip install -e '.{extra}'") from None
+        raise SystemExit(f"error: --executor {executor} needs {module}: pip install -e '.{extra}'") from None
 
 
 # ---- local: processes on this machine ---------------------------------------------------------------------------
@@ -156,7 +155,7 @@ class RayExecutor:
     def run(self, function, specs: list[RunSpec], deadline: float | None):
         if not specs:
             return
-        ray = _require("ray", "[ray]")
+        ray = _require("ray", "[ray]", "ray")
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                      logging_level="ERROR", configure_logging=True)
@@ -211,7 +210,7 @@ class SubmititExecutor:
                 f"{self.minutes} min per run")
 
     def _executor(self):
-        submitit = _require("submitit", "[slurm]")
+        submitit = _require("submitit", "[slurm]", "submitit")
         executor = submitit.AutoExecutor(folder=str(self.folder), cluster=self.cluster)
         options = {"timeout_min": self.minutes, "cpus_per_task": self.threads, "nodes": 1, "tasks_per_node": 1}
         if self.gpus:
@@ -289,7 +288,9 @@ def executor_from_args(args, out: Path, default_workers: int | None = None):
     if args.executor == "local":
         return LocalExecutor(workers, args.threads)
     if args.executor == "ray":
+        _require("ray", "[ray]", "ray")  # checked before anything is written
         return RayExecutor(args.ray_address, args.ray_cpus or args.threads, args.ray_gpus, args.threads,
                                      args.workers)
+    _require("submitit", "[slurm]", "submitit")
     return SubmititExecutor(Path(out) / "submitit", args.slurm_partition, args.slurm_time,
                                       args.slurm_gpus, args.threads, args.workers, args.slurm_cluster)
