@@ -8,21 +8,17 @@ so a stopped comparison resumes, and the executor options (--executor, --workers
 models train. A model's result depends on its config alone (seeded, its own intra-op threads).
 """
 import argparse
-import hashlib
-import json
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from zoo.bench.environment import describe
 from zoo.bench.executors import add_executor_arguments, executor_from_args
 from zoo.bench.report import format_table, pyplot, write_csv, write_json, write_markdown
-from zoo.bench.sweep import RunSpec, Sweep, report_stopped, run_sweep
+from zoo.bench.sweep import Sweep, report_stopped, run_sweep
+from zoo.bench.train_runs import compose_config, train_in_folder, train_spec
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-QUIET = ["+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", "print_test_table=false"]
 
 
 def add_arguments(parser: argparse.ArgumentParser):
@@ -44,30 +40,17 @@ def variants(memory: dict, d_model: int) -> dict[str, dict]:
     return {"anchor": anchor, "memory": memory, "dense": dense}
 
 
-def train_variant(config: dict, device: str) -> dict:
-    """One model of the comparison: zoo.train.train in its own folder (checkpoints, logs)."""
-    from zoo.train import train
-
-    print(f"[hpm] training {config['name']}: mlp={config['train']['model']['mlp']}", flush=True)
-    result = train(OmegaConf.create(config["train"]), Path(config["dir"]))
-    accuracy = ", ".join(f"{s['slice']} {s['accuracy']:.3f}" for s in result["slices"])
-    print(f"[hpm] {config['name']}: {result['sizes']} | {accuracy}", flush=True)
-    return result
-
-
 def run(args) -> int:
     out = Path(args.out)
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        base = compose("train", overrides=["experiment=hpm_compare", *args.overrides, *QUIET])
+    base = compose_config(["experiment=hpm_compare", *args.overrides])
     memory = OmegaConf.to_container(base.model.mlp, resolve=True)
     specs = []
     for name, mlp in variants(memory, base.model.d_model).items():
         config = OmegaConf.to_container(base, resolve=True)
         config["model"]["mlp"] = mlp
-        digest = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
-        specs.append(RunSpec(f"{name}-{digest}", {"name": name, "train": config, "dir": str(out / name)}))
+        specs.append(train_spec(name, config, out))
     executor = executor_from_args(args, out, default_workers=1)
-    outcome = run_sweep(Sweep("hpm comparison: anchor, memory, dense", specs, train_variant, out), executor,
+    outcome = run_sweep(Sweep("hpm comparison: anchor, memory, dense", specs, train_in_folder, out), executor,
                         args.stop_after)
     if outcome.left:
         return report_stopped(outcome, args.stop_after)
