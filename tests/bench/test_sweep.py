@@ -131,3 +131,16 @@ def test_a_missing_extra_fails_in_one_line_naming_the_install(tmp_path, monkeypa
         main(["recall", "--preset", "test", "--mixers", "short_conv", "--out", str(tmp_path), "--executor", executor])
     assert not list(tmp_path.iterdir()), "nothing is written before the extra is checked"
 
+
+
+def test_hydra_multirun_runs_train_py_jobs_through_the_joblib_launcher(tmp_path):
+    """train.py sweeps stay Hydra multiruns; Hydra's launchers (here joblib: two jobs at once) place the jobs."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    from tests.test_workflow import cli
+    sweep = tmp_path / "sweep"
+    done = cli("trainer.max_epochs=1", "optim.lr=1e-3,3e-3", f"hydra.sweep.dir={sweep}", "hydra/launcher=joblib",
+               "hydra.launcher.n_jobs=2", flags=["-m"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Joblib" in done.stdout + done.stderr
+    rows = (sweep / "sweep.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(",done," in row for row in rows[1:])
