@@ -137,6 +137,41 @@ class LocalExecutor:
         self._processes = []
 
 
+# ---- runs handed to a scheduler (Ray, SLURM) --------------------------------------------------------------------
+class _InFlight:
+    """Specs submitted as handles (Ray refs, submitit jobs), at most ``limit`` at once, none new past the deadline
+    once one has finished; yields (spec, result, error) as they finish."""
+
+    def __init__(self, specs: list[RunSpec], limit: int | None, deadline: float | None):
+        self.queue, self.limit, self.deadline = list(specs), limit or len(specs), deadline
+        self.running = {}
+
+    def handles(self) -> list:
+        return list(self.running)
+
+    def run(self, submit, finished, result):
+        while self.queue or self.running:
+            while self.queue and len(self.running) < self.limit and not (self.running and _past(self.deadline)):
+                spec = self.queue.pop(0)
+                self.running[submit(spec)] = spec
+            done = finished(list(self.running))
+            for handle in done:
+                spec = self.running.pop(handle)
+                try:
+                    yield spec, result(handle), None
+                except Exception as error:  # noqa: BLE001  (Ray's RayTaskError wraps the run's own as .cause)
+                    yield spec, None, _one_line(getattr(error, "cause", None) or error)
+            if done and _past(self.deadline):
+                self.queue.clear()
+
+
+def _finished_jobs(jobs: list) -> list:
+    done = [job for job in jobs if job.done()]
+    if not done:
+        time.sleep(POLL_SECONDS)
+    return done
+
+
 # ---- ray: each run a Ray task -------------------------------------------------------------------------------------
 class RayExecutor:
     """Each run a Ray task of ``cpus`` CPUs and ``gpus`` GPUs; ``address`` joins a cluster ('auto': the one started
@@ -161,25 +196,13 @@ class RayExecutor:
                      logging_level="ERROR", configure_logging=True)
             self._started_here = True
         task = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)(run_one)
-        queue, limit = list(specs), self.in_flight or len(specs)
-        refs = {}
+        pending = _InFlight(specs, self.in_flight, deadline)
         try:
-            while queue or refs:
-                while queue and len(refs) < limit and not (refs.keys() and _past(deadline)):
-                    spec = queue.pop(0)
-                    refs[task.remote(function, spec, self.threads)] = spec
-                    self._running = list(refs)
-                done, _ = ray.wait(list(refs), num_returns=1, timeout=POLL_SECONDS)
-                for ref in done:
-                    spec = refs.pop(ref)
-                    try:
-                        yield spec, ray.get(ref), None
-                    except Exception as error:  # noqa: BLE001  (a RayTaskError wraps the run's own)
-                        yield spec, None, _one_line(getattr(error, "cause", None) or error)
-                self._running = list(refs)
-                if _past(deadline) and done:
-                    queue.clear()
+            yield from pending.run(submit=lambda spec: task.remote(function, spec, self.threads),
+                                   finished=lambda refs: ray.wait(refs, num_returns=1, timeout=POLL_SECONDS)[0],
+                                   result=ray.get)
         finally:
+            self._running = pending.handles()
             self.stop()
 
     def stop(self):
@@ -224,27 +247,12 @@ class SubmititExecutor:
         if not specs:
             return
         executor = self._executor()
-        queue, limit = list(specs), self.in_flight or len(specs)
-        jobs = {}
+        pending = _InFlight(specs, self.in_flight, deadline)
         try:
-            while queue or jobs:
-                while queue and len(jobs) < limit and not (jobs and _past(deadline)):
-                    spec = queue.pop(0)
-                    jobs[executor.submit(run_one, function, spec, self.threads)] = spec
-                    self._jobs = list(jobs)
-                done = [job for job in jobs if job.done()]
-                if not done:
-                    time.sleep(POLL_SECONDS)
-                for job in done:
-                    spec = jobs.pop(job)
-                    try:
-                        yield spec, job.result(), None
-                    except Exception as error:  # noqa: BLE001
-                        yield spec, None, _one_line(error)
-                self._jobs = list(jobs)
-                if _past(deadline) and done:
-                    queue.clear()
+            yield from pending.run(submit=lambda spec: executor.submit(run_one, function, spec, self.threads),
+                                   finished=_finished_jobs, result=lambda job: job.result())
         finally:
+            self._jobs = pending.handles()
             self.stop()
 
     def stop(self):
