@@ -145,5 +145,6 @@ def test_a_multirun_leaves_one_table_of_its_jobs(tmp_path):
         assert row["status"] == "done"
         assert float(row["mean_accuracy"]) == pytest.approx(result["mean_accuracy"])
         assert float(row["acc_L32_kv4"]) == pytest.approx(result["slices"][1]["accuracy"])
+        assert int(row["state_size"]) == max(s["state_size"] for s in result["slices"])
     table = (sweep / "sweep.md").read_text().splitlines()
     assert table[0].startswith("| job | overrides | status |") and len(table) == 2 + len(rows)

@@ -22,7 +22,9 @@ def job_row(job_dir: Path) -> dict:
         stopped = (job_dir / "checkpoints" / "last.ckpt").exists()
         return {**row, "status": "stopped (checkpoint saved)" if stopped else "failed"}
     result = json.loads(result_file.read_text())
+    states = [entry["state_size"] for entry in result.get("slices", []) if entry.get("state_size") is not None]
     row.update(status="done", num_parameters=result.get("num_parameters"),
+               state_size=max(states) if states else None,  # at the longest test input: the project's x-axis
                val_best=(result.get("validation") or {}).get("best"), mean_accuracy=result.get("mean_accuracy"))
     for entry in result.get("slices", []):
         row[f"acc_{entry['slice']}"] = entry.get("accuracy")

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from zoo.bench.__main__ import main
-from zoo.bench.recall import frontier, grid_runs, run_key, summarise
+from zoo.bench import recall_runs
+from zoo.bench.recall import flat_row, frontier, grid_runs, run_key
 from zoo.bench.recall_grid import CPU, GPU, TEST, Preset, line_name
 from zoo.bench.choices import registered_mixers
 
@@ -164,15 +165,20 @@ def lr_record(lr, val, test, d_model=16):
     return {"key": f"{lr}-{d_model}", "config": config, "result": result}
 
 
+def summarise(records):
+    return recall_runs.summarise(records, flat_row, lambda row: (row["mixer"], row["knobs"], row["d_model"]),
+                                 "best_lr", "cpu")
+
+
 def test_best_lr_is_the_highest_mean_validation_accuracy_per_point():
-    summary = summarise(TEST, [lr_record(1e-3, 0.2, 0.2), lr_record(1e-2, 0.9, 0.9), lr_record(1e-1, 0.5, 0.5),
-                               lr_record(1e-3, 0.4, 0.4, 32)], [], "cpu")
+    summary = summarise([lr_record(1e-3, 0.2, 0.2), lr_record(1e-2, 0.9, 0.9), lr_record(1e-1, 0.5, 0.5),
+                               lr_record(1e-3, 0.4, 0.4, 32)])
     assert sorted((r["d_model"], r["lr"]) for r in summary["best"]) == [(16, 1e-2), (32, 1e-3)]
 
 
 def test_the_lr_choice_does_not_read_test_metrics():
     """Validation prefers 1e-3, test would prefer 1e-2: validation wins, and any test numbers give the same choice."""
-    choose = lambda records: [(r["d_model"], r["lr"]) for r in summarise(TEST, records, [], "cpu")["best"]]
+    choose = lambda records: [(r["d_model"], r["lr"]) for r in summarise(records)["best"]]
     chosen = choose([lr_record(1e-3, 0.8, 0.1), lr_record(1e-2, 0.3, 0.95)])
     assert chosen == [(16, 1e-3)]
     for tests in ((0.0, 1.0), (1.0, 0.0), (float("nan"), float("nan"))):

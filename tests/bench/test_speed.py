@@ -87,6 +87,9 @@ def test_cpu_preset_times_each_length_at_the_training_tokens_per_step():
     from zoo.bench.speed import CPU
     assert CPU.points() == [(64, 64), (16, 256), (4, 1024)]
     assert TEST.points() == [(2, 8), (2, 16)]
+    # decode at one batch at every length, so decode speed reads against context alone
+    assert {CPU.decode_batch_at(batch) for batch, _ in CPU.points()} == {4}
+    assert TEST.decode_batch_at(2) == 2
 
 
 def test_co4_preset_times_both_paths_against_attention(tmp_path):

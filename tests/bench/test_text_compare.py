@@ -52,3 +52,19 @@ def test_the_report_has_one_row_per_finished_job(tmp_path):
     saved = json.loads((tmp_path / "sweep" / "text_compare.json").read_text())["rows"]
     assert [r["model"] for r in saved] == ["short_conv", "conv_attention"]
     assert all(c in saved[0] for c in COLUMNS)
+
+
+def test_the_bench_command_runs_the_comparison_through_the_sweep_engine_and_resumes(tmp_path, capsys):
+    from zoo.bench.__main__ import main
+    write_documents(tmp_path / "corpus", 25)
+    command = ["text", "--models", "short_conv,conv_attention", "--out", str(tmp_path / "out"), "--workers", "1",
+               f"task.path={tmp_path / 'corpus'}", "task.seq_len=32", "task.batch_size=8", "model.d_model=16",
+               "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1"]
+    assert main(command) == 0
+    saved = json.loads((tmp_path / "out" / "text_compare.json").read_text())["rows"]
+    assert sorted(r["model"] for r in saved) == ["conv_attention", "short_conv"]
+    assert all(r["tokens_trained"] == 4 * 8 * 32 for r in saved)
+    assert len(list((tmp_path / "out" / "runs").glob("*.json"))) == 2
+    capsys.readouterr()
+    assert main(command) == 0  # every result file is there: nothing trains again
+    assert "2 runs, 2 already done" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""python -m zoo.bench {ops,speed,recall,hpm,gpu} ...  (each command's --help says more)."""
+"""python -m zoo.bench {ops,speed,recall,text,hpm,gpu} ...  (each command's --help says more)."""
 import argparse
 import importlib
 import shlex
@@ -11,6 +11,7 @@ COMMANDS = {
     "ops": ("zoo.bench.ops", "time each kernel against its reference and its peers (fwd, fwd+bwd, GB/s, HBM floor)"),
     "speed": ("zoo.bench.speed", "LM training / prefill / decode tokens per second and peak memory against length"),
     "recall": ("zoo.bench.recall", "MQAR recall against state size, one line per mixer"),
+    "text": ("zoo.bench.text_compare", "mixers on text at one token budget (experiment=text_compare), one table"),
     "hpm": ("zoo.bench.hpm_compare", "anchor vs anchor + hierarchical memory vs dense, accuracy per fact frequency"),
     "gpu": ("zoo.bench.gpu", "the GPU check, one phase per call (proof first; then peers, ops, mixers, recall, ...), packed into one archive"),
 }

@@ -3,27 +3,27 @@
 
 Each model trains on the same tokens (one datamodule, same order and seed) for the same number of epochs, is
 tested once, and the accuracy per frequency bucket goes into a table (stdout, Markdown, CSV), JSON and a PNG.
+The three models are one sweep (zoo/bench/sweep.py): each result is kept in ``OUT/runs/<model>-<hash>.json``,
+so a stopped comparison resumes, and the executor options (--executor, --workers, --threads) choose where the
+models train. A model's result depends on its config alone (seeded, its own intra-op threads).
 """
 import argparse
-import concurrent.futures
-import multiprocessing
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from zoo.bench.environment import describe
+from zoo.bench.executors import add_executor_arguments, executor_from_args
 from zoo.bench.report import format_table, pyplot, write_csv, write_json, write_markdown
+from zoo.bench.sweep import Sweep, report_stopped, run_sweep
+from zoo.bench.train_runs import compose_config, train_in_folder, train_spec
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-QUIET = ["+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", "print_test_table=false"]
 
 
 def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--out", default="bench_results/hpm-compare", help="output folder")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="models trained at once, in separate processes (default 1: one after another)")
+    add_executor_arguments(parser, "1: one model after another")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to experiment=hpm_compare")
 
 
@@ -40,46 +40,38 @@ def variants(memory: dict, d_model: int) -> dict[str, dict]:
     return {"anchor": anchor, "memory": memory, "dense": dense}
 
 
-def train_one(name: str, config: dict, out: Path) -> dict:
-    from zoo.train import train
-
-    print(f"[hpm] training {name}: mlp={config['model']['mlp']}", flush=True)
-    result = train(OmegaConf.create(config), out / name)
-    accuracy = ", ".join(f"{s['slice']} {s['accuracy']:.3f}" for s in result["slices"])
-    print(f"[hpm] {name}: {result['sizes']} | {accuracy}", flush=True)
-    return result
-
-
 def run(args) -> int:
     out = Path(args.out)
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        base = compose("train", overrides=["experiment=hpm_compare", *args.overrides, *QUIET])
+    base = compose_config(["experiment=hpm_compare", *args.overrides])
     memory = OmegaConf.to_container(base.model.mlp, resolve=True)
-    configs = {}
+    specs = []
     for name, mlp in variants(memory, base.model.d_model).items():
         config = OmegaConf.to_container(base, resolve=True)
         config["model"]["mlp"] = mlp
-        configs[name] = config
-    if args.workers > 1:
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
-            futures = {name: pool.submit(train_one, name, config, out) for name, config in configs.items()}
-            results = {name: future.result() for name, future in futures.items()}
-    else:
-        results = {name: train_one(name, config, out) for name, config in configs.items()}
+        specs.append(train_spec(name, config, out))
+    executor = executor_from_args(args, out, default_workers=1)
+    outcome = run_sweep(Sweep("hpm comparison: anchor, memory, dense", specs, train_in_folder, out), executor,
+                        args.stop_after)
+    if outcome.left:
+        return report_stopped(outcome, args.stop_after)
+    write_report({r["config"]["name"]: r["result"] for r in outcome.records}, out,
+                 chance=1 / base.task.values_per_attribute)
+    return 0
+
+
+def write_report(results: dict, out: Path, chance: float | None = None):
     rows = table_rows(results)
     columns = list(rows[0])
     print(format_table(rows, columns))
     sizes = {name: r["sizes"] for name, r in results.items()}
     print("parameters:", sizes)
     environment = describe(torch.device("cpu"))
-    write_json(out / "hpm_compare.json", {"rows": rows, "sizes": sizes, "results": results,
+    write_json(out / "hpm_compare.json", {"rows": rows, "sizes": sizes, "results": results, "chance": chance,
                                           "environment": environment})
     write_markdown(out / "hpm_compare.md", rows, columns, environment)
     write_csv(out / "hpm_compare.csv", rows, columns)
-    plot(rows, sizes, out / "hpm_compare.png")
+    plot(rows, sizes, out / "hpm_compare.png", chance)
     print(f"wrote {out}/hpm_compare.json, .md, .csv, .png")
-    return 0
 
 
 def table_rows(results: dict) -> list[dict]:
@@ -99,7 +91,7 @@ def table_rows(results: dict) -> list[dict]:
     return rows + [mean]
 
 
-def plot(rows: list[dict], sizes: dict, path: Path):
+def plot(rows: list[dict], sizes: dict, path: Path, chance: float | None = None):
     plt = pyplot()
     buckets = [r for r in rows if r["bucket"] != "mean"]
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -109,6 +101,8 @@ def plot(rows: list[dict], sizes: dict, path: Path):
         label = f"{name} ({active / 1e3:.0f}k active" + (f", {sizes[name]['bank'] / 1e3:.0f}k bank)" if "bank" in
                                                             sizes[name] else ")")
         ax.bar([i + (k - 1) * width for i in range(len(buckets))], [r[name] for r in buckets], width, label=label)
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.3g}: one attribute's values)")
     ax.set_xticks(range(len(buckets)), [r["bucket"] for r in buckets])
     ax.set_xlabel("how often the probed fact occurs in training (rare -> frequent)")
     ax.set_ylabel("test accuracy")

@@ -8,24 +8,19 @@ and is not rerun; the summary (JSON, CSV) and the plot (accuracy against state s
 mixer) are rebuilt from every run file of the current grid at the end.
 """
 import argparse
-import concurrent.futures
-import hashlib
 import json
-import logging
-import multiprocessing
-import os
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
+from zoo.bench import recall_suite
 from zoo.bench.choices import registered_mixers, resolve_mixers, resolve_preset
-from zoo.bench.environment import describe
+from zoo.bench.executors import add_executor_arguments, executor_from_args
 from zoo.bench.recall_grid import DEFAULT_KNOBS, N_LAYERS, PAIRING, PRESETS, PUBLIC_PRESETS, Preset, line_name
-from zoo.bench.report import format_table, pyplot, write_csv, write_json, write_markdown
+from zoo.bench.recall_runs import (chance_level, result_columns, resolve_device, run_key, summarise,
+                                   train_and_score, write_outputs)
+from zoo.bench.report import pyplot
+from zoo.bench.sweep import Outcome, RunSpec, Sweep, report_stopped, run_sweep
 
 # bump when the meaning of a run file changes: old files then no longer match any hash.
 # 2: runs also validate (validation split, own seed) and the best lr is chosen on validation, not test
@@ -38,13 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser):
                         help="comma-separated registered mixer names (default: every registered mixer)")
     parser.add_argument("--out", default=None, help="output folder (default bench_results/recall-<preset>)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the preset's accelerator)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="runs trained at once in separate processes (default: the preset's; cpu: one per core)")
-    parser.add_argument("--stop-after", type=float, default=None, metavar="MINUTES",
-                        help="start no new run after this many minutes (runs in flight finish; at least one run "
-                             "trains); the same command later goes on where this one stopped")
-    from zoo.bench.recall_suite import add_suite_arguments  # the recall suite: --suite, --task NAME, --read-twice
-    add_suite_arguments(parser)
+    add_executor_arguments(parser, "the preset's; cpu: one per core")
+    recall_suite.add_suite_arguments(parser)  # the recall suite: --suite, --task NAME, --read-twice, --epochs
 
 
 # ---- the grid -------------------------------------------------------------------------------------------------
@@ -66,190 +56,34 @@ def grid_runs(preset: Preset, mixers: list[str]) -> tuple[list[dict], list[str]]
     return runs, notes
 
 
+def grid_task(preset: Preset) -> dict:
+    return {"vocab_size": preset.vocab_size, "train_segments": [list(s) for s in preset.train_segments],
+            "test_segments": [list(s) for s in preset.test_segments], "batch_size": preset.batch_size,
+            "seed": preset.seed}
+
+
 def run_config(preset: Preset, mixer: str, knobs: dict, d_model: int, lr: float) -> dict:
-    """Everything that determines a run's result; its hash names the run file."""
+    """Everything that determines a run's result; its hash names the run file (keep it stable: committed run
+    files are found by it)."""
     return {
         "schema": SCHEMA,
         "mixer": mixer, "knobs": knobs, "d_model": d_model, "lr": lr,
         "model": {"d_model": d_model, "n_layers": N_LAYERS, "layers": [PAIRING, {"name": mixer, **knobs}],
                   "mlp": None},
-        "task": {"vocab_size": preset.vocab_size, "train_segments": [list(s) for s in preset.train_segments],
-                 "test_segments": [list(s) for s in preset.test_segments], "batch_size": preset.batch_size,
-                 "seed": preset.seed},
+        "task": grid_task(preset),
         "trainer": {"max_epochs": preset.max_epochs, "precision": preset.precision, "gradient_clip_val": 1.0},
         "seed": preset.seed,
     }
 
 
-def run_key(config: dict) -> str:
-    return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
-
-
-# ---- one run ----------------------------------------------------------------------------------------------------
-def _quiet_lightning():
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def make_datamodule(preset: Preset):
-    from zoo.tasks.mqar_datamodule import MQARDataModule
-    return MQARDataModule(preset.vocab_size, [list(s) for s in preset.train_segments],
-                          [list(s) for s in preset.test_segments], batch_size=preset.batch_size, seed=preset.seed,
-                          num_workers=preset.num_workers)
-
-
-def train_run(config: dict, datamodule, device: str) -> dict:
-    """Fit and test one grid run; returns its result row (deterministic for a given config on one device)."""
-    import lightning as L
-    from zoo.lit import LitLM
-    from zoo.model import LM
-    from zoo.train import slice_rows
-
-    _quiet_lightning()
-    started, cpu_started = time.perf_counter(), time.process_time()
-    L.seed_everything(config["seed"], workers=True, verbose=False)
-    model = LM(vocab_size=datamodule.vocab_size, **config["model"])
-    lit = LitLM(model, datamodule.slice_keys, lr=config["lr"])
-    # validation once, after the last epoch: what the lr choice reads (the test split is only reported)
-    trainer = L.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, check_val_every_n_epoch=config["trainer"]["max_epochs"],
-                        **config["trainer"])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", module=r"lightning(\.|$)")  # worker-count and similar advice
-        trainer.fit(lit, datamodule=datamodule)
-        trainer.test(lit, datamodule=datamodule, verbose=False)
-    slices = slice_rows(model, datamodule.describe_slices(), lit.test_results)
-    longest = max(s["input_seq_len"] for s in slices)
-    return {
-        "val_mean_accuracy": sum(lit.val_results.values()) / len(lit.val_results),
-        "val_slices": lit.val_results,
-        "params": model.num_parameters(),
-        "state_size": model.state_size(longest),
-        "state_size_seq_len": longest,
-        "mean_accuracy": sum(s["accuracy"] for s in slices) / len(slices),
-        "slices": slices,
-        "train_seconds": time.perf_counter() - started,
-        "cpu_seconds": time.process_time() - cpu_started,  # all threads: an idle-machine estimate on a shared one
-        "threads": torch.get_num_threads(),
-    }
-
-
 # ---- the sweep --------------------------------------------------------------------------------------------------
-def sweep(preset: Preset, mixers: list[str], out: Path, device: str, workers: int = 1,
-          stop_after_minutes: float | None = None) -> dict:
-    """Run every grid run not already on disk (or those that fit in ``stop_after_minutes``), then summarise what
-    is on disk. Returns the summary (also written to out); ``runs_left`` > 0 marks a partial sweep."""
+def make_sweep(preset: Preset, mixers: list[str], out: Path, device: str) -> Sweep:
     runs, notes = grid_runs(preset, mixers)
-    run_dir = out / "runs"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pending = [c for c in runs if not (run_dir / f"{run_key(c)}.json").exists()]
     for note in notes:
         print(f"note: {note}")
-    workers = max(1, min(workers, len(pending)))
-    print(f"recall preset {preset.name}: {len(runs)} runs, {len(runs) - len(pending)} already done, "
-          f"{workers} worker(s), writing to {out}")
-    trained = 0
-    deadline = None if stop_after_minutes is None else time.monotonic() + 60 * stop_after_minutes
-    progress = tqdm(total=len(pending), desc="recall runs", unit="run")
-    for config, result in _train_all(preset, pending, device, workers, deadline):
-        record = {"key": run_key(config), "config": config, "result": result, "device": describe(device)}
-        write_json(run_dir / f"{record['key']}.json", record)  # written as it finishes: a restart skips it
-        trained += 1
-        progress.update()
-    progress.close()
-    done = [run_dir / f"{run_key(c)}.json" for c in runs]
-    records = [json.loads(path.read_text()) for path in done if path.exists()]
-    summary = summarise(preset, records, notes, device)
-    summary["runs_trained_now"] = trained
-    summary["runs_left"] = len(runs) - len(records)
-    write_outputs(summary, out)
-    return summary
-
-
-def _train_all(preset: Preset, configs: list[dict], device: str, workers: int, deadline: float | None = None):
-    """Yield (config, result) as runs finish: in this process, or in ``workers`` processes of one thread each."""
-    if not configs:
-        return
-    datamodule = make_datamodule(preset) if workers == 1 else None
-    yield from run_as_they_finish(configs, lambda config: train_run(config, datamodule, device),
-                                  _worker_train, (device,), workers, deadline, _worker_setup, (preset,))
-
-
-def run_as_they_finish(configs: list[dict], run_here, run_in_worker, worker_args: tuple, workers: int,
-                       deadline: float | None, initializer=None, initargs: tuple = ()):
-    """Yield (config, result) as runs finish: ``run_here(config)`` in this process when ``workers`` is 1, else
-    ``run_in_worker(config, *worker_args)`` in ``workers`` spawned processes of one intra-op thread share each.
-
-    Small models on a CPU use a second core far better as a second run than as a second intra-op thread.
-    Past ``deadline`` (time.monotonic), checked as each run finishes, no new run starts.
-    """
-    past_deadline = lambda: deadline is not None and time.monotonic() > deadline  # noqa: E731
-    if workers == 1:
-        for config in configs:
-            yield config, run_here(config)
-            if past_deadline():
-                return
-        return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_worker_init,
-                                                initargs=(threads, initializer, initargs)) as pool:
-        queue = list(configs)
-        # one run in flight per worker, the next submitted as one finishes: past the deadline none is submitted
-        running = {pool.submit(run_in_worker, config, *worker_args): config for config in queue[:workers]}
-        del queue[:workers]
-        while running:
-            finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in finished:
-                yield running.pop(future), future.result()
-            while queue and len(running) < workers and not past_deadline():
-                config = queue.pop(0)
-                running[pool.submit(run_in_worker, config, *worker_args)] = config
-
-
-def _worker_init(threads: int, initializer, initargs: tuple):
-    torch.set_num_threads(threads)
-    if initializer is not None:
-        initializer(*initargs)
-
-
-_WORKER_DATA = {}
-
-
-def _worker_setup(preset: Preset):
-    _WORKER_DATA["datamodule"] = make_datamodule(preset)
-
-
-def _worker_train(config: dict, device: str) -> dict:
-    return train_run(config, _WORKER_DATA["datamodule"], device)
-
-
-def result_columns(record: dict, per_slice: dict) -> dict:
-    """The measured columns of a run's row (shared by the MQAR sweep and the suite): sizes, accuracies, time and
-    key, then for each slice the fields named in ``per_slice`` (slice field -> column prefix)."""
-    result = record["result"]
-    row = {name: result[name] for name in ("params", "state_size", "val_mean_accuracy", "mean_accuracy",
-                                           "train_seconds")}
-    row["key"] = record["key"]
-    for s in result["slices"]:
-        for field, prefix in per_slice.items():
-            row[f"{prefix}_{s['slice']}"] = s[field]
-    return row
-
-
-def mark_best_lr(rows: list[dict], point, flag: str) -> list[dict]:
-    """Per ``point(row)`` the row (one lr) with the highest mean validation accuracy, ties to the first lr of the
-    grid; sets ``row[flag]`` on every row and returns the chosen ones. Test accuracy plays no part."""
-    best: dict[tuple, dict] = {}
-    for row in rows:
-        key = point(row)
-        if key not in best or row["val_mean_accuracy"] > best[key]["val_mean_accuracy"]:
-            best[key] = row
-    chosen = {row["key"] for row in best.values()}
-    for row in rows:
-        row[flag] = row["key"] in chosen
-    return [r for r in rows if r[flag]]
+    specs = [RunSpec(run_key(config), config, device) for config in runs]
+    report = lambda outcome: write_report(preset, outcome, notes, out, device)  # noqa: E731
+    return Sweep(f"recall preset {preset.name}", specs, train_and_score, out, report)
 
 
 def flat_row(record: dict) -> dict:
@@ -259,33 +93,24 @@ def flat_row(record: dict) -> dict:
             **result_columns(record, {"accuracy": "acc", "state_size": "state"})}
 
 
-def summarise(preset: Preset, records: list[dict], notes: list[str], device: str) -> dict:
-    rows = [flat_row(r) for r in records]
-    best = mark_best_lr(rows, lambda row: (row["mixer"], row["knobs"], row["d_model"]), "best_lr")
-    return {
-        "environment": describe(device),
-        "preset": asdict(preset),
-        "protocol": {"pairing": [PAIRING, "<mixer>"], "n_layers": N_LAYERS,
-                     "state_size": f"LM.state_size at the longest test length "
-                                   f"({max(s[0] for s in preset.test_segments)}), per slice in state_<slice>",
-                     "best_lr": "highest mean validation accuracy (validation split: own seed, the test slices) "
-                                "over the lr grid per (mixer, knobs, d_model); test accuracy is only reported"},
-        "notes": notes,
-        "runs": rows,
-        "best": best,
-    }
-
-
-def write_outputs(summary: dict, out: Path):
-    write_json(out / "recall.json", summary)
-    rows = summary["runs"]
-    write_csv(out / "recall.csv", rows)
-    plot(summary["best"], out / "recall.png", summary["preset"]["name"])
+def write_report(preset: Preset, outcome: Outcome, notes: list[str], out: Path, device: str) -> dict:
+    """recall.json, .csv, .md and .png from every finished run of the grid; returns the summary."""
+    summary = summarise(
+        outcome.records, flat_row, lambda row: (row["mixer"], row["knobs"], row["d_model"]), "best_lr", device,
+        preset=asdict(preset),
+        protocol={"pairing": [PAIRING, "<mixer>"], "n_layers": N_LAYERS,
+                  "state_size": f"LM.state_size at the longest test length "
+                                f"({max(s[0] for s in preset.test_segments)}), per slice in state_<slice>",
+                  "best_lr": "highest mean validation accuracy (validation split: own seed, the test slices) "
+                             "over the lr grid per (mixer, knobs, d_model); test accuracy is only reported",
+                  "chance": "one over the distinct answer tokens of the test split"},
+        chance=chance_level(grid_task(preset)), notes=notes, runs_trained_now=outcome.trained_now, runs_left=outcome.left)
     shown = sorted(summary["best"], key=lambda r: (r["line"], r["state_size"]))
     columns = ["line", "knobs", "d_model", "lr", "params", "state_size", "mean_accuracy"]
-    print(format_table(shown, columns))
     per_slice = [c for c in dict.fromkeys(c for row in shown for c in row) if c.startswith("acc_")]
-    write_markdown(out / "recall.md", shown, columns + per_slice, summary["environment"])
+    write_outputs(summary, out, "recall", shown, columns + per_slice,
+                  lambda path: plot(summary["best"], path, preset.name, summary["chance"]))
+    return summary
 
 
 def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -297,7 +122,7 @@ def frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return line
 
 
-def plot(best_rows: list[dict], path: Path, preset_name: str):
+def plot(best_rows: list[dict], path: Path, preset_name: str, chance: float | None = None):
     """Accuracy against state size, one colour per mixer: every point (best lr) as a marker, the mixer's
     frontier (best accuracy at or below each state size) as the line. Left: mean over slices; right: hardest."""
     plt = pyplot()
@@ -312,6 +137,8 @@ def plot(best_rows: list[dict], path: Path, preset_name: str):
             points = [(r["state_size"], r[column]) for r in best_rows if r["line"] == line]
             ax.scatter(*zip(*points), color=f"C{i}", alpha=0.45, s=22)
             ax.plot(*zip(*frontier(points)), color=f"C{i}", marker="o", markersize=4, label=line)
+        if chance is not None:
+            ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.3g})")
         ax.set_xscale("log")
         ax.set_xlabel("state size (numbers per sequence at the longest test length)")
         ax.set_ylabel("accuracy")
@@ -326,19 +153,9 @@ def plot(best_rows: list[dict], path: Path, preset_name: str):
     plt.close(fig)
 
 
-def resolve_device(preset, requested: str | None) -> str:
-    """--device, else the preset's accelerator; a CUDA preset on a machine without CUDA exits with one line."""
-    device = requested or ("cuda" if preset.accelerator == "gpu" else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: preset {preset.name} trains on CUDA, which is not available here "
-                         f"(use --preset cpu, or --device cpu to run it anyway)")
-    return device
-
-
 def run(args) -> int:
     if getattr(args, "suite", False) or getattr(args, "task", None):
-        from zoo.bench.recall_suite import run as run_suite
-        return run_suite(args)
+        return recall_suite.run(args)
     try:
         preset = resolve_preset("recall", args.preset, PRESETS, PUBLIC_PRESETS)
         mixers = resolve_mixers(args.mixers.split(",") if args.mixers else None)
@@ -346,13 +163,9 @@ def run(args) -> int:
         raise SystemExit(f"error: {error}")
     device = resolve_device(preset, args.device)
     out = Path(args.out or f"bench_results/recall-{preset.name}")
-    workers = args.workers or preset.workers or os.cpu_count() or 1
+    executor = executor_from_args(args, out, preset.workers)
     started = time.perf_counter()
-    summary = sweep(preset, mixers, out, device, workers, args.stop_after)
-    print(f"{len(summary['runs'])} runs ({summary['runs_trained_now']} trained now) in "
-          f"{time.perf_counter() - started:.0f} s; wrote {out / 'recall.json'}, {out / 'recall.csv'}, "
-          f"{out / 'recall.png'}, {out / 'recall.md'}")
-    if summary["runs_left"]:
-        print(f"stopped after --stop-after {args.stop_after:g} min: {summary['runs_left']} runs left, so these files "
-              f"are partial; run the same command again to go on")
-    return 0
+    outcome = run_sweep(make_sweep(preset, mixers, out, device), executor, args.stop_after)
+    print(f"{len(outcome.records)} runs ({outcome.trained_now} trained now) in {time.perf_counter() - started:.0f} s; "
+          f"wrote {', '.join(str(out / f'recall.{suffix}') for suffix in ('json', 'csv', 'png', 'md'))}")
+    return report_stopped(outcome, args.stop_after)

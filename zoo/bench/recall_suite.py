@@ -10,29 +10,25 @@ same as a grid).
 """
 import argparse
 import json
-import os
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
 from zoo.bench.choices import resolve_preset
-from zoo.bench.environment import describe
-from zoo.bench.recall import (_quiet_lightning, mark_best_lr, resolve_device, result_columns,
-                               run_as_they_finish, run_key)
+from zoo.bench.executors import executor_from_args
+from zoo.bench.recall_runs import (chance_level, result_columns, resolve_device, run_key, summarise,
+                                   train_and_score, write_outputs)
 from zoo.bench.recall_suite_grid import N_LAYERS, PAIRING, PUBLIC_SUITE_PRESETS, SUITE_PRESETS, SuitePreset
-from zoo.bench.report import format_table, pyplot, write_csv, write_json, write_markdown
+from zoo.bench.report import pyplot
+from zoo.bench.sweep import Outcome, RunSpec, Sweep, report_stopped, run_sweep
 
 SCHEMA = 1
 READ_TWICE = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
 def add_suite_arguments(parser: argparse.ArgumentParser):
-    """The suite's options of ``python -m zoo.bench recall`` (--preset, --mixers, --out, --device, --workers and
-    --stop-after are shared with the MQAR sweep)."""
+    """The suite's options of ``python -m zoo.bench recall`` (--preset, --mixers, --out, --device and the executor's
+    options are shared with the MQAR sweep)."""
     parser.add_argument("--suite", action="store_true",
                         help="run the recall suite (every task, every line at matched state) instead of the MQAR sweep")
     parser.add_argument("--task", default=None,
@@ -68,7 +64,8 @@ def suite_runs(preset: SuitePreset, tasks: list[str], lines: list[str], read_twi
 
 
 def run_config(preset: SuitePreset, task: str, line: str, lr: float, read_twice: bool, epochs: int | None) -> dict:
-    """Everything that determines a run's result; its hash names the run file."""
+    """Everything that determines a run's result; its hash names the run file (keep it stable: committed run
+    files are found by it)."""
     spec = preset.lines[line]
     return {
         "schema": SCHEMA, "suite": True,
@@ -82,91 +79,15 @@ def run_config(preset: SuitePreset, task: str, line: str, lr: float, read_twice:
     }
 
 
-# ---- one run ----------------------------------------------------------------------------------------------------
-_DATAMODULES: dict[str, object] = {}
-
-
-def datamodule_for(task: dict):
-    """One DataModule per task setting per process (its draws are the slow part of a small run's set-up)."""
-    from zoo.tasks import build_task
-    key = json.dumps(task, sort_keys=True)
-    if key not in _DATAMODULES:
-        options = dict(task)
-        module = build_task(options.pop("name"), **options)
-        module.setup("fit")
-        _DATAMODULES[key] = module
-    return _DATAMODULES[key]
-
-
-def train_suite_run(config: dict, device: str) -> dict:
-    """Fit on train, then score validation (for the lr choice) and test; per-slice accuracies of both."""
-    import lightning as L
-    from zoo.lit import LitLM
-    from zoo.model import LM
-    from zoo.train import slice_rows
-
-    _quiet_lightning()
-    started = time.perf_counter()
-    datamodule = datamodule_for(config["task"])
-    L.seed_everything(config["seed"], workers=True, verbose=False)
-    model = LM(vocab_size=datamodule.vocab_size, **config["model"])
-    lit = LitLM(model, datamodule.slice_keys, lr=config["lr"])
-    trainer = L.Trainer(accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0, **config["trainer"])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", module=r"lightning(\.|$)")
-        trainer.fit(lit, datamodule=datamodule)
-        # validation: the test split's slices drawn from their own seed; scored through the test loop's metrics
-        trainer.test(lit, dataloaders=datamodule.val_dataloader(), verbose=False)
-        validation = dict(lit.test_results)
-        trainer.test(lit, dataloaders=datamodule.test_dataloader(), verbose=False)
-    slices = slice_rows(model, datamodule.describe_slices(), lit.test_results)
-    for row in slices:
-        row["val_accuracy"] = validation[row["slice"]]
-    longest = max(s["input_seq_len"] for s in slices)
-    return {
-        "params": model.num_parameters(),
-        "state_size": model.state_size(longest), "state_size_seq_len": longest,
-        "val_mean_accuracy": sum(validation.values()) / len(validation),
-        "mean_accuracy": sum(s["accuracy"] for s in slices) / len(slices),
-        "slices": slices,
-        "train_seconds": time.perf_counter() - started,
-        "threads": torch.get_num_threads(),
-    }
-
-
 # ---- the suite --------------------------------------------------------------------------------------------------
-def run_suite(preset: SuitePreset, tasks: list[str], lines: list[str], read_twice: tuple, out: Path, device: str,
-              workers: int = 1, stop_after_minutes: float | None = None, epochs: int | None = None) -> dict:
+def make_sweep(preset: SuitePreset, tasks: list[str], lines: list[str], read_twice: tuple, out: Path, device: str,
+               epochs: int | None = None) -> Sweep:
     runs = suite_runs(preset, tasks, lines, read_twice, epochs)
-    run_dir = out / "runs"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pending = [c for c in runs if not (run_dir / f"{run_key(c)}.json").exists()]
-    workers = max(1, min(workers, len(pending) or 1))
-    print(f"recall suite, preset {preset.name}: {len(tasks)} task(s) x {len(lines)} line(s) x read_twice "
-          f"{list(read_twice)} x {len(preset.lrs)} lr(s) = {len(runs)} runs, {len(runs) - len(pending)} already "
-          f"done, {workers} worker(s), writing to {out}")
-    deadline = None if stop_after_minutes is None else time.monotonic() + 60 * stop_after_minutes
-    trained = 0
-    progress = tqdm(total=len(pending), desc="suite runs", unit="run")
-    for config, result in _train_all(pending, device, workers, deadline):
-        write_json(run_dir / f"{run_key(config)}.json",
-                   {"key": run_key(config), "config": config, "result": result, "device": describe(device)})
-        trained += 1
-        progress.update()
-    progress.close()
-    records = [json.loads(p.read_text()) for p in (run_dir / f"{run_key(c)}.json" for c in runs) if p.exists()]
-    summary = summarise(preset, records, tasks, lines, device)
-    summary["runs_trained_now"], summary["runs_left"] = trained, len(runs) - len(records)
-    write_outputs(summary, out)
-    return summary
-
-
-def _train_all(configs: list[dict], device: str, workers: int, deadline: float | None):
-    """(config, result) as runs finish: here, or in ``workers`` single-threaded processes (see recall.py)."""
-    yield from run_as_they_finish(configs, lambda config: train_suite_run(config, device), train_suite_run,
-                                  (device,), workers, deadline)
+    specs = [RunSpec(run_key(config), config, device) for config in runs]
+    title = (f"recall suite, preset {preset.name}: {len(tasks)} task(s) x {len(lines)} line(s) x read_twice "
+             f"{list(read_twice)} x {len(preset.lrs)} lr(s)")
+    report = lambda outcome: write_report(preset, outcome, tasks, lines, out, device)  # noqa: E731
+    return Sweep(title, specs, train_and_score, out, report)
 
 
 def flat_row(record: dict) -> dict:
@@ -177,17 +98,25 @@ def flat_row(record: dict) -> dict:
             **result_columns(record, {"accuracy": "acc", "val_accuracy": "val"})}
 
 
-def summarise(preset: SuitePreset, records: list[dict], tasks: list[str], lines: list[str], device: str) -> dict:
-    rows = [flat_row(r) for r in records]
-    best = mark_best_lr(rows, lambda row: (row["task"], row["line"], row["read_twice"], row["epochs"]), "chosen_lr")
-    return {
-        "environment": describe(device), "preset": asdict(preset), "tasks": tasks, "lines": lines,
-        "protocol": {"pairing": [PAIRING, "<line's mixer>"], "n_layers": N_LAYERS,
-                     "lr": "chosen per (task, line, read_twice) by mean validation accuracy; test reported once",
-                     "state_size": "LM.state_size at the task's longest test input (read-twice included)",
-                     "accuracy": "mean over the task's test slices of exact-match accuracy at the answer positions"},
-        "runs": rows, "best": best,
-    }
+def write_report(preset: SuitePreset, outcome: Outcome, tasks: list[str], lines: list[str], out: Path,
+                 device: str) -> dict:
+    """suite.json, .csv, .md and .png from every finished run; returns the summary."""
+    chance = {row["config"]["task"]["name"]: chance_level(row["config"]["task"]) for row in
+              {r["config"]["task"]["name"]: r for r in outcome.records}.values()}
+    summary = summarise(
+        outcome.records, flat_row, lambda row: (row["task"], row["line"], row["read_twice"], row["epochs"]),
+        "chosen_lr", device, preset=asdict(preset), tasks=tasks, lines=lines,
+        protocol={"pairing": [PAIRING, "<line's mixer>"], "n_layers": N_LAYERS,
+                  "lr": "chosen per (task, line, read_twice) by mean validation accuracy; test reported once",
+                  "state_size": "LM.state_size at the task's longest test input (read-twice included)",
+                  "accuracy": "mean over the task's test slices of exact-match accuracy at the answer positions",
+                  "chance": "per task: one over the distinct answer tokens of its test split"},
+        chance=chance, runs_trained_now=outcome.trained_now, runs_left=outcome.left)
+    rows = table_rows(summary)
+    shown = [t for t in summary["tasks"] if any(t in r for r in rows)]
+    write_outputs(summary, out, "suite", rows, ["line", "knobs", "read_twice", "state_size", *shown],
+                  lambda path: plot_grid(rows, shown, path, preset.name, chance))
+    return summary
 
 
 def table_rows(summary: dict) -> list[dict]:
@@ -207,36 +136,28 @@ def table_rows(summary: dict) -> list[dict]:
     return sorted(rows, key=lambda r: (order.get(r["line"], 99), r["read_twice"]))
 
 
-def write_outputs(summary: dict, out: Path):
-    write_json(out / "suite.json", summary)
-    write_csv(out / "suite.csv", summary["runs"])
-    rows = table_rows(summary)
-    tasks = [t for t in summary["tasks"] if any(t in r for r in rows)]
-    columns = ["line", "knobs", "read_twice", "state_size", *tasks]
-    print(format_table(rows, columns))
-    write_markdown(out / "suite.md", rows, columns, summary["environment"])
-    plot_grid(rows, tasks, out / "suite.png", summary["preset"]["name"])
-
-
-def plot_grid(rows: list[dict], tasks: list[str], path: Path, preset_name: str):
-    """Test accuracy as a grid: rows = line (and read-twice), columns = task, each cell annotated."""
+def plot_grid(rows: list[dict], tasks: list[str], path: Path, preset_name: str, chance: dict | None = None):
+    """Test accuracy as a grid: rows = line (and read-twice), columns = task (with its chance level), each cell
+    annotated. Wide enough for its two-line title at one task."""
     if not rows or not tasks:
         return
     plt = pyplot()
+    chance = chance or {}
     labels = [r["line"] + (" (read twice)" if r["read_twice"] else "") for r in rows]
+    columns = [f"{t}\n(chance {chance[t]:.2g})" if t in chance else t for t in tasks]
     values = [[r.get(t, float("nan")) for t in tasks] for r in rows]
-    fig, ax = plt.subplots(figsize=(1.4 * len(tasks) + 3.5, 0.5 * len(rows) + 2))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.4 * len(tasks) + 4.5), 0.5 * len(rows) + 2.5), layout="constrained")
     image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     for i, row in enumerate(values):
         for j, value in enumerate(row):
             if value == value:  # not NaN
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black",
                         fontsize=8)
-    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    ax.set_xticks(range(len(tasks)), columns, rotation=30 if len(tasks) > 1 else 0, ha="right" if len(tasks) > 1
+                  else "center", fontsize=8)
     ax.set_yticks(range(len(labels)), labels)
     fig.colorbar(image, ax=ax, label="test accuracy (mean over slices)")
-    ax.set_title(f"recall suite, preset {preset_name}: [short_conv, mixer], lr chosen on validation")
-    fig.tight_layout()
+    fig.suptitle(f"recall suite, preset {preset_name}\n[short_conv, mixer], lr chosen on validation", fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -252,14 +173,10 @@ def run(args) -> int:
         raise SystemExit(f"error: {error}")
     device = resolve_device(preset, args.device)
     out = Path(args.out or f"bench_results/recall-suite-{preset.name}")
-    workers = args.workers or preset.workers or os.cpu_count() or 1
+    executor = executor_from_args(args, out, preset.workers)
     started = time.perf_counter()
-    summary = run_suite(preset, tasks, lines, READ_TWICE[args.read_twice], out, device, workers, args.stop_after,
-                        args.epochs)
-    print(f"{len(summary['runs'])} runs ({summary['runs_trained_now']} trained now) in "
-          f"{time.perf_counter() - started:.0f} s; wrote {out / 'suite.json'}, {out / 'suite.csv'}, "
-          f"{out / 'suite.md'}, {out / 'suite.png'}")
-    if summary["runs_left"]:
-        print(f"stopped after --stop-after {args.stop_after:g} min: {summary['runs_left']} runs left, so these files "
-              f"are partial; run the same command again to go on")
-    return 0
+    outcome = run_sweep(make_sweep(preset, tasks, lines, READ_TWICE[args.read_twice], out, device, args.epochs),
+                        executor, args.stop_after)
+    print(f"{len(outcome.records)} runs ({outcome.trained_now} trained now) in {time.perf_counter() - started:.0f} s; "
+          f"wrote {', '.join(str(out / f'suite.{suffix}') for suffix in ('json', 'csv', 'md', 'png'))}")
+    return report_stopped(outcome, args.stop_after)

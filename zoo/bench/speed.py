@@ -42,6 +42,15 @@ class SpeedPreset:
     train: bool = True                # time the training step too (generation presets skip it)
     tokens_per_step: int = 0          # when set: batch = tokens_per_step // seq_len at each length (batch_sizes unused)
     variants: dict = field(default_factory=dict)  # label -> layer spec ({"name": mixer, **keywords}) measured instead
+    decode_batch: int = 0             # decode at this batch at every length (0: the point's batch, or with
+                                      # tokens_per_step the longest length's, so decode speed is read against context)
+
+    def decode_batch_at(self, batch: int) -> int:
+        if self.decode_batch:
+            return self.decode_batch
+        if self.tokens_per_step:
+            return max(1, self.tokens_per_step // max(self.seq_lens))
+        return batch
 
     def points(self) -> list:
         """(batch, seq_len) pairs measured per mixer."""
@@ -131,10 +140,14 @@ def measure_point(model, preset: SpeedPreset, batch: int, seq_len: int, device) 
         logits = model(tokens)
         F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()).backward()
 
-    @torch.no_grad()
-    def prefill():
-        caches = model.allocate_cache(batch, device=device)
-        return model(tokens, caches=caches, last_only=True)[:, -1], caches
+    def prefill_of(prompt):
+        @torch.no_grad()
+        def prefill():
+            caches = model.allocate_cache(len(prompt), device=device)
+            return model(prompt, caches=caches, last_only=True)[:, -1], caches
+        return prefill
+
+    prefill = prefill_of(tokens)
 
     steps = (("train", train_step), ("prefill", prefill)) if preset.train else (("prefill", prefill),)
     for name, fn in steps:
@@ -149,7 +162,10 @@ def measure_point(model, preset: SpeedPreset, batch: int, seq_len: int, device) 
         model.zero_grad(set_to_none=True)
         _free(device)
     try:
-        row["decode_tok_s"] = decode_tokens_per_second(model, prefill, batch, preset, device)
+        row["decode_batch"] = decode_batch = preset.decode_batch_at(batch)
+        prompt = tokens[:decode_batch] if decode_batch <= batch else \
+            torch.randint(0, preset.vocab_size, (decode_batch, seq_len), device=device)
+        row["decode_tok_s"] = decode_tokens_per_second(model, prefill_of(prompt), decode_batch, preset, device)
     except (torch.cuda.OutOfMemoryError, RuntimeError) as error:
         if not _is_oom(error):
             raise
@@ -198,7 +214,9 @@ def plot(rows: list[dict], path: Path, preset: SpeedPreset, device_name: str):
     memory = ("train_peak_bytes", "peak memory, training step (GiB)") if preset.train else \
         ("prefill_peak_bytes", "peak memory, prefill (GiB)")
     panels = (("train_tok_s", "training tokens/s (fwd+bwd)"), ("prefill_tok_s", "prefill tokens/s"),
-              ("decode_tok_s", "decode tokens/s"), memory)
+              ("decode_tok_s", "decode tokens/s" + (f", batch {preset.decode_batch_at(0)} at every length"
+                                                    if preset.tokens_per_step or preset.decode_batch else "")),
+              memory)
     mixers = list(dict.fromkeys(r["mixer"] for r in rows))
     styles = ["-", "--", ":", "-."]
     colors = {m: f"C{i}" for i, m in enumerate(mixers)}

@@ -3,7 +3,9 @@ for the same number of steps at the same batch and length, so the same token bud
 state size, training tokens/s and bits per byte, written as text_compare.{json,csv,md,png} in the sweep folder.
 
 Registered as a Hydra callback by configs/experiment/text_compare.yaml; ``write_report(sweep_dir)`` also
-rebuilds the report from a finished (or partly finished) sweep folder.
+rebuilds the report from a finished (or partly finished) sweep folder. ``python -m zoo.bench text [--models a,b]
+[--executor local|ray|submitit ...] [overrides]`` runs the same comparison through the sweep engine (one run per
+model, results kept in OUT/runs/, resumable) and writes the same report in OUT.
 """
 import csv
 import json
@@ -14,6 +16,37 @@ from hydra.experimental.callback import Callback
 
 RESULT_FILE = "test_accuracy.json"  # zoo.train.RESULT_FILE (not imported: this module loads before torch)
 COLUMNS = ["model", "num_parameters", "state_size", "tokens_trained", "train_tokens_per_s", "val_bpb", "test_bpb"]
+
+
+def add_arguments(parser):
+    from zoo.bench.executors import add_executor_arguments
+    parser.add_argument("--out", default="bench_results/text-compare", help="output folder")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated model configs (default: experiment=text_compare's list)")
+    add_executor_arguments(parser, "1: one model after another")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to experiment=text_compare")
+
+
+def run(args) -> int:
+    from omegaconf import OmegaConf
+    from zoo.bench.executors import executor_from_args
+    from zoo.bench.sweep import Sweep, report_stopped, run_sweep
+    from zoo.bench.train_runs import compose_config, train_in_folder, train_spec
+
+    out = Path(args.out)
+    listed = compose_config(["experiment=text_compare"], hydra=True).hydra.sweeper.params.model
+    models = (args.models or listed).split(",")
+    specs = []
+    for model in models:
+        try:
+            config = compose_config(["experiment=text_compare", f"model={model}", *args.overrides])
+        except Exception as error:  # noqa: BLE001  (Hydra's own error for an unknown config name)
+            raise SystemExit(f"error: model={model}: {str(error).splitlines()[0]}") from None
+        specs.append(train_spec(model, OmegaConf.to_container(config, resolve=True), out))
+    executor = executor_from_args(args, out, default_workers=1)
+    outcome = run_sweep(Sweep(f"text comparison: {', '.join(models)}", specs, train_in_folder, out,
+                              report=lambda outcome: write_report(out)), executor, args.stop_after)
+    return report_stopped(outcome, args.stop_after)
 
 
 def _model_name(job_dir: Path) -> str:
@@ -80,7 +113,9 @@ def write_report(sweep_dir) -> list[dict]:
 
     sweep_dir = Path(sweep_dir)
     number = lambda p: int(p.name.split("_", 1)[0]) if p.name.split("_", 1)[0].isdigit() else 1 << 30
-    jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: (number(p), p.name))
+    # Hydra's job folders, or the engine's (python -m zoo.bench text: one folder per model)
+    jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir() or (p / RESULT_FILE).exists()),
+                  key=lambda p: (number(p), p.name))
     rows = [row for row in map(job_row, jobs) if row is not None]
     if not rows:
         return rows
