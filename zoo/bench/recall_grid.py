@@ -60,6 +60,8 @@ CPU = Preset(
         "minlstm": [{"d_models": [32, 64, 128]}],
         # state 3 * topk * d_model (the running top-k of M_Q, M_K, M_V); 8 latents, 2 heads
         "co4": [{"topk": 4, "d_models": [64]}, {"topk": 12, "d_models": [32, 64]}, {"topk": 32, "d_models": [64]}],
+        # state H * head_dim^2 + d_model (token shift): 1088 and 4160 numbers at d_model 64
+        "rwkv7": [{"head_dim": 16, "d_models": [64]}, {"head_dim": 64, "d_models": [64]}],
     },
 )
 
@@ -87,6 +89,8 @@ GPU = Preset(
         "mingru": [{}],
         "minlstm": [{}],
         "co4": [{"topk": 8}, {"topk": 12}, {"topk": 32}],
+        # fla's 64-wide heads across the d_model sweep, and narrower heads (less state) at two widths
+        "rwkv7": [{"head_dim": 64}, {"head_dim": 16, "d_models": [128, 256]}, {"head_dim": 32, "d_models": [128, 256]}],
     },
     precision="bf16-mixed",
     accelerator="gpu",
