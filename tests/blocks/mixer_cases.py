@@ -15,6 +15,7 @@ EXTRA_CASES = {
     # top-k saturated within the test lengths, chunks crossing it, several heads; the other latent/output modes
     "co4": [{"latents": 2, "topk": 3, "num_heads": 4, "chunk_size": 5},
             {"latent_output": "none", "output_projection": True, "chunk_size": 1}],
+    "rwkv7": [{"head_dim": 8, "value_dim": 64}],  # several heads, values wider than keys
 }
 
 
