@@ -9,8 +9,10 @@ along b_t. This is fla's ``chunk_dplr_delta_rule`` transposed: fla writes the st
 S_t = S_{t-1} (Diag(exp(gk_t)) + a_t b_t^T) + v_t k_t^T, and stores it as (K, V) like us.
 
 The chunked form (``dplr_delta_rule_chunked``, the training path) is vectorised over time: within a chunk of C
-steps every pairwise decay exp(G_t - G_s) (G the within-chunk cumulative sum of gk) is formed from differences,
-never as exp(G_t) * exp(-G_s), so strong decays stay finite; the low-rank reads u of a chunk solve one unit
+steps the pairwise decays exp(G_t - G_s) (G the within-chunk cumulative sum of gk) factor as exp(G_t) * exp(-G_s)
+while every |G| is below ``SAFE_LOG_RANGE`` (RWKV-7's decays, >= -0.61 per step, always are), which turns them
+into matrix products; stronger decays switch to forming each pair from its difference, so they stay finite; the
+low-rank reads u of a chunk solve one unit
 lower-triangular system (the UT transform); only the (K, V) state is carried from chunk to chunk in a loop over
 chunks. Everything accumulates in float32 (float64 inputs stay float64). ``dplr_delta_rule_step`` is one step,
 for decoding.
@@ -18,6 +20,9 @@ for decoding.
 import torch
 
 DEFAULT_CHUNK_SIZE = 32
+# Within a chunk, pairwise decays factor as exp(G_t) * exp(-G_s) when every |G| stays below this (exp(40) ~ 2e17,
+# far from float32's ~3e38 even times the inputs); beyond it (strong decays) each pair is formed from its difference.
+SAFE_LOG_RANGE = 40.0
 
 
 def _chunks(x: torch.Tensor, chunk: int, dtype: torch.dtype) -> torch.Tensor:
@@ -55,12 +60,19 @@ def dplr_delta_rule_chunked(q, k, v, a, b, gk, scale: float | None = None, initi
     G = gk.cumsum(-2)               # log decay from the chunk's start through step t
     G_before = G - gk               # ... through step t - 1: what u_t (read before step t's decay) sees
     ones = torch.ones(C, C, dtype=torch.bool, device=q.device)
-    to_q = _pair_decays(G, G, ones.tril())                  # s <= t: o_t sees S_t, which holds step s
-    to_a = _pair_decays(G_before, G, ones.tril(-1))         # s < t: u_t reads S_{t-1}
-    A_qk = torch.einsum("...tk,...tsk,...sk->...ts", q, to_q, k)
-    A_qb = torch.einsum("...tk,...tsk,...sk->...ts", q, to_q, b)
-    A_ak = torch.einsum("...tk,...tsk,...sk->...ts", a, to_a, k)
-    A_ab = torch.einsum("...tk,...tsk,...sk->...ts", a, to_a, b)
+    upto, before = ones.tril(), ones.tril(-1)  # s <= t: o_t sees S_t, which holds step s; s < t: u_t reads S_{t-1}
+    if max(G.abs().amax().item(), G_before.abs().amax().item()) <= SAFE_LOG_RANGE:
+        # exp(G_t - G_s) = exp(G_t) exp(-G_s), both far from overflow: plain (C, K) @ (K, C) products
+        k_from, b_from = k * (-G).exp(), b * (-G).exp()
+        q_to, a_to = q * G.exp(), a * G_before.exp()
+        A_qk, A_qb = ((q_to @ x.transpose(-1, -2)).masked_fill(~upto, 0) for x in (k_from, b_from))
+        A_ak, A_ab = ((a_to @ x.transpose(-1, -2)).masked_fill(~before, 0) for x in (k_from, b_from))
+    else:  # strong decays: every pairwise decay from its own difference, (C, C, K) per chunk
+        to_q, to_a = _pair_decays(G, G, upto), _pair_decays(G_before, G, before)
+        A_qk = torch.einsum("...tk,...tsk,...sk->...ts", q, to_q, k)
+        A_qb = torch.einsum("...tk,...tsk,...sk->...ts", q, to_q, b)
+        A_ak = torch.einsum("...tk,...tsk,...sk->...ts", a, to_a, k)
+        A_ab = torch.einsum("...tk,...tsk,...sk->...ts", a, to_a, b)
 
     # u = A_ab u + A_ak v + (a * exp(G_before)) S0: solve (I - A_ab) u = ..., unit lower-triangular
     system = torch.eye(C, dtype=dtype, device=q.device) - A_ab
