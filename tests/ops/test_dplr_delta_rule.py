@@ -76,7 +76,7 @@ def test_packed_documents_restart_the_state():
 
 
 def test_strong_decays_stay_finite_and_exact():
-    """gk down to -60 per step: exp(-G) over a chunk would overflow, pairwise differences do not."""
+    """gk down to -60 per step: exp(-G) over a chunk would overflow, so the reference takes pairwise differences."""
     inputs, grad_out = make_inputs(T=37, decay=60.0, seed=3)
     compare(inputs, grad_out, lambda **kw: dplr_delta_rule_chunked(**kw, chunk_size=16))
 
@@ -93,9 +93,10 @@ def test_one_step_function_matches_the_loop():
     assert_close("final state", state, want_state, torch.float64)
 
 
+@pytest.mark.parametrize("decay", [0.6, 30.0])  # RWKV-7's range (factored decays), and strong (pairwise form)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_low_precision_inputs_are_finite_and_close(dtype):
-    inputs, grad_out = make_inputs(T=50, decay=30.0, seed=5, dtype=dtype)
+def test_low_precision_inputs_are_finite_and_close(dtype, decay):
+    inputs, grad_out = make_inputs(T=50, decay=decay, seed=5, dtype=dtype)
     got = outputs_and_grads(
         lambda **kw: ops.dplr_delta_rule(**kw, output_final_state=True, backend="reference"), inputs, grad_out)
     assert got[0][0].dtype == dtype and got[0][1].dtype == torch.float32, "o in the inputs' dtype, state in fp32"
