@@ -16,6 +16,7 @@ _PUBLIC = {
     "log_linear_recurrence": "ops.linear_recurrence",
     "based_attention": "ops.based",
     "running_topk": "ops.co4",  # Co4's causal running top-k
+    "dplr_delta_rule": "ops.dplr_delta_rule",  # RWKV-7's diagonal-plus-low-rank delta rule
 }
 
 __all__ = sorted(_PUBLIC)

@@ -10,3 +10,6 @@ python -m pip install -q setuptools wheel packaging
 MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE CAUSAL_CONV1D_FORCE_BUILD=TRUE CAUSAL_CONV1D_SKIP_CUDA_BUILD=TRUE \
     python -m pip install -q --no-deps --no-build-isolation mamba-ssm==2.3.2.post1 causal-conv1d==1.7.0
 python -m pip install -q --no-deps fla-core==0.6.0
+# fla's layers (fla.layers.rwkv7 for the RWKV-7 parity test); pure Python, beside fla-core in the same fla package;
+# without transformers, `import fla` skips its layer exports and the tests enter fla.layers module by module
+python -m pip install -q --no-deps flash-linear-attention==0.6.0

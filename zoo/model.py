@@ -8,6 +8,10 @@ sliding window interleave, "attention every k-th layer").
 
 Packed rows: ``LM.forward(input_ids, seq_idx=...)`` hands the document index of every position to every mixer
 (see zoo/blocks/base.py); MLPs are per token and need nothing.
+
+Between layers: a mixer whose forward takes a ``cross_layer`` keyword gets one dict, fresh for each forward call
+and shared by all layers in order, where a layer leaves per-token tensors for later layers (RWKV-7's value
+residual: the first RWKV-7 layer's values). Mixers without the keyword never see it.
 """
 import functools
 import inspect
@@ -51,6 +55,11 @@ def _takes_seq_idx(mixer_class: type) -> bool:
     return any(p.name == "seq_idx" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
+@functools.lru_cache(maxsize=None)
+def _takes_cross_layer(mixer_class: type) -> bool:
+    return "cross_layer" in inspect.signature(mixer_class.forward).parameters
+
+
 def _inputs_for(mlp: nn.Module, mlp_inputs: dict) -> dict:
     """Only the extras an MLP declares: a task may supply a memory path to a model whose MLPs take none."""
     accepted = _keyword_inputs(type(mlp))
@@ -66,11 +75,12 @@ class Layer(nn.Module):
         self.mlp = build_mlp(d_model=d_model, **mlp) if mlp else None
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None, seq_idx: torch.Tensor | None = None,
-                **mlp_inputs) -> torch.Tensor:
-        if seq_idx is None:  # a mixer written before packing existed keeps working unpacked
-            x = x + self.mixer(self.mixer_norm(x), cache=cache)
-        else:
-            x = x + self.mixer(self.mixer_norm(x), cache=cache, seq_idx=seq_idx)
+                cross_layer: dict | None = None, **mlp_inputs) -> torch.Tensor:
+        # a mixer written before packing existed keeps working unpacked
+        mixer_inputs = {} if seq_idx is None else {"seq_idx": seq_idx}
+        if cross_layer is not None and _takes_cross_layer(type(self.mixer)):
+            mixer_inputs["cross_layer"] = cross_layer
+        x = x + self.mixer(self.mixer_norm(x), cache=cache, **mixer_inputs)
         if self.mlp is not None:
             # mlp_inputs lets an MLP take per-sequence extras (e.g. a memory path) without changing the trunk
             x = x + self.mlp(self.mlp_norm(x), **_inputs_for(self.mlp, mlp_inputs))
@@ -122,8 +132,10 @@ class LM(nn.Module):
         if seq_idx is not None:
             self._check_packing(input_ids, caches, seq_idx)
         x = self.embedding(input_ids)
+        cross_layer = {}  # what a layer leaves for later layers in this call (see the module docstring)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cache=None if caches is None else caches[i], seq_idx=seq_idx, **mlp_inputs)
+            x = layer(x, cache=None if caches is None else caches[i], seq_idx=seq_idx, cross_layer=cross_layer,
+                      **mlp_inputs)
         if last_only:
             x = x[:, -1:]
         return self.head(self.final_norm(x))

@@ -16,6 +16,7 @@ EXTRA_CASES = {
     "co4": [{"latents": 2, "topk": 3, "num_heads": 4, "chunk_size": 5},
             {"latent_output": "none", "output_projection": True, "chunk_size": 1},
             {"latent_mode": "static", "topk": 3, "chunk_size": 4}],
+    "rwkv7": [{"head_dim": 8, "value_dim": 64}],  # several heads, values wider than keys
 }
 
 

@@ -84,3 +84,14 @@ def fla_module(name: str):
     if importlib.util.find_spec("fla") is None:
         _missing("fla (fla-core)")
     return importlib.import_module(name)
+
+
+def fla_layer_module(name: str):
+    """A module of fla's layers (``fla.layers.rwkv7``, from the flash-linear-attention package, which installs
+    beside fla-core), entered without ``fla.layers.__init__``: that imports every layer, some needing
+    transformers, which the layers tested here do not."""
+    fla_module("fla")
+    if importlib.util.find_spec("fla.layers") is None:
+        _missing("fla.layers (flash-linear-attention)")
+    _enter_without_init("fla.layers")
+    return importlib.import_module(name)

@@ -58,9 +58,14 @@ CPU = Preset(
                                    {"feature_dim": 16, "d_models": [32, 64]}],
         "mingru": [{"d_models": [32, 64, 128]}],
         "minlstm": [{"d_models": [32, 64, 128]}],
-        # state 3 * topk * d_model (the running top-k of M_Q, M_K, M_V); 8 latents, 2 heads. Its CPU runs are the
+        # state 3 * topk * d_model (the running top-k of M_Q, M_K, M_V) + latents * (d_model + 1) (the latents'
+        # running sums); 8 latents, 2 heads. latent_mode is named so that runs of the static latents (before issue
+        # 24, whose run files carry no latent_mode) are never read as the prefix mode's. Its CPU runs are the
         # slowest (~100-220 s each, one thread): two points keep the default list within 15 minutes on 2 cores
-        "co4": [{"topk": 4, "d_models": [64]}, {"topk": 12, "d_models": [32]}],
+        "co4": [{"topk": 4, "latent_mode": "prefix", "d_models": [64]},
+                {"topk": 12, "latent_mode": "prefix", "d_models": [32]}],
+        # state H * head_dim^2 + d_model (token shift): 1088 and 4160 numbers at d_model 64
+        "rwkv7": [{"head_dim": 16, "d_models": [64]}, {"head_dim": 64, "d_models": [64]}],
     },
 )
 
@@ -87,7 +92,10 @@ GPU = Preset(
         "based_linear_attention": [{"feature_dim": 8}, {"feature_dim": 16}, {"feature_dim": 24}],
         "mingru": [{}],
         "minlstm": [{}],
-        "co4": [{"topk": 8}, {"topk": 12}, {"topk": 32}],
+        "co4": [{"topk": 8, "latent_mode": "prefix"}, {"topk": 12, "latent_mode": "prefix"},
+                {"topk": 32, "latent_mode": "prefix"}],
+        # fla's 64-wide heads across the d_model sweep, and narrower heads (less state) at two widths
+        "rwkv7": [{"head_dim": 64}, {"head_dim": 16, "d_models": [128, 256]}, {"head_dim": 32, "d_models": [128, 256]}],
     },
     precision="bf16-mixed",
     accelerator="gpu",

@@ -10,4 +10,5 @@ from zoo.blocks.hpm import HierarchicalMemoryFFN
 from zoo.blocks.mamba import Mamba
 from zoo.blocks.mingru import MinGRU, MinLSTM
 from zoo.blocks.mlp import GeluMLP, SwiGLU
+from zoo.blocks.rwkv7 import RWKV7
 from zoo.blocks.short_conv import ShortConv
