@@ -7,23 +7,15 @@ import signal
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from tests.test_train import QUIET, ROOT
+from tests.helpers import tiny_config as config
 from zoo.checkpoints import load_model
 from zoo.interrupt import RunInterrupted
 from zoo.lit import LitLM
 from zoo.tasks import build_task
 from zoo.train import train
 
-# 8 batches per epoch, 2 epochs: 16 steps of a 2.5k-parameter model
-TINY = ["task.vocab_size=64", "task.train_segments=[[16,2,256]]", "task.test_segments=[[16,2,64],[32,4,64]]",
-        "task.batch_size=32", "model.d_model=16", "trainer.max_epochs=2", "trainer.log_every_n_steps=1"]
 
-
-def config(*overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("train", overrides=TINY + QUIET + list(overrides))
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from tests.test_train import QUIET, ROOT
+from tests.helpers import QUIET, ROOT
 from zoo.tasks.data import SegmentBatchSampler
 from zoo.train import prepare
 

@@ -6,8 +6,7 @@ import sys
 import pytest
 import torch
 
-from tests.test_checkpoints import TINY
-from tests.test_train import ROOT
+from tests.helpers import ROOT, TINY
 from zoo.run_folder import model_name
 
 QUIET_CLI = ["+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", "print_test_table=false"]

@@ -4,6 +4,7 @@ import pytest
 import torch
 import yaml
 
+from tests.helpers import assert_cached_decoding_equals_full_forward
 from zoo.blocks.registry import MIXERS
 from zoo.model import LM
 
@@ -38,18 +39,6 @@ def test_residual_outputs_are_scaled_down_with_depth():
     deep = LM(VOCAB, d_model=64, n_layers=8, layers=["attention"])
     ratio = (shallow.layers[0].mixer.out_proj.weight.std() / deep.layers[0].mixer.out_proj.weight.std()).item()
     assert ratio == pytest.approx(8 ** 0.5, rel=1e-4)
-
-
-def assert_cached_decoding_equals_full_forward(model: LM, seq_len: int, prefill: int):
-    """Prefill ``prefill`` tokens, decode the rest one by one: the logits equal the full forward's; returns caches."""
-    tokens = torch.randint(0, VOCAB, (2, seq_len), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        full = model(tokens)
-        caches = model.allocate_cache(2)
-        pieces = [model(tokens[:, :prefill], caches=caches)]
-        pieces += [model(tokens[:, t: t + 1], caches=caches) for t in range(prefill, seq_len)]
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-4, atol=1e-4)
-    return caches
 
 
 def test_cached_decoding_through_the_trunk_equals_the_full_forward():

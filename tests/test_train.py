@@ -2,18 +2,16 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from tests.helpers import QUIET, ROOT
 from zoo.lit import parameter_groups, warmup_cosine
 from zoo.model import LM
 from zoo.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
-QUIET = ["+trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false", "print_test_table=false"]
 
 
 def config(overrides):

@@ -13,8 +13,7 @@ import time
 import pytest
 import torch
 
-from tests.test_checkpoints import TINY, config
-from tests.test_train import ROOT
+from tests.helpers import ROOT, TINY, tiny_config as config
 from zoo.evaluate import main as evaluate_main
 from zoo.train import train
 

@@ -7,17 +7,10 @@ from pathlib import Path
 
 import torch
 
+from zoo.model import build_model
+
 CHECKPOINT_DIR = "checkpoints"    # inside a run's output folder: last.ckpt, best.ckpt
 LAST, BEST = "last.ckpt", "best.ckpt"
-
-
-def build_model(model_config: dict, imports=()):
-    """The LM a checkpoint describes: model_config holds the LM keyword arguments, vocab_size included."""
-    from zoo.model import LM
-    from zoo.user_modules import import_modules
-
-    import_modules(imports)  # the user's own mixers must be registered before the LM is built
-    return LM(**model_config)
 
 
 def read_checkpoint(path, map_location="cpu") -> dict:

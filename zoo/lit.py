@@ -18,9 +18,9 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from zoo.checkpoints import build_model
+from zoo.model import build_model
 from zoo.sparse_adam import SparseBlockAdam, sparse_parameters
-from zoo.tasks.mqar import IGNORE_INDEX
+from zoo.tasks.data import IGNORE_INDEX
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -26,6 +26,7 @@ from ops.packing import check_seq_idx
 from zoo.blocks.base import Cache
 from zoo.blocks.registry import build_mixer, build_mlp
 from zoo.checks import require_choice, require_positive_int
+from zoo.user_modules import import_modules
 
 NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": nn.RMSNorm}
 # parameters that write into the residual stream; rescaled by 1/sqrt(number of residual branches)
@@ -224,3 +225,10 @@ def _sample(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: 
         drop = torch.empty_like(drop_sorted).scatter(-1, order, drop_sorted)  # back to vocabulary order
         logits = logits.masked_fill(drop, float("-inf"))
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+
+
+def build_model(model_config: dict, imports=()) -> "LM":
+    """The LM a config or checkpoint describes: model_config holds the LM keyword arguments, vocab_size included;
+    ``imports`` are the user's modules whose mixers must be registered before the LM is built."""
+    import_modules(imports)
+    return LM(**model_config)

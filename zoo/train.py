@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from zoo.bench.report import format_table
+from zoo.report import format_table
 from zoo.checkpoints import BEST, CHECKPOINT_DIR, LAST, find_last, load_model, read_checkpoint, run_config
 from zoo.checks import require_choice, require_known_keywords, require_scalar_types
 from zoo.distributed import check_sparse_gradients, check_strategy

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from tests.tasks.test_text import write_documents
+from tests.helpers import write_documents
 from zoo.bench.text_compare import COLUMNS, write_report
 from zoo.train import train
 

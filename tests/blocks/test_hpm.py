@@ -5,7 +5,6 @@ import copy
 import pytest
 import torch
 
-from tests.test_model import assert_cached_decoding_equals_full_forward
 from zoo.blocks.hpm import HierarchicalMemoryFFN
 from zoo.lit import parameter_groups
 from zoo.model import LM

@@ -2,26 +2,10 @@
 import pytest
 import torch
 
+from tests.tasks.recall_checks import check_structure
 from zoo.tasks.mqar import IGNORE_INDEX, multiquery_ar
 
 VOCAB, LENGTH, PAIRS = 256, 64, 8
-
-
-def check_structure(inputs, labels, vocab, pairs):
-    key_lo, value_lo = 1, vocab // 2
-    for row_in, row_lab in zip(inputs.tolist(), labels.tolist()):
-        keys, values = row_in[0: 2 * pairs: 2], row_in[1: 2 * pairs: 2]
-        assert all(key_lo <= k < value_lo for k in keys), "keys come from [1, V/2)"
-        assert all(value_lo <= v < vocab for v in values), "values come from [V/2, V)"
-        assert len(set(keys)) == pairs, "keys are distinct within an example"
-        bound = dict(zip(keys, values))
-        scored = [t for t, label in enumerate(row_lab) if label != IGNORE_INDEX]
-        assert len(scored) == pairs, "one label per key"
-        assert all(t >= 2 * pairs for t in scored), "no label inside the key-value context"
-        assert all((t - 2 * pairs) % 2 == 0 for t in scored), "queries sit on even offsets after the context"
-        queried = [row_in[t] for t in scored]
-        assert sorted(queried) == sorted(keys), "every key is queried exactly once"
-        assert all(row_lab[t] == bound[row_in[t]] for t in scored), "the label is the value bound to the queried key"
 
 
 def test_zoology_structure():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tests.tasks.test_mqar import check_structure
+from tests.tasks.recall_checks import check_structure
 from zoo.tasks import build_task
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from tests.helpers import write_documents
 from zoo.tasks import build_task
 from zoo.tasks.text import (MIN_DOCUMENTS_FOR_DOCUMENT_SPLIT, default_cache_dir, default_corpus, pack,
                             split_documents, tokenizer_from_task_config)
@@ -17,17 +18,6 @@ from zoo.tasks.tokenizers import ByteTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 TRICKY = "Ünïcödé — “quotes”, tabs\tand  double  spaces,\r\nCRLF, emoji 🦀, 中文, trailing space \n\n"
-
-
-def write_documents(folder: Path, count: int) -> list[str]:
-    """count documents, each made of lines that carry the document's own marker (doc0007 ...)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    documents = []
-    for i in range(count):
-        text = "".join(f"doc{i:04d} line {j}: the quick brown fox {i * j % 97} jumps.\n" for j in range(20 + i % 7))
-        (folder / f"{i:04d}.txt").write_text(text, encoding="utf-8")
-        documents.append(text)
-    return documents
 
 
 def rows_text(dataset, tokenizer) -> str:

@@ -36,7 +36,7 @@ def measure_all(mixers: list[str], out: Path, per_mixer_s: float = PER_MIXER_S, 
     import torch
 
     from zoo.bench.environment import describe
-    from zoo.bench.report import format_table, write_markdown
+    from zoo.report import format_table, write_markdown
     from zoo.bench.speed import REFERENCE, add_ratios, benchmark
     preset = preset or proof_preset()
     device = torch.device(device)

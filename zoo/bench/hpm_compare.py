@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from zoo.bench.environment import describe
 from zoo.bench.executors import add_executor_arguments, executor_from_args
-from zoo.bench.report import format_table, pyplot, write_csv, write_json, write_markdown
+from zoo.report import format_table, pyplot, write_csv, write_json, write_markdown
 from zoo.bench.sweep import Sweep, report_stopped, run_sweep
 from zoo.bench.train_runs import compose_config, train_in_folder, train_spec
 

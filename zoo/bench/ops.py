@@ -16,7 +16,7 @@ from tqdm import tqdm
 from ops.bench_cases import OpCase, OpImpl  # noqa: F401  (the cases' types, re-exported)
 from zoo.bench.environment import describe
 from zoo.bench.layer_cases import mingru_layer_case
-from zoo.bench.report import format_table, pyplot, write_json, write_markdown
+from zoo.report import format_table, pyplot, write_json, write_markdown
 from zoo.bench.timing import median_ms
 
 OPS_WITH_BENCHMARKS = ("selective_scan", "linear_recurrence", "based")

@@ -19,7 +19,7 @@ from zoo.bench.executors import add_executor_arguments, executor_from_args
 from zoo.bench.recall_grid import DEFAULT_KNOBS, N_LAYERS, PAIRING, PRESETS, PUBLIC_PRESETS, Preset, line_name
 from zoo.bench.recall_runs import (chance_level, result_columns, resolve_device, run_key, summarise,
                                    train_and_score, write_outputs)
-from zoo.bench.report import pyplot
+from zoo.report import pyplot
 from zoo.bench.sweep import Outcome, RunSpec, Sweep, report_stopped, run_sweep
 
 # bump when the meaning of a run file changes: old files then no longer match any hash.

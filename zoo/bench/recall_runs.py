@@ -12,7 +12,7 @@ import warnings
 import torch
 
 from zoo.bench.environment import describe
-from zoo.bench.report import format_table, write_csv, write_json, write_markdown
+from zoo.report import format_table, write_csv, write_json, write_markdown
 
 
 def run_key(config: dict) -> str:
@@ -136,7 +136,7 @@ def resolve_device(preset, requested: str | None) -> str:
 def chance_level(task: dict) -> float:
     """One over the distinct answer tokens of the task's test split: a uniform guess among the answers, the floor
     drawn on the recall plots (MQAR: 1 / (V / 2), the values)."""
-    from zoo.tasks.mqar import IGNORE_INDEX
+    from zoo.tasks.data import IGNORE_INDEX
     answers = set()
     for loader in datamodule_for(task).test_dataloader():
         for batch in loader:

@@ -19,7 +19,7 @@ from zoo.bench.executors import executor_from_args
 from zoo.bench.recall_runs import (chance_level, result_columns, resolve_device, run_key, summarise,
                                    train_and_score, write_outputs)
 from zoo.bench.recall_suite_grid import N_LAYERS, PAIRING, PUBLIC_SUITE_PRESETS, SUITE_PRESETS, SuitePreset
-from zoo.bench.report import pyplot
+from zoo.report import pyplot
 from zoo.bench.sweep import Outcome, RunSpec, Sweep, report_stopped, run_sweep
 
 SCHEMA = 1

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from zoo.bench.choices import resolve_mixers, resolve_preset
 from zoo.bench.environment import describe
-from zoo.bench.report import format_table, pyplot, write_json, write_markdown
+from zoo.report import format_table, pyplot, write_json, write_markdown
 from zoo.bench.timing import median_ms, peak_memory_bytes, synchronize
 
 REFERENCE = "attention"

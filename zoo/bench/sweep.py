@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from zoo.bench.environment import command_line, describe
-from zoo.bench.report import write_json
+from zoo.report import write_json
 
 @dataclass(frozen=True)
 class RunSpec:

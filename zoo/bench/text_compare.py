@@ -84,7 +84,7 @@ def job_row(job_dir: Path) -> dict | None:
 
 
 def plot(rows: list[dict], path: Path):
-    from zoo.bench.report import pyplot
+    from zoo.report import pyplot
     plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for axis, x, label in ((axes[0], "state_size", "state size (numbers per sequence, at seq_len)"),
@@ -109,7 +109,7 @@ def plot(rows: list[dict], path: Path):
 def write_report(sweep_dir) -> list[dict]:
     """Write text_compare.{json,csv,md,png} for the finished jobs of a sweep folder; returns the rows."""
     from zoo.bench.environment import describe
-    from zoo.bench.report import format_table, write_csv, write_json, write_markdown
+    from zoo.report import format_table, write_csv, write_json, write_markdown
 
     sweep_dir = Path(sweep_dir)
     number = lambda p: int(p.name.split("_", 1)[0]) if p.name.split("_", 1)[0].isdigit() else 1 << 30

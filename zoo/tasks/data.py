@@ -3,6 +3,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
+# the label of a position that is not scored (torch's cross-entropy ignore_index): every task's labels use it
+IGNORE_INDEX = -100
+
 
 class SegmentedDataset(Dataset):
     """Concatenation of segments, each a pair of (inputs, labels) tensors of one sequence length, optionally with

@@ -1,7 +1,7 @@
 """Vectorised random draws shared by the recall tasks; every draw takes the caller's torch.Generator."""
 import torch
 
-from zoo.tasks.mqar import IGNORE_INDEX
+from zoo.tasks.data import IGNORE_INDEX
 
 _MAX_DRAW_CELLS = 1 << 24  # rows x range drawn at once: bounds memory for wide ranges
 

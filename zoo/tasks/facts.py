@@ -30,7 +30,7 @@ from zoo.checks import require_package, require_positive_int
 from zoo.retrieval.embedders import build_embedder
 from zoo.retrieval.tree import build_tree, leaf_index
 from zoo.tasks.data import ResumableTrainOrder, SegmentBatchSampler, collate_batch
-from zoo.tasks.mqar import IGNORE_INDEX
+from zoo.tasks.data import IGNORE_INDEX
 
 PAD, BOS = 0, 1
 PROMPT_LEN = 4  # BOS family name attribute

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.tasks.mqar import IGNORE_INDEX
+from zoo.tasks.data import IGNORE_INDEX
 from zoo.tasks.recall_datamodule import RecallTaskDataModule
 
 TRIGGER = 0

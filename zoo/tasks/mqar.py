@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 
 from zoo.checks import require_positive_int
+from zoo.tasks.data import IGNORE_INDEX  # noqa: F401  (also imported from here by users and tests)
 
-IGNORE_INDEX = -100
 _ROWS_PER_DRAW = 4096  # examples drawn at once: bounds memory when sampling keys without replacement
 
 

@@ -7,7 +7,7 @@ into the read-twice form, so the mechanism is shared by every task rather than c
 """
 import torch
 
-from zoo.tasks.mqar import IGNORE_INDEX
+from zoo.tasks.data import IGNORE_INDEX
 
 
 def repeat_context(inputs: torch.Tensor, labels: torch.Tensor, context_len: int):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from zoo.tasks.draws import distinct_ints
-from zoo.tasks.mqar import IGNORE_INDEX
+from zoo.tasks.data import IGNORE_INDEX
 from zoo.tasks.recall_datamodule import RecallTaskDataModule
 
 NOISE, MARKER, FIRST_DATA_TOKEN = 0, 1, 2

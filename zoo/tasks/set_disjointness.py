@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from zoo.tasks.draws import distinct_ints, shuffle_rows
-from zoo.tasks.mqar import IGNORE_INDEX
+from zoo.tasks.data import IGNORE_INDEX
 from zoo.tasks.recall_datamodule import RecallTaskDataModule
 
 SEP = 0
