@@ -14,6 +14,8 @@ _PUBLIC = {
     "log_linear_recurrence": "ops.linear_recurrence",
     "based_attention": "ops.based",
     "running_topk": "ops.co4",  # Co4's causal running top-k
+    "delta_rule": "ops.delta_rule",
+    "gated_delta_rule": "ops.gated_delta_rule",
 }
 
 __all__ = sorted(_PUBLIC)
