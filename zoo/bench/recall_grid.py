@@ -60,6 +60,9 @@ CPU = Preset(
         "minlstm": [{"d_models": [32, 64, 128]}],
         # state 3 * topk * d_model (the running top-k of M_Q, M_K, M_V); 8 latents, 2 heads
         "co4": [{"topk": 4, "d_models": [64]}, {"topk": 12, "d_models": [32, 64]}, {"topk": 32, "d_models": [64]}],
+        # state d_model^2 / num_heads + the short convs' 9 * d_model; Gated DeltaNet's heads are d_model / num_heads
+        "deltanet": [{"num_heads": 2, "d_models": [32, 64]}],
+        "gated_deltanet": [{"num_heads": 2, "head_dim": d // 2, "expand_v": 1, "d_models": [d]} for d in (32, 64)],
     },
 )
 
@@ -87,6 +90,10 @@ GPU = Preset(
         "mingru": [{}],
         "minlstm": [{}],
         "co4": [{"topk": 8}, {"topk": 12}, {"topk": 32}],
+        # zoology's head sweep at each d_model (head size d_model / num_heads, value heads as wide as key heads)
+        "deltanet": [{"num_heads": 1}, {"num_heads": 2}],
+        "gated_deltanet": [{"num_heads": h, "head_dim": d // h, "expand_v": 1, "d_models": [d]}
+                           for h in (1, 2) for d in (64, 128, 256, 512)],
     },
     precision="bf16-mixed",
     accelerator="gpu",
