@@ -15,6 +15,11 @@ EXTRA_CASES = {
     # top-k saturated within the test lengths, chunks crossing it, several heads; the other latent/output modes
     "co4": [{"latents": 2, "topk": 3, "num_heads": 4, "chunk_size": 5},
             {"latent_output": "none", "output_projection": True, "chunk_size": 1}],
+    # fla's other modes: no short convs, elu+1 / sum-normalised q and k, no beta, gated output; grouped value heads
+    "deltanet": [{"use_short_conv": False, "qk_activation": "elu", "qk_norm": "sum", "use_beta": False,
+                  "use_gate": True, "allow_neg_eigval": True}],
+    "gated_deltanet": [{"num_heads": 1, "num_v_heads": 2, "head_dim": 8, "use_gate": False, "conv_bias": True,
+                        "allow_neg_eigval": True}],
 }
 
 
