@@ -8,12 +8,9 @@ q, k (B, T, H, K), v (B, T, H, V), beta (B, T, H) (in (0, 2) with fla's ``allow_
 The definition is the gated delta rule's with no decay (g = 0): reference.py here names it, and the chunked
 UT-transform core lives in ops/gated_delta_rule/reference.py.
 """
-from ops._backend import resolve_peer_backend
 from ops.delta_rule.reference import delta_rule_chunked
-from ops.gated_delta_rule import FLA_INSTALL
-from ops.gated_delta_rule.inputs import check_delta_rule_inputs
+from ops.gated_delta_rule.inputs import prepare_call
 from ops.gated_delta_rule.reference import DEFAULT_CHUNK_SIZE
-from ops.packing import check_seq_idx
 
 
 def delta_rule(q, k, v, beta, scale: float | None = None, initial_state=None, output_final_state: bool = False,
@@ -22,11 +19,7 @@ def delta_rule(q, k, v, beta, scale: float | None = None, initial_state=None, ou
 
     initial_state, seq_idx, backend and chunk_size as in ``ops.gated_delta_rule``.
     """
-    check_delta_rule_inputs("delta_rule", q, k, v, beta, None, initial_state)
-    if seq_idx is not None:
-        check_seq_idx(seq_idx, q.shape[0], q.shape[1], "delta_rule")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    chosen = resolve_peer_backend(backend, q.device, "delta_rule", "fla", "fla", FLA_INSTALL)
+    scale, chosen = prepare_call("delta_rule", q, k, v, beta, None, initial_state, seq_idx, scale, backend)
     if chosen == "fla":
         from ops.delta_rule.fla import delta_rule_fla
         o, final = delta_rule_fla(q, k, v, beta, scale, initial_state, output_final_state, seq_idx)

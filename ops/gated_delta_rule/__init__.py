@@ -7,12 +7,8 @@ q, k (B, T, H, K), v (B, T, H, V), g (B, T, H) the log decay (<= 0 for a decay),
 with fla's ``allow_neg_eigval``), state (B, H, K, V); scale defaults to K^-0.5; q and k are used as given
 (normalise them before, as fla's layers do with ``use_qk_l2norm_in_kernel``). reference.py is the definition.
 """
-from ops._backend import resolve_peer_backend
-from ops.gated_delta_rule.inputs import check_delta_rule_inputs
+from ops.gated_delta_rule.inputs import prepare_call
 from ops.gated_delta_rule.reference import DEFAULT_CHUNK_SIZE, gated_delta_rule_chunked
-from ops.packing import check_seq_idx
-
-FLA_INSTALL = "pip install zoo[fla]"
 
 
 def gated_delta_rule(q, k, v, g, beta, scale: float | None = None, initial_state=None,
@@ -25,11 +21,7 @@ def gated_delta_rule(q, k, v, g, beta, scale: float | None = None, initial_state
     document's and the final state the last one's. backend: "auto" (fla's kernels on CUDA when fla is installed,
     else the reference), "reference", "fla". chunk_size: the reference's chunk length.
     """
-    check_delta_rule_inputs("gated_delta_rule", q, k, v, beta, g, initial_state)
-    if seq_idx is not None:
-        check_seq_idx(seq_idx, q.shape[0], q.shape[1], "gated_delta_rule")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    chosen = resolve_peer_backend(backend, q.device, "gated_delta_rule", "fla", "fla", FLA_INSTALL)
+    scale, chosen = prepare_call("gated_delta_rule", q, k, v, beta, g, initial_state, seq_idx, scale, backend)
     if chosen == "fla":
         from ops.gated_delta_rule.fla import gated_delta_rule_fla
         o, final = gated_delta_rule_fla(q, k, v, g, beta, scale, initial_state, output_final_state, seq_idx)

@@ -1,5 +1,20 @@
-"""Shape checks shared by the delta rule ops: one line naming what is wrong."""
+"""Argument handling shared by the delta rule ops: shape checks (one line naming what is wrong), the default
+scale and the backend choice."""
 import torch
+
+from ops._backend import resolve_peer_backend
+from ops.packing import check_seq_idx
+
+FLA_INSTALL = "pip install zoo[fla]"
+
+
+def prepare_call(owner: str, q, k, v, beta, g, initial_state, seq_idx, scale, backend) -> tuple[float, str]:
+    """Validate the arguments; return (scale, K^-0.5 by default; the backend that will run)."""
+    check_delta_rule_inputs(owner, q, k, v, beta, g, initial_state)
+    if seq_idx is not None:
+        check_seq_idx(seq_idx, q.shape[0], q.shape[1], owner)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return scale, resolve_peer_backend(backend, q.device, owner, "fla", "fla", FLA_INSTALL)
 
 
 def check_delta_rule_inputs(owner: str, q, k, v, beta, g=None, initial_state=None):

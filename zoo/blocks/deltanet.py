@@ -29,7 +29,8 @@ from ops._backend import resolve_peer_backend
 from ops.causal_conv1d import causal_conv1d
 from ops.causal_conv1d.reference import causal_conv1d_step
 from ops.delta_rule import delta_rule
-from ops.gated_delta_rule import FLA_INSTALL, gated_delta_rule
+from ops.gated_delta_rule import gated_delta_rule
+from ops.gated_delta_rule.inputs import FLA_INSTALL
 from ops.gated_delta_rule.reference import gated_delta_rule_step, l2_normalize
 from zoo.blocks.base import Cache, Mixer
 from zoo.blocks.registry import register_mixer
