@@ -175,3 +175,27 @@ def test_bad_arguments_raise_one_line_errors(bad, message):
         with pytest.raises(ValueError) as error:
             ops.delta_rule(**args)
         assert message in str(error.value)
+
+
+def test_the_fla_adapter_gives_fla_one_flat_row_and_one_state_per_document():
+    """The GPU path's packing, checked on CPU with a stand-in for fla's kernel (fla's cu_seqlens semantics: batch 1,
+    documents back to back, initial and final state per document) built from the reference."""
+    from ops.gated_delta_rule.fla import run_fla
+    from ops.gated_delta_rule.reference import gated_delta_rule_chunked
+
+    def fake_fla(q, k, v, beta, scale, initial_state, output_final_state, cu_seqlens, g):
+        assert q.shape[0] == 1 and initial_state.shape[0] == len(cu_seqlens) - 1
+        outs, finals = [], []
+        for i, (s, e) in enumerate(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist())):
+            o, final = gated_delta_rule_chunked(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], beta[:, s:e], scale,
+                                                initial_state[i:i + 1], True)
+            outs.append(o)
+            finals.append(final)
+        return torch.cat(outs, dim=1), torch.cat(finals)
+
+    q, k, v, g, beta, h0 = make_inputs(T=13)
+    seq_idx = packed_seq_idx(13, [4, 5, 9], [12])
+    o, final = run_fla(fake_fla, q, k, v, beta, g, 0.5, h0, True, seq_idx)
+    o_ref, final_ref = loop(q, k, v, g, beta, 0.5, h0, seq_idx)
+    assert_close("output", o, o_ref, torch.float64)
+    assert_close("final state", final, final_ref, torch.float64)
