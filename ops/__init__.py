@@ -17,6 +17,8 @@ _PUBLIC = {
     "based_attention": "ops.based",
     "running_topk": "ops.co4",  # Co4's causal running top-k
     "dplr_delta_rule": "ops.dplr_delta_rule",  # RWKV-7's diagonal-plus-low-rank delta rule
+    "delta_rule": "ops.delta_rule",
+    "gated_delta_rule": "ops.gated_delta_rule",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -87,3 +87,16 @@ class DocumentLayout:
     def repack(self, y: torch.Tensor) -> torch.Tensor:
         flat = y.reshape(self.num_documents * self.longest, *y.shape[2:])
         return flat[self.document * self.longest + self.position].view(self.batch, self.length, *y.shape[2:])
+
+
+def cu_seqlens_from_seq_idx(seq_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """seq_idx (batch, seq) -> fla's cu_seqlens for the rows flattened into one (every document of every row in
+    order), plus each row's first and last document index in that flat order (to place an initial state per row
+    and to read back each row's final state)."""
+    starts = document_starts(seq_idx)
+    flat_starts = starts.flatten().nonzero().flatten()
+    total = torch.tensor([seq_idx.numel()], device=seq_idx.device)
+    cu_seqlens = torch.cat([flat_starts, total])
+    last = starts.sum(1).cumsum(0) - 1
+    first = torch.cat([last.new_zeros(1), last[:-1] + 1])
+    return cu_seqlens, first, last

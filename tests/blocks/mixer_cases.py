@@ -17,6 +17,11 @@ EXTRA_CASES = {
             {"latent_output": "none", "output_projection": True, "chunk_size": 1},
             {"latent_mode": "static", "topk": 3, "chunk_size": 4}],
     "rwkv7": [{"head_dim": 8, "value_dim": 64}],  # several heads, values wider than keys
+    # fla's other modes: no short convs, elu+1 / sum-normalised q and k, no beta, gated output; grouped value heads
+    "deltanet": [{"use_short_conv": False, "qk_activation": "elu", "qk_norm": "sum", "use_beta": False,
+                  "use_gate": True, "allow_neg_eigval": True}],
+    "gated_deltanet": [{"num_heads": 1, "num_v_heads": 2, "head_dim": 8, "use_gate": False, "conv_bias": True,
+                        "allow_neg_eigval": True}],
 }
 
 

@@ -86,12 +86,27 @@ def fla_module(name: str):
     return importlib.import_module(name)
 
 
-def fla_layer_module(name: str):
-    """A module of fla's layers (``fla.layers.rwkv7``, from the flash-linear-attention package, which installs
-    beside fla-core), entered without ``fla.layers.__init__``: that imports every layer, some needing
-    transformers, which the layers tested here do not."""
+def fla_layer(module: str):
+    """A layer module of flash-linear-attention (``fla.layers.delta_net``, ...), entered without running
+    ``fla.layers.__init__``, which imports every layer and with them transformers (not needed by the layers tested here)."""
+    _cpu_only()
     fla_module("fla")
     if importlib.util.find_spec("fla.layers") is None:
         _missing("fla.layers (flash-linear-attention)")
     _enter_without_init("fla.layers")
-    return importlib.import_module(name)
+    return importlib.import_module(module)
+
+
+def fla_without_autotuning():
+    """Leave each of fla's autotuned kernels (loaded so far) its first config: Triton's autotuner benchmarks the
+    configs through a GPU driver, which the interpreter has not."""
+    from triton.runtime.autotuner import Autotuner
+
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("fla.") or module is None:
+            continue
+        for obj in list(vars(module).values()):
+            for _ in range(4):  # heuristics and autotune decorators wrap each other through .fn
+                if isinstance(obj, Autotuner):
+                    obj.configs = obj.configs[:1]
+                obj = getattr(obj, "fn", None)

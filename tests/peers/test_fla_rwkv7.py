@@ -64,7 +64,7 @@ def test_dplr_delta_rule_matches_fla_fused_recurrent_kernel():
 
 def _layer_pair(layer_idx: int, seed: int):
     """fla's layer with every parameter moved off its init (o_proj starts at zero there), and ours loaded from it."""
-    rwkv7 = cpu_peers.fla_layer_module("fla.layers.rwkv7")
+    rwkv7 = cpu_peers.fla_layer("fla.layers.rwkv7")
     torch.manual_seed(seed)
     theirs = rwkv7.RWKV7Attention(hidden_size=D_MODEL, head_dim=HEAD_DIM, layer_idx=layer_idx, num_hidden_layers=2)
     with torch.no_grad():

@@ -66,6 +66,9 @@ CPU = Preset(
                 {"topk": 12, "latent_mode": "prefix", "d_models": [32]}],
         # state H * head_dim^2 + d_model (token shift): 1088 and 4160 numbers at d_model 64
         "rwkv7": [{"head_dim": 16, "d_models": [64]}, {"head_dim": 64, "d_models": [64]}],
+        # state d_model^2 / num_heads + the short convs' 9 * d_model; Gated DeltaNet's heads are d_model / num_heads
+        "deltanet": [{"num_heads": 2, "d_models": [32, 64]}],
+        "gated_deltanet": [{"num_heads": 2, "head_dim": d // 2, "expand_v": 1, "d_models": [d]} for d in (32, 64)],
     },
 )
 
@@ -96,6 +99,10 @@ GPU = Preset(
                 {"topk": 32, "latent_mode": "prefix"}],
         # fla's 64-wide heads across the d_model sweep, and narrower heads (less state) at two widths
         "rwkv7": [{"head_dim": 64}, {"head_dim": 16, "d_models": [128, 256]}, {"head_dim": 32, "d_models": [128, 256]}],
+        # zoology's head sweep at each d_model (head size d_model / num_heads, value heads as wide as key heads)
+        "deltanet": [{"num_heads": 1}, {"num_heads": 2}],
+        "gated_deltanet": [{"num_heads": h, "head_dim": d // h, "expand_v": 1, "d_models": [d]}
+                           for h in (1, 2) for d in (64, 128, 256, 512)],
     },
     precision="bf16-mixed",
     accelerator="gpu",

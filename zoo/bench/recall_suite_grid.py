@@ -33,7 +33,8 @@ def _mqar(vocab, train, test):
     return {"vocab_size": vocab, "train_segments": train, "test_segments": test}
 
 
-def _lines(window: int, feature_dim: int, d_state: int, expand: int, rwkv7_head_dim: int) -> dict:
+def _lines(window: int, feature_dim: int, d_state: int, expand: int, rwkv7_head_dim: int, delta_heads: int,
+           d_model: int) -> dict:
     """The suite's lines, their state-setting knobs given per preset (so the recurrent lines match in state)."""
     return {
         "attention": {"name": "attention"},
@@ -43,6 +44,10 @@ def _lines(window: int, feature_dim: int, d_state: int, expand: int, rwkv7_head_
         "mamba_mimetic": {"name": "mamba", "d_state": d_state, "init": "mimetic"},
         "mingru": {"name": "mingru", "expand": expand},
         "rwkv7": {"name": "rwkv7", "head_dim": rwkv7_head_dim},
+        # heads of d_model / delta_heads: state d_model^2 / delta_heads + the three short convs' 9 * d_model
+        "deltanet": {"name": "deltanet", "num_heads": delta_heads},
+        "gated_deltanet": {"name": "gated_deltanet", "num_heads": delta_heads, "head_dim": d_model // delta_heads,
+                           "expand_v": 1},
         "short_conv": {"name": "short_conv", "kernel_size": 3},
     }
 
@@ -90,9 +95,10 @@ CPU = SuitePreset(
         "2-core CPU: every suite task at small size (L <= 128, ~6k training examples, one epoch of batch 32: ~190 "
         "steps), d_model 64, one lr (3e-3: the grid is the GPU preset's; there is no time for one here), state "
         "matched at ~1.1-1.5k numbers for the recurrent lines (mamba d_state 8, BASED feature_dim 4, minGRU expand "
-        "8, RWKV-7 head_dim 16, sliding window 8); attention is the unmatched reference, short_conv the floor. A small-budget ranking."),
+        "8, RWKV-7 head_dim 16, sliding window 8, DeltaNet / Gated DeltaNet 8 heads: ~1.1k); attention is the "
+        "unmatched reference, short_conv the floor. A small-budget ranking."),
     tasks=CPU_TASKS,
-    lines=_lines(window=8, feature_dim=4, d_state=8, expand=8, rwkv7_head_dim=16),
+    lines=_lines(window=8, feature_dim=4, d_state=8, expand=8, rwkv7_head_dim=16, delta_heads=8, d_model=64),
     d_model=64,
     lrs=(3e-3,),
     batch_size=32,
@@ -108,9 +114,9 @@ GPU = SuitePreset(
         "16 tokens; induction trained at 256, tested to 4096; MQAR zoology-sized), ~50k training examples, 4 epochs "
         "of batch 128, d_model 128, lr in {1e-3, 3e-3, 1e-2} chosen on validation, bf16, 8 runs at once; state "
         "matched at ~4-9k numbers (mamba d_state 16, BASED feature_dim 8, minGRU expand 32, RWKV-7 head_dim 32, "
-        "window 32)."),
+        "window 32, DeltaNet / Gated DeltaNet 4 heads: ~5.2k)."),
     tasks=GPU_TASKS,
-    lines=_lines(window=32, feature_dim=8, d_state=16, expand=32, rwkv7_head_dim=32),
+    lines=_lines(window=32, feature_dim=8, d_state=16, expand=32, rwkv7_head_dim=32, delta_heads=4, d_model=128),
     d_model=128,
     lrs=(1e-3, 3e-3, 1e-2),
     batch_size=128,

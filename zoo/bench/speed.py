@@ -63,7 +63,9 @@ GPU = SpeedPreset(name="gpu", d_model=768, n_layers=4, vocab_size=8192,
                   seq_lens=(512, 1024, 2048, 4096, 8192, 16384), batch_sizes=(1, 8), decode_steps=64,
                   dtype="bf16",
                   knobs={"attention": {"num_heads": 12},
-                         "based_linear_attention": {"num_heads": 12, "feature_dim": 16}})
+                         "based_linear_attention": {"num_heads": 12, "feature_dim": 16},
+                         "deltanet": {"num_heads": 12},
+                         "gated_deltanet": {"num_heads": 12, "head_dim": 64, "expand_v": 1}})
 # BASED's generation claim: an LM with fixed-size state against attention's KV cache at large batch and context
 GENERATION = SpeedPreset(name="generation", d_model=1024, n_layers=8, vocab_size=8192, seq_lens=(2048, 4096, 8192),
                          batch_sizes=(32, 128), decode_steps=32, dtype="bf16", train=False,
@@ -76,7 +78,8 @@ CPU = SpeedPreset(name="cpu", d_model=64, n_layers=2, vocab_size=256, seq_lens=(
                   knobs={"attention": {"num_heads": 1}, "based_linear_attention": {"num_heads": 1, "feature_dim": 16},
                          "mamba": {"d_state": 16, "d_conv": 4, "expand": 2}, "mingru": {"expand": 1},
                          "minlstm": {"expand": 1}, "short_conv": {"kernel_size": 3},
-                         "rwkv7": {"head_dim": 32, "num_hidden_layers": 2}})
+                         "rwkv7": {"head_dim": 32, "num_hidden_layers": 2}, "deltanet": {"num_heads": 4},
+                         "gated_deltanet": {"num_heads": 4, "head_dim": 16, "expand_v": 1}})
 TEST = SpeedPreset(name="test", d_model=16, n_layers=1, vocab_size=32, seq_lens=(8, 16), batch_sizes=(2,),
                    decode_steps=2, dtype="fp32", knobs={"attention": {"num_heads": 2}}, cpu_reps=1)
 # Co4 against attention at 2k-16k tokens (issue 14): the running top-k as the Triton kernel, the attention over

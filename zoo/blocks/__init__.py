@@ -6,6 +6,7 @@ from zoo.blocks.registry import MIXERS, MLPS, build_mixer, build_mlp, register_m
 from zoo.blocks.attention import Attention
 from zoo.blocks.based import BasedLinearAttention
 from zoo.blocks.co4 import Co4
+from zoo.blocks.deltanet import DeltaNet, GatedDeltaNet
 from zoo.blocks.hpm import HierarchicalMemoryFFN
 from zoo.blocks.mamba import Mamba
 from zoo.blocks.mingru import MinGRU, MinLSTM
