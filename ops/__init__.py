@@ -14,6 +14,8 @@ _PUBLIC = {
     "log_linear_recurrence": "ops.linear_recurrence",
     "based_attention": "ops.based",
     "running_topk": "ops.co4",  # Co4's causal running top-k
+    "ssd": "ops.ssd",
+    "gla": "ops.gla",
 }
 
 __all__ = sorted(_PUBLIC)
