@@ -21,8 +21,9 @@ def causal_conv1d(x, weight, bias=None, initial_states=None, return_final_states
     if initial_states is None:
         initial_states = x.new_zeros(batch, dim, width - 1)
     padded = torch.cat([initial_states.to(x.dtype), x], dim=-1)            # (b, d, W - 1 + L)
-    out = F.conv1d(padded.float(), weight.float()[:, None, :],
-                   bias.float() if bias is not None else None, groups=dim)
+    acc = torch.promote_types(x.dtype, torch.float32)  # float32 at least; float64 stays float64
+    out = F.conv1d(padded.to(acc), weight.to(acc)[:, None, :], bias.to(acc) if bias is not None else None,
+                   groups=dim)
     return finish(out, padded, x.dtype, width, activation, return_final_states)
 
 
@@ -47,7 +48,7 @@ def causal_conv1d_packed(x, weight, bias=None, seq_idx=None, return_final_states
 
 
 def finish(out, padded, dtype, width: int, activation, return_final_states: bool):
-    """The float32 conv output -> activation, input dtype, and the last W - 1 inputs when asked (every path)."""
+    """The float32 (or float64) conv output -> activation, input dtype, and the last W - 1 inputs when asked (every path)."""
     if activation is not None:
         out = F.silu(out)
     out = out.to(dtype)
@@ -60,9 +61,10 @@ def causal_conv1d_step(conv_state, x, weight, bias=None, activation=None):
     """One step: x (batch, dim); conv_state (batch, dim, W - 1) holds the previous inputs and is shifted in place."""
     check_activation(activation)
     window = torch.cat([conv_state, x[..., None].to(conv_state.dtype)], dim=-1)   # (b, d, W)
-    out = (window.float() * weight.float()).sum(-1)
+    acc = torch.promote_types(x.dtype, torch.float32)
+    out = (window.to(acc) * weight.to(acc)).sum(-1)
     if bias is not None:
-        out = out + bias.float()
+        out = out + bias.to(acc)
     if activation is not None:
         out = F.silu(out)
     conv_state.copy_(window[..., 1:])

@@ -29,7 +29,7 @@ def gla_chunked(q, k, v, g, scale=None, initial_state=None, output_final_state=F
     V = v.shape[-1]
     scale = K ** -0.5 if scale is None else scale
     dtype = torch.promote_types(q.dtype, torch.float32)
-    Q = chunk_size
+    Q = max(1, min(chunk_size, length))  # a chunk longer than the input would only add padding
     padded = padded_length(length, Q)
     c = padded // Q
 

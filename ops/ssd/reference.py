@@ -52,7 +52,7 @@ def ssd_chunked(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_
     g, n = B.shape[2], B.shape[3]
     r = h // g                                                                  # heads per group
     dtype = torch.promote_types(x.dtype, torch.float32)
-    Q = chunk_size
+    Q = max(1, min(chunk_size, length))  # a chunk longer than the input would only add padding
     padded = padded_length(length, Q)
     c = padded // Q
 
