@@ -84,3 +84,56 @@ def fla_module(name: str):
     if importlib.util.find_spec("fla") is None:
         _missing("fla (fla-core)")
     return importlib.import_module(name)
+
+
+def mamba_ssm_mamba2():
+    """(mamba2, ssd_combined) modules of mamba-ssm, set to run on CPU with mamba-ssm's own PyTorch references.
+
+    Mamba2's non-fused path (use_mem_eff_path=False) calls the Triton ``mamba_chunk_scan_combined`` and the Triton
+    gated RMSNorm; here they are mamba-ssm's ``ssd_chunk_scan_combined_ref`` (no initial states, no seq_idx) and
+    ``rms_norm_ref``; the conv is its nn.Conv1d path and the decode step its torch path (ngroups 1). Its package
+    pulls in huggingface_hub for a mixin only: an empty stand-in where it is not installed.
+    """
+    _cpu_only()
+    if importlib.util.find_spec("mamba_ssm") is None:
+        _missing("mamba_ssm")
+    mamba_ssm()  # the compiled extensions stubbed, the package entered without its __init__
+    if importlib.util.find_spec("huggingface_hub") is None:
+        hub = types.ModuleType("huggingface_hub")
+        hub.PyTorchModelHubMixin = type("PyTorchModelHubMixin", (), {})
+        sys.modules["huggingface_hub"] = hub
+    combined = importlib.import_module("mamba_ssm.ops.triton.ssd_combined")
+    gated_norm = importlib.import_module("mamba_ssm.ops.triton.layernorm_gated")
+    mamba2 = importlib.import_module("mamba_ssm.modules.mamba2")
+
+    def chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, seq_idx=None,
+                   cu_seqlens=None, return_final_states=False, return_varlen_states=False, **limit):
+        assert seq_idx is None and cu_seqlens is None and not return_final_states and not limit
+        return combined.ssd_chunk_scan_combined_ref(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus)
+
+    def rmsnorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True):
+        return gated_norm.rms_norm_ref(x, weight, bias, z, eps, group_size, norm_before_gate)
+
+    mamba2.mamba_chunk_scan_combined = chunk_scan
+    mamba2.causal_conv1d_fn = mamba2.causal_conv1d_update = None
+    mamba2.selective_state_update = None
+    gated_norm.rmsnorm_fn = rmsnorm_fn
+    return mamba2, combined
+
+
+def fla_layer(name: str):
+    """A layer module of flash-linear-attention (``fla.layers.gla``), entered without ``fla.layers``' __init__,
+    which imports every layer and transformers."""
+    _cpu_only()
+    if importlib.util.find_spec("fla") is None or importlib.util.find_spec("fla.layers") is None:
+        _missing("fla.layers (flash-linear-attention)")
+    _enter_without_init("fla.layers")
+    return importlib.import_module(name)
+
+
+def first_autotune_config(monkeypatch):
+    """Triton's autotuner benchmarks its configs on a GPU driver, which the interpreter has not: there each
+    autotuned peer kernel runs its first config (the values do not depend on the config)."""
+    from triton.runtime import autotuner
+    prune = autotuner.Autotuner.prune_configs
+    monkeypatch.setattr(autotuner.Autotuner, "prune_configs", lambda self, kwargs: prune(self, kwargs)[:1])
