@@ -33,7 +33,7 @@ def _mqar(vocab, train, test):
     return {"vocab_size": vocab, "train_segments": train, "test_segments": test}
 
 
-def _lines(window: int, feature_dim: int, d_state: int, expand: int) -> dict:
+def _lines(window: int, feature_dim: int, d_state: int, expand: int, ssd_d_state: int, gla_heads: int) -> dict:
     """The suite's lines, their state-setting knobs given per preset (so the recurrent lines match in state)."""
     return {
         "attention": {"name": "attention"},
@@ -41,6 +41,10 @@ def _lines(window: int, feature_dim: int, d_state: int, expand: int) -> dict:
         "based_linear_attention": {"name": "based_linear_attention", "feature_dim": feature_dim, "num_heads": 1},
         "mamba": {"name": "mamba", "d_state": d_state},
         "mamba_mimetic": {"name": "mamba", "d_state": d_state, "init": "mimetic"},
+        # state nheads * headdim * d_state + conv (expand 2, headdim 32): d_inner * ssd_d_state + the conv window
+        "mamba2": {"name": "mamba2", "d_state": ssd_d_state, "headdim": 32},
+        # state key_dim * value_dim / heads (fla's expand_k 0.5, expand_v 1): d_model^2 / (2 * gla_heads)
+        "gla": {"name": "gla", "num_heads": gla_heads},
         "mingru": {"name": "mingru", "expand": expand},
         "short_conv": {"name": "short_conv", "kernel_size": 3},
     }
@@ -88,10 +92,10 @@ CPU = SuitePreset(
     description=(
         "2-core CPU: every suite task at small size (L <= 128, ~6k training examples, one epoch of batch 32: ~190 "
         "steps), d_model 64, one lr (3e-3: the grid is the GPU preset's; there is no time for one here), state "
-        "matched at ~1.1-1.5k numbers for the recurrent lines (mamba d_state 8, BASED feature_dim 4, minGRU expand "
-        "8, sliding window 8); attention is the unmatched reference, short_conv the floor. A small-budget ranking."),
+        "matched at ~1.0-1.5k numbers for the recurrent lines (mamba d_state 8, BASED feature_dim 4, minGRU expand "
+        "8, sliding window 8, Mamba-2 d_state 8, GLA 2 heads); attention is the unmatched reference, short_conv the floor. A small-budget ranking."),
     tasks=CPU_TASKS,
-    lines=_lines(window=8, feature_dim=4, d_state=8, expand=8),
+    lines=_lines(window=8, feature_dim=4, d_state=8, expand=8, ssd_d_state=8, gla_heads=2),
     d_model=64,
     lrs=(3e-3,),
     batch_size=32,
@@ -105,9 +109,10 @@ GPU = SuitePreset(
         "one H100 (an estimate, not yet run on a GPU): the papers' task sizes (selective copy vocabulary 16, L=256, "
         "16 tokens; induction trained at 256, tested to 4096; MQAR zoology-sized), ~50k training examples, 4 epochs "
         "of batch 128, d_model 128, lr in {1e-3, 3e-3, 1e-2} chosen on validation, bf16, 8 runs at once; state "
-        "matched at ~4-9k numbers (mamba d_state 16, BASED feature_dim 8, minGRU expand 32, window 32)."),
+        "matched at ~4-9k numbers (mamba d_state 16, BASED feature_dim 8, minGRU expand 32, window 32, Mamba-2 "
+        "d_state 16, GLA 2 heads)."),
     tasks=GPU_TASKS,
-    lines=_lines(window=32, feature_dim=8, d_state=16, expand=32),
+    lines=_lines(window=32, feature_dim=8, d_state=16, expand=32, ssd_d_state=16, gla_heads=2),
     d_model=128,
     lrs=(1e-3, 3e-3, 1e-2),
     batch_size=128,
@@ -116,7 +121,7 @@ GPU = SuitePreset(
     accelerator="gpu",
     workers=8,
     default_lines=("attention", "sliding_window_attention", "based_linear_attention", "mamba", "mamba_mimetic",
-                   "mingru", "short_conv"),
+                   "mamba2", "gla", "mingru", "short_conv"),
 )
 
 # Hidden: seconds on a CPU, for the tests.
