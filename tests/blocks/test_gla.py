@@ -4,7 +4,7 @@ against the reference, prefill continuation and decode included."""
 import pytest
 import torch
 
-from ops.testing import assert_close
+from tests.blocks.backend_parity import assert_backend_matches_reference
 from zoo.blocks.gla import GatedLinearAttention
 
 
@@ -57,21 +57,4 @@ def test_fla_backend_matches_the_reference_with_prefill_and_decode(config):
     torch.manual_seed(0)
     reference = GatedLinearAttention(64, backend="reference", **config).cuda()
     fused = GatedLinearAttention(64, backend="fla", **config).cuda()
-    fused.load_state_dict(reference.state_dict())
-    x = torch.randn(2, 300, 64, device="cuda")
-    weights = torch.randn(x.shape, device="cuda")
-    outputs = []
-    for mixer in (reference, fused):
-        xi = x.clone().requires_grad_()
-        (mixer(xi) * weights).sum().backward()
-        cache = mixer.allocate_cache(2)
-        with torch.no_grad():
-            pieces = [mixer(x[:, :200], cache=cache), mixer(x[:, 200:290], cache=cache)]
-            pieces += [mixer(x[:, t:t + 1], cache=cache) for t in range(290, 300)]
-        outputs.append((xi.grad, torch.cat(pieces, 1), cache["state"], {n: p.grad for n, p in mixer.named_parameters()}))
-    (dx_ref, y_ref, state_ref, grads_ref), (dx, y, state, grads) = outputs
-    assert_close("cached forward", y, y_ref, torch.float32, scale=5)
-    assert_close("state", state, state_ref, torch.float32, scale=5)
-    assert_close("input grad", dx, dx_ref, torch.float32, scale=5)
-    for name, grad in grads.items():
-        assert_close(f"grad {name}", grad, grads_ref[name], torch.float32, scale=5)
+    assert_backend_matches_reference(reference, fused, "state")

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from ops.testing import assert_close
+from tests.blocks.backend_parity import assert_backend_matches_reference
 from zoo.blocks.mamba2 import Mamba2
 
 
@@ -55,24 +56,7 @@ def test_cuda_backend_matches_the_reference_with_prefill_and_decode(config):
     torch.manual_seed(0)
     reference = Mamba2(64, backend="reference", **config).cuda()
     fused = Mamba2(64, backend="cuda", **config).cuda()
-    fused.load_state_dict(reference.state_dict())
-    x = torch.randn(2, 300, 64, device="cuda")
-    weights = torch.randn(x.shape, device="cuda")
-    outputs = []
-    for mixer in (reference, fused):
-        xi = x.clone().requires_grad_()
-        (mixer(xi) * weights).sum().backward()
-        cache = mixer.allocate_cache(2)
-        with torch.no_grad():
-            pieces = [mixer(x[:, :200], cache=cache), mixer(x[:, 200:290], cache=cache)]
-            pieces += [mixer(x[:, t:t + 1], cache=cache) for t in range(290, 300)]
-        outputs.append((xi.grad, torch.cat(pieces, 1), cache["ssm"], {n: p.grad for n, p in mixer.named_parameters()}))
-    (dx_ref, y_ref, state_ref, grads_ref), (dx, y, state, grads) = outputs
-    assert_close("cached forward", y, y_ref, torch.float32, scale=5)
-    assert_close("ssm state", state, state_ref, torch.float32, scale=5)
-    assert_close("input grad", dx, dx_ref, torch.float32, scale=5)
-    for name, grad in grads.items():
-        assert_close(f"grad {name}", grad, grads_ref[name], torch.float32, scale=5)
+    assert_backend_matches_reference(reference, fused, "ssm")
 
 
 def test_parity_with_mamba_ssm_mamba2_on_gpu():

@@ -12,7 +12,7 @@ import torch
 import ops
 from ops.testing import assert_close
 from tests.peers import cpu_peers
-from tests.peers.grads import assert_same_outputs_and_grads, outputs_and_grads
+from tests.peers.grads import assert_modules_agree, assert_same_outputs_and_grads, outputs_and_grads
 from zoo.blocks.mamba2 import Mamba2
 
 MODULE_CONFIGS = [
@@ -52,18 +52,7 @@ def test_outputs_and_gradients_with_weights_copied_both_ways(config):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 24, config["d_model"], generator=gen)
     grad_out = torch.randn(x.shape, generator=gen)
-    outputs = {}
-    for name, module in (("mamba_ssm", theirs), ("zoo", mine)):
-        y = module(x)
-        (y * grad_out).sum().backward()
-        outputs[name] = y
-    assert_close("out", outputs["zoo"], outputs["mamba_ssm"], torch.float32)
-    for (name, p_theirs), p_mine in zip(theirs.named_parameters(), mine.parameters(), strict=True):
-        assert_close(f"grad {name}", p_mine.grad, p_theirs.grad, torch.float32)
-    theirs_again, _ = _pair(config, seed=3)
-    theirs_again.load_state_dict(mine.state_dict())
-    with torch.no_grad():
-        assert_close("mamba_ssm with our state dict", theirs_again(x), mine(x), torch.float32)
+    assert_modules_agree(theirs, mine, x, grad_out, theirs_again=_pair(config, seed=3)[0])
 
 
 def test_decode_steps_match_mamba_ssm_step():
