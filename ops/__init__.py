@@ -19,6 +19,8 @@ _PUBLIC = {
     "dplr_delta_rule": "ops.dplr_delta_rule",  # RWKV-7's diagonal-plus-low-rank delta rule
     "delta_rule": "ops.delta_rule",
     "gated_delta_rule": "ops.gated_delta_rule",
+    "ssd": "ops.ssd",
+    "gla": "ops.gla",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -6,6 +6,11 @@ def require_positive_int(name: str, value, owner: str):
         raise ValueError(f"{owner}: {name} must be a positive integer, got {value!r}")
 
 
+def require_positive_number(name: str, value, owner: str):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{owner}: {name} must be a positive number, got {value!r}")
+
+
 def require_choice(name: str, value, choices, owner: str):
     if value not in choices:
         raise ValueError(f"{owner}: {name}={value!r} is not one of {', '.join(map(repr, choices))}")

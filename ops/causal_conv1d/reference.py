@@ -48,7 +48,7 @@ def causal_conv1d_packed(x, weight, bias=None, seq_idx=None, return_final_states
 
 
 def finish(out, padded, dtype, width: int, activation, return_final_states: bool):
-    """The float32 conv output -> activation, input dtype, and the last W - 1 inputs when asked (every path)."""
+    """The float32 (or float64) conv output -> activation, input dtype, and the last W - 1 inputs when asked (every path)."""
     if activation is not None:
         out = F.silu(out)
     out = out.to(dtype)

@@ -12,6 +12,13 @@ EXTRA_CASES = {
     "attention": [{"num_heads": 2}, {"num_heads": 4, "window": 5}, {"num_heads": 2, "rotary": False}],
     "short_conv": [{"kernel_size": 4}],
     "mamba": [{"init": "mimetic"}],
+    # small heads and state (the defaults' d_state 128, headdim 64 give one head at d_model 32); two groups, a
+    # gated-MLP part, per-channel D, the scan's own z gate, a dt clamp
+    "mamba2": [{"d_state": 8, "headdim": 8, "ngroups": 2, "d_ssm": 48, "D_has_hdim": True},
+               {"d_state": 4, "headdim": 16, "rmsnorm": False, "dt_limit": (0.01, 0.5), "chunk_size": 5}],
+    # short convs and grouped kv heads; no output gate
+    "gla": [{"use_short_conv": True, "num_kv_heads": 2, "feature_map": "relu"},
+            {"use_output_gate": False, "clamp_min": -0.5, "num_heads": 2}],
     # top-k saturated within the test lengths, chunks crossing it, several heads; the other latent/output modes
     "co4": [{"latents": 2, "topk": 3, "num_heads": 4, "chunk_size": 5},
             {"latent_output": "none", "output_projection": True, "chunk_size": 1},

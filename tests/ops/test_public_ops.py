@@ -5,7 +5,7 @@ import sys
 import ops
 
 PUBLIC = ["selective_scan", "causal_conv1d", "linear_recurrence", "log_linear_recurrence", "based_attention",
-          "running_topk"]
+          "running_topk", "ssd", "gla"]
 
 
 def test_public_ops_are_functions():

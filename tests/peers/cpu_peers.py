@@ -97,16 +97,44 @@ def fla_layer(module: str):
     return importlib.import_module(module)
 
 
-def fla_without_autotuning():
-    """Leave each of fla's autotuned kernels (loaded so far) its first config: Triton's autotuner benchmarks the
-    configs through a GPU driver, which the interpreter has not."""
-    from triton.runtime.autotuner import Autotuner
+def mamba_ssm_mamba2():
+    """(mamba2, ssd_combined) modules of mamba-ssm, set to run on CPU with mamba-ssm's own PyTorch references.
 
-    for name, module in list(sys.modules.items()):
-        if not name.startswith("fla.") or module is None:
-            continue
-        for obj in list(vars(module).values()):
-            for _ in range(4):  # heuristics and autotune decorators wrap each other through .fn
-                if isinstance(obj, Autotuner):
-                    obj.configs = obj.configs[:1]
-                obj = getattr(obj, "fn", None)
+    Mamba2's non-fused path (use_mem_eff_path=False) calls the Triton ``mamba_chunk_scan_combined`` and the Triton
+    gated RMSNorm; here they are mamba-ssm's ``ssd_chunk_scan_combined_ref`` (no initial states, no seq_idx) and
+    ``rms_norm_ref``; the conv is its nn.Conv1d path and the decode step its torch path (ngroups 1). Its package
+    pulls in huggingface_hub for a mixin only: an empty stand-in where it is not installed.
+    """
+    _cpu_only()
+    if importlib.util.find_spec("mamba_ssm") is None:
+        _missing("mamba_ssm")
+    mamba_ssm()  # the compiled extensions stubbed, the package entered without its __init__
+    if importlib.util.find_spec("huggingface_hub") is None:
+        hub = types.ModuleType("huggingface_hub")
+        hub.PyTorchModelHubMixin = type("PyTorchModelHubMixin", (), {})
+        sys.modules["huggingface_hub"] = hub
+    combined = importlib.import_module("mamba_ssm.ops.triton.ssd_combined")
+    gated_norm = importlib.import_module("mamba_ssm.ops.triton.layernorm_gated")
+    mamba2 = importlib.import_module("mamba_ssm.modules.mamba2")
+
+    def chunk_scan(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, dt_softplus=False, seq_idx=None,
+                   cu_seqlens=None, return_final_states=False, return_varlen_states=False, **limit):
+        assert seq_idx is None and cu_seqlens is None and not return_final_states and not limit
+        return combined.ssd_chunk_scan_combined_ref(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus)
+
+    def rmsnorm_fn(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True):
+        return gated_norm.rms_norm_ref(x, weight, bias, z, eps, group_size, norm_before_gate)
+
+    mamba2.mamba_chunk_scan_combined = chunk_scan
+    mamba2.causal_conv1d_fn = mamba2.causal_conv1d_update = None
+    mamba2.selective_state_update = None
+    gated_norm.rmsnorm_fn = rmsnorm_fn
+    return mamba2, combined
+
+
+def first_autotune_config(monkeypatch):
+    """Triton's autotuner benchmarks its configs on a GPU driver, which the interpreter has not: there each
+    autotuned peer kernel runs its first config (the values do not depend on the config)."""
+    from triton.runtime import autotuner
+    prune = autotuner.Autotuner.prune_configs
+    monkeypatch.setattr(autotuner.Autotuner, "prune_configs", lambda self, kwargs: prune(self, kwargs)[:1])

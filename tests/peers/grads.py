@@ -29,3 +29,18 @@ def assert_same_outputs_and_grads(got, want, output_names: tuple[str, ...]):
         assert_close(name, actual, expected, torch.float32)
     for name in want_grads:
         assert_close(f"grad {name}", grads[name], want_grads[name], torch.float32)
+
+
+def assert_modules_agree(theirs, mine, x: torch.Tensor, grad_out: torch.Tensor, theirs_again, unwrap=lambda y: y):
+    """A peer's module and ours holding the same weights: equal outputs and parameter gradients (in the peer's
+    parameter order); then ``theirs_again`` (a fresh peer module) loaded with our state dict gives our output.
+    ``unwrap`` takes the output tensor out of what the peer's forward returns."""
+    y_theirs, y_mine = unwrap(theirs(x)), mine(x)
+    (y_theirs * grad_out).sum().backward()
+    (y_mine * grad_out).sum().backward()
+    assert_close("out", y_mine, y_theirs, torch.float32)
+    for (name, p_theirs), p_mine in zip(theirs.named_parameters(), mine.parameters(), strict=True):
+        assert_close(f"grad {name}", p_mine.grad, p_theirs.grad, torch.float32)
+    theirs_again.load_state_dict(mine.state_dict())
+    with torch.no_grad():
+        assert_close("the peer with our state dict", unwrap(theirs_again(x)), mine(x), torch.float32)

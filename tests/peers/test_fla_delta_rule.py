@@ -85,10 +85,14 @@ LAYERS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def first_config_under_the_interpreter(monkeypatch):
+    cpu_peers.first_autotune_config(monkeypatch)
+
+
 def _fla_layer(case: str):
     ours_cls, module, hyper = LAYERS[case]
     fla_cls = getattr(cpu_peers.fla_layer(module), ours_cls.__name__)
-    cpu_peers.fla_without_autotuning()
     return ours_cls, fla_cls, hyper
 
 

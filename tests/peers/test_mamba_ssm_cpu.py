@@ -11,7 +11,7 @@ import torch
 import ops
 from ops.testing import assert_close
 from tests.peers import cpu_peers
-from tests.peers.grads import assert_same_outputs_and_grads, outputs_and_grads
+from tests.peers.grads import assert_modules_agree, assert_same_outputs_and_grads, outputs_and_grads
 from zoo.blocks.mamba import Mamba
 
 MODULE_CONFIGS = [
@@ -52,19 +52,7 @@ def test_outputs_and_gradients_with_weights_copied_both_ways(config):
     mine.load_state_dict(theirs.state_dict())
     x = _hidden(2, 37, config["d_model"])
     grad_out = _hidden(2, 37, config["d_model"], seed=2)
-    outputs = {}
-    for name, module in (("mamba_ssm", theirs), ("zoo", mine)):
-        y = module(x)
-        (y * grad_out).sum().backward()
-        outputs[name] = y
-    assert_close("out", outputs["zoo"], outputs["mamba_ssm"], torch.float32)
-    for (name, p_theirs), p_mine in zip(theirs.named_parameters(), mine.parameters()):
-        assert_close(f"grad {name}", p_mine.grad, p_theirs.grad, torch.float32)
-
-    theirs_again, _ = _pair(config, seed=3)
-    theirs_again.load_state_dict(mine.state_dict())
-    with torch.no_grad():
-        assert_close("mamba_ssm with our state dict", theirs_again(x), mine(x), torch.float32)
+    assert_modules_agree(theirs, mine, x, grad_out, theirs_again=_pair(config, seed=3)[0])
 
 
 def test_decode_steps_match_mamba_ssm_step():

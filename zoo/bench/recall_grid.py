@@ -54,6 +54,9 @@ CPU = Preset(
         "short_conv": [{"d_models": [32, 64, 128]}],
         # the reference selective scan is by far the slowest CPU path (its cost grows with d_state)
         "mamba": [{"d_state": 4}, {"d_state": 8, "d_models": [32]}],
+        # one setting each (2 d_models x 2 lrs): Mamba-2's d_state, GLA's heads (key width d_model / (2 * heads))
+        "mamba2": [{"d_state": 16, "headdim": 16}],
+        "gla": [{"num_heads": 2}],
         "based_linear_attention": [{"feature_dim": 4, "d_models": [64]}, {"feature_dim": 8, "d_models": [64]},
                                    {"feature_dim": 16, "d_models": [32, 64]}],
         "mingru": [{"d_models": [32, 64, 128]}],
@@ -92,6 +95,9 @@ GPU = Preset(
         "attention": [{}, {"window": 32}, {"window": 128}],
         "short_conv": [{}],
         "mamba": [{"d_state": 8}, {"d_state": 16}, {"d_state": 32}],
+        "mamba2": [{"d_state": 16, "headdim": 32}, {"d_state": 32, "headdim": 32}, {"d_state": 64, "headdim": 32}],
+        # zoology's GLA knobs: heads and key width (expand_k: key_dim = expand_k * d_model, split over the heads)
+        "gla": [{"num_heads": 1, "expand_k": 0.5}, {"num_heads": 2, "expand_k": 0.5}, {"num_heads": 2, "expand_k": 1.0}],
         "based_linear_attention": [{"feature_dim": 8}, {"feature_dim": 16}, {"feature_dim": 24}],
         "mingru": [{}],
         "minlstm": [{}],

@@ -34,7 +34,7 @@ def _mqar(vocab, train, test):
 
 
 def _lines(window: int, feature_dim: int, d_state: int, expand: int, rwkv7_head_dim: int, delta_heads: int,
-           d_model: int) -> dict:
+           d_model: int, ssd_d_state: int, gla_heads: int) -> dict:
     """The suite's lines, their state-setting knobs given per preset (so the recurrent lines match in state)."""
     return {
         "attention": {"name": "attention"},
@@ -42,6 +42,10 @@ def _lines(window: int, feature_dim: int, d_state: int, expand: int, rwkv7_head_
         "based_linear_attention": {"name": "based_linear_attention", "feature_dim": feature_dim, "num_heads": 1},
         "mamba": {"name": "mamba", "d_state": d_state},
         "mamba_mimetic": {"name": "mamba", "d_state": d_state, "init": "mimetic"},
+        # state nheads * headdim * d_state + conv (expand 2, headdim 32): d_inner * ssd_d_state + the conv window
+        "mamba2": {"name": "mamba2", "d_state": ssd_d_state, "headdim": 32},
+        # state key_dim * value_dim / heads (fla's expand_k 0.5, expand_v 1): d_model^2 / (2 * gla_heads)
+        "gla": {"name": "gla", "num_heads": gla_heads},
         "mingru": {"name": "mingru", "expand": expand},
         "rwkv7": {"name": "rwkv7", "head_dim": rwkv7_head_dim},
         # heads of d_model / delta_heads: state d_model^2 / delta_heads + the three short convs' 9 * d_model
@@ -94,11 +98,12 @@ CPU = SuitePreset(
     description=(
         "2-core CPU: every suite task at small size (L <= 128, ~6k training examples, one epoch of batch 32: ~190 "
         "steps), d_model 64, one lr (3e-3: the grid is the GPU preset's; there is no time for one here), state "
-        "matched at ~1.1-1.5k numbers for the recurrent lines (mamba d_state 8, BASED feature_dim 4, minGRU expand "
-        "8, RWKV-7 head_dim 16, sliding window 8, DeltaNet / Gated DeltaNet 8 heads: ~1.1k); attention is the "
-        "unmatched reference, short_conv the floor. A small-budget ranking."),
+        "matched at ~1.0-1.5k numbers for the recurrent lines (mamba d_state 8, BASED feature_dim 4, minGRU expand "
+        "8, RWKV-7 head_dim 16, sliding window 8, DeltaNet / Gated DeltaNet 8 heads, Mamba-2 d_state 8, GLA 2 "
+        "heads); attention is the unmatched reference, short_conv the floor. A small-budget ranking."),
     tasks=CPU_TASKS,
-    lines=_lines(window=8, feature_dim=4, d_state=8, expand=8, rwkv7_head_dim=16, delta_heads=8, d_model=64),
+    lines=_lines(window=8, feature_dim=4, d_state=8, expand=8, rwkv7_head_dim=16, delta_heads=8, d_model=64,
+                 ssd_d_state=8, gla_heads=2),
     d_model=64,
     lrs=(3e-3,),
     batch_size=32,
@@ -114,9 +119,10 @@ GPU = SuitePreset(
         "16 tokens; induction trained at 256, tested to 4096; MQAR zoology-sized), ~50k training examples, 4 epochs "
         "of batch 128, d_model 128, lr in {1e-3, 3e-3, 1e-2} chosen on validation, bf16, 8 runs at once; state "
         "matched at ~4-9k numbers (mamba d_state 16, BASED feature_dim 8, minGRU expand 32, RWKV-7 head_dim 32, "
-        "window 32, DeltaNet / Gated DeltaNet 4 heads: ~5.2k)."),
+        "window 32, DeltaNet / Gated DeltaNet 4 heads: ~5.2k, Mamba-2 d_state 16, GLA 2 heads)."),
     tasks=GPU_TASKS,
-    lines=_lines(window=32, feature_dim=8, d_state=16, expand=32, rwkv7_head_dim=32, delta_heads=4, d_model=128),
+    lines=_lines(window=32, feature_dim=8, d_state=16, expand=32, rwkv7_head_dim=32, delta_heads=4, d_model=128,
+                 ssd_d_state=16, gla_heads=2),
     d_model=128,
     lrs=(1e-3, 3e-3, 1e-2),
     batch_size=128,
@@ -125,7 +131,7 @@ GPU = SuitePreset(
     accelerator="gpu",
     workers=8,
     default_lines=("attention", "sliding_window_attention", "based_linear_attention", "mamba", "mamba_mimetic",
-                   "mingru", "rwkv7", "short_conv"),
+                   "mamba2", "gla", "mingru", "rwkv7", "short_conv"),
 )
 
 # Hidden: seconds on a CPU, for the tests.

@@ -34,12 +34,7 @@ from ops.gated_delta_rule.inputs import FLA_INSTALL
 from ops.gated_delta_rule.reference import gated_delta_rule_step, l2_normalize
 from zoo.blocks.base import Cache, Mixer
 from zoo.blocks.registry import register_mixer
-from zoo.checks import require_choice, require_positive_int
-
-
-def _require_positive_number(name, value, owner):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{owner}: {name} must be a positive number, got {value!r}")
+from zoo.checks import require_choice, require_positive_int, require_positive_number
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -218,9 +213,9 @@ class DeltaNet(_DeltaRuleLayer):
         owner = "DeltaNet"
         require_positive_int("num_heads", num_heads, owner)
         require_positive_int("conv_size", conv_size, owner)
-        _require_positive_number("expand_k", expand_k, owner)
-        _require_positive_number("expand_v", expand_v, owner)
-        _require_positive_number("norm_eps", norm_eps, owner)
+        require_positive_number("expand_k", expand_k, owner)
+        require_positive_number("expand_v", expand_v, owner)
+        require_positive_number("norm_eps", norm_eps, owner)
         require_choice("qk_activation", qk_activation, self.QK_ACTIVATIONS, owner)
         require_choice("qk_norm", qk_norm, ("l2", "sum"), owner)
         self.key_dim = _whole("d_model * expand_k", d_model * expand_k, owner)
@@ -282,8 +277,8 @@ class GatedDeltaNet(_DeltaRuleLayer):
         require_positive_int("num_v_heads", num_v_heads, owner)
         if num_v_heads % num_heads:
             raise ValueError(f"{owner}: num_v_heads={num_v_heads} must be a multiple of num_heads={num_heads}")
-        _require_positive_number("expand_v", expand_v, owner)
-        _require_positive_number("norm_eps", norm_eps, owner)
+        require_positive_number("expand_v", expand_v, owner)
+        require_positive_number("norm_eps", norm_eps, owner)
         require_choice("output_gate_activation", output_gate_activation, self.GATE_ACTIVATIONS, owner)
         self.expand_v, self.head_dim, self.num_heads, self.num_v_heads = expand_v, head_dim, num_heads, num_v_heads
         self.head_k_dim = head_dim

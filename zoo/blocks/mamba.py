@@ -50,12 +50,7 @@ from ops.selective_scan import selective_scan
 from ops.selective_scan.reference import selective_scan_step
 from zoo.blocks.base import Cache, Mixer
 from zoo.blocks.registry import register_mixer
-from zoo.checks import require_choice, require_positive_int
-
-
-def _require_positive_number(name, value, owner):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{owner}: {name} must be a positive number, got {value!r}")
+from zoo.checks import require_choice, require_positive_int, require_positive_number
 
 
 INITS = ("default", "mimetic")
@@ -69,12 +64,12 @@ def _check_hyperparameters(d_model, d_state, d_conv, expand, dt_rank, dt_min, dt
     require_choice("init", init, INITS, owner)
     require_positive_int("d_state", d_state, owner)
     require_positive_int("d_conv", d_conv, owner)
-    _require_positive_number("expand", expand, owner)
+    require_positive_number("expand", expand, owner)
     if dt_rank != "auto":
         require_positive_int("dt_rank ('auto' or an int)", dt_rank, owner)
     require_choice("dt_init", dt_init, ("random", "constant"), owner)
     for name, value in (("dt_min", dt_min), ("dt_max", dt_max), ("dt_scale", dt_scale)):
-        _require_positive_number(name, value, owner)
+        require_positive_number(name, value, owner)
     if dt_min > dt_max:
         raise ValueError(f"{owner}: dt_min={dt_min!r} must not exceed dt_max={dt_max!r}")
     if isinstance(dt_init_floor, bool) or not isinstance(dt_init_floor, (int, float)) or dt_init_floor < 0:
