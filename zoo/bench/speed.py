@@ -79,7 +79,10 @@ CPU = SpeedPreset(name="cpu", d_model=64, n_layers=2, vocab_size=256, seq_lens=(
                          "mamba": {"d_state": 16, "d_conv": 4, "expand": 2}, "mingru": {"expand": 1},
                          "minlstm": {"expand": 1}, "short_conv": {"kernel_size": 3},
                          "rwkv7": {"head_dim": 32, "num_hidden_layers": 2}, "deltanet": {"num_heads": 4},
-                         "gated_deltanet": {"num_heads": 4, "head_dim": 16, "expand_v": 1}})
+                         "gated_deltanet": {"num_heads": 4, "head_dim": 16, "expand_v": 1},
+                         # as configs/model/mamba2.yaml and gla.yaml (mamba-ssm's default d_state 128 is a GPU size)
+                         "mamba2": {"d_state": 64, "d_conv": 4, "expand": 2, "headdim": 32},
+                         "gla": {"expand_k": 0.5, "expand_v": 1.0, "num_heads": 4}})
 TEST = SpeedPreset(name="test", d_model=16, n_layers=1, vocab_size=32, seq_lens=(8, 16), batch_sizes=(2,),
                    decode_steps=2, dtype="fp32", knobs={"attention": {"num_heads": 2}}, cpu_reps=1)
 # Co4 against attention at 2k-16k tokens (issue 14): the running top-k as the Triton kernel, the attention over
