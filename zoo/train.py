@@ -227,52 +227,80 @@ def execute(run: Run, output_dir: Path, callbacks=()) -> dict:
     if isinstance(run.datamodule, ResumableTrainOrder):  # it is resumable, through the DataModule's state
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch.*")
     output_dir = Path(output_dir)
-    cfg, lit, datamodule = run.cfg, run.lit, run.datamodule
-    metric, mode = run.monitor
     checkpoints = output_dir / CHECKPOINT_DIR
     stop = StopOnSignal(checkpoints / LAST)
-    callbacks = [stop, *callbacks]
-    best = None
-    if cfg.get("checkpoint", True) and not run.evaluate_only:
-        from lightning.pytorch.callbacks import ModelCheckpoint
-        best = ModelCheckpoint(dirpath=checkpoints, filename=Path(BEST).stem, monitor=metric, mode=mode,
-                               save_top_k=1, save_last=True, enable_version_counter=False)
-        callbacks.append(best)
-    if cfg.get("early_stopping_patience"):
-        from lightning.pytorch.callbacks import EarlyStopping
-        callbacks.append(EarlyStopping(monitor=metric, mode=mode, patience=cfg.early_stopping_patience))
-    trainer = L.Trainer(logger=build_logger(plain(cfg.get("logger") or {"name": "csv"}), output_dir),
+    best = _best_checkpoint(run, checkpoints)
+    callbacks = [stop, *callbacks, *([best] if best else []), *_early_stopping(run)]
+    trainer = L.Trainer(logger=build_logger(plain(run.cfg.get("logger") or {"name": "csv"}), output_dir),
                         callbacks=callbacks, default_root_dir=str(output_dir), enable_checkpointing=best is not None,
                         **run.trainer_options)
-    tested = str(run.checkpoint) if run.evaluate_only else "final weights"
-    if not run.evaluate_only:
-        if trainer.is_global_zero:
-            print(f"run folder {os.path.relpath(output_dir)}" + (f"; checkpoints in {os.path.relpath(checkpoints)}"
-                                                                 if best else "")
-                  + (f"; resuming {run.checkpoint}" if run.checkpoint else ""), flush=True)
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-        stop.install()
-        try:
-            trainer.fit(lit, datamodule=datamodule, ckpt_path=str(run.checkpoint) if run.checkpoint else None)
-        except SIGTERMException:  # Lightning's own stop, outside a training step (sanity check, validation)
-            if stop.received is None:
-                raise
-        finally:
-            stop.uninstall()
-        # a signal outside a training step, or after the last one: not finished (every process asks together)
-        stop.stop_if_received(trainer)
-        if best is not None and best.best_model_path:
-            trainer.test(lit, datamodule=datamodule, verbose=False, ckpt_path=best.best_model_path,
-                         weights_only=False)
-            tested = os.path.relpath(best.best_model_path)
-        else:
-            trainer.test(lit, datamodule=datamodule, verbose=False)
+    if run.evaluate_only:
+        trainer.test(run.lit, datamodule=run.datamodule, verbose=False)
+        tested = str(run.checkpoint)
     else:
-        trainer.test(lit, datamodule=datamodule, verbose=False)
-    model = lit.model
-    rows = slice_rows(model, datamodule.describe_slices(), lit.test_results)
-    rows = [{**row, **lit.test_metrics.get(row["slice"], {})} for row in rows]  # language modelling: bpb etc.
-    result = {
+        _fit_with_signals(trainer, run, stop, output_dir, best)
+        tested = _test_best(trainer, run, best)
+    result = _result(run, trainer, best, tested)
+    if trainer.is_global_zero:
+        _write_result(run.cfg, output_dir, result, tested)
+    return result
+
+
+def _best_checkpoint(run: Run, checkpoints: Path):
+    """The callback that keeps best.ckpt (by the task's validation metric) and last.ckpt; None when off."""
+    if not run.cfg.get("checkpoint", True) or run.evaluate_only:
+        return None
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    metric, mode = run.monitor
+    return ModelCheckpoint(dirpath=checkpoints, filename=Path(BEST).stem, monitor=metric, mode=mode,
+                           save_top_k=1, save_last=True, enable_version_counter=False)
+
+
+def _early_stopping(run: Run) -> list:
+    if not run.cfg.get("early_stopping_patience"):
+        return []
+    from lightning.pytorch.callbacks import EarlyStopping
+    metric, mode = run.monitor
+    return [EarlyStopping(monitor=metric, mode=mode, patience=run.cfg.early_stopping_patience)]
+
+
+def _fit_with_signals(trainer, run: Run, stop: StopOnSignal, output_dir: Path, best):
+    """trainer.fit with SIGTERM/SIGINT turned into a checkpoint and RunInterrupted (raised by ``stop``)."""
+    checkpoints = output_dir / CHECKPOINT_DIR
+    if trainer.is_global_zero:
+        print(f"run folder {os.path.relpath(output_dir)}" + (f"; checkpoints in {os.path.relpath(checkpoints)}"
+                                                             if best else "")
+              + (f"; resuming {run.checkpoint}" if run.checkpoint else ""), flush=True)
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    stop.install()
+    try:
+        trainer.fit(run.lit, datamodule=run.datamodule, ckpt_path=str(run.checkpoint) if run.checkpoint else None)
+    except SIGTERMException:  # Lightning's own stop, outside a training step (sanity check, validation)
+        if stop.received is None:
+            raise
+    finally:
+        stop.uninstall()
+    # a signal outside a training step, or after the last one: not finished (every process asks together)
+    stop.stop_if_received(trainer)
+
+
+def _test_best(trainer, run: Run, best) -> str:
+    """Test once, on the best checkpoint by validation when there is one; returns what was tested."""
+    if best is not None and best.best_model_path:
+        trainer.test(run.lit, datamodule=run.datamodule, verbose=False, ckpt_path=best.best_model_path,
+                     weights_only=False)
+        return os.path.relpath(best.best_model_path)
+    trainer.test(run.lit, datamodule=run.datamodule, verbose=False)
+    return "final weights"
+
+
+def _result(run: Run, trainer, best, tested: str) -> dict:
+    """The per-slice test table and what it came from: the content of test_accuracy.json."""
+    cfg, model = run.cfg, run.lit.model
+    metric, mode = run.monitor
+    rows = slice_rows(model, run.datamodule.describe_slices(), run.lit.test_results)
+    rows = [{**row, **run.lit.test_metrics.get(row["slice"], {})} for row in rows]  # language modelling: bpb etc.
+    return {
         "model": plain(cfg.model),
         "task": plain(cfg.task),
         "optim": plain(cfg.optim),
@@ -286,14 +314,16 @@ def execute(run: Run, output_dir: Path, callbacks=()) -> dict:
         "global_step": trainer.global_step,
         "slices": rows,
     }
-    if trainer.is_global_zero:
-        (output_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
-        if cfg.get("print_test_table", True):
-            print(f"\nTest accuracy per slice ({model.num_parameters():,} parameters; {tested}), written to "
-                  f"{os.path.relpath(output_dir / RESULT_FILE)}:")
-            print(format_table(rows, list(rows[0])))
-            print(f"mean accuracy {result['mean_accuracy']:.4f}")
-    return result
+
+
+def _write_result(cfg: DictConfig, output_dir: Path, result: dict, tested: str):
+    (output_dir / RESULT_FILE).write_text(json.dumps(result, indent=2))
+    if cfg.get("print_test_table", True):
+        rows = result["slices"]
+        print(f"\nTest accuracy per slice ({result['num_parameters']:,} parameters; {tested}), written to "
+              f"{os.path.relpath(output_dir / RESULT_FILE)}:")
+        print(format_table(rows, list(rows[0])))
+        print(f"mean accuracy {result['mean_accuracy']:.4f}")
 
 
 def train(cfg: DictConfig, output_dir: Path, overrides=(), callbacks=()) -> dict:
