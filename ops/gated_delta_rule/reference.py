@@ -30,6 +30,14 @@ import torch
 from ops.packing import document_restarts
 
 DEFAULT_CHUNK_SIZE = 32  # below fla's 64: faster on CPU at the zoo's training shapes (a rough check, under load)
+# short sequences (T <= 256) take chunks of 16: the smaller (C, C) solve and products outweigh the longer chunk loop
+# there (CPU, rough interleaved checks under load); longer ones keep DEFAULT_CHUNK_SIZE
+SHORT_CHUNK_SIZE, SHORT_SEQUENCE = 16, 256
+
+
+def default_chunk_size(seq_len: int) -> int:
+    """The chunk length used when the caller gives none."""
+    return SHORT_CHUNK_SIZE if seq_len <= SHORT_SEQUENCE else DEFAULT_CHUNK_SIZE
 L2NORM_EPS = 1e-6  # fla's l2norm: x / sqrt(sum x^2 + eps)
 
 
@@ -48,8 +56,9 @@ def l2_normalize(x: torch.Tensor, eps: float = L2NORM_EPS) -> torch.Tensor:
 
 
 def gated_delta_rule_chunked(q, k, v, g, beta, scale: float | None = None, initial_state=None,
-                             output_final_state: bool = False, seq_idx=None, chunk_size: int = DEFAULT_CHUNK_SIZE):
-    """The chunked form (see the module docstring). ``g`` None: no decay (the delta rule).
+                             output_final_state: bool = False, seq_idx=None, chunk_size: int | None = None):
+    """The chunked form (see the module docstring). ``g`` None: no decay (the delta rule). ``chunk_size`` None:
+    ``default_chunk_size(T)``.
 
     Returns (o (B, T, H, V), final state (B, H, K, V) or None), both in the compute dtype.
     """
@@ -57,7 +66,7 @@ def gated_delta_rule_chunked(q, k, v, g, beta, scale: float | None = None, initi
     B, T, H, K = q.shape
     V = v.shape[-1]
     scale = K ** -0.5 if scale is None else float(scale)
-    C = chunk_size
+    C = default_chunk_size(T) if chunk_size is None else chunk_size
     N = -(-T // C)
     pad = N * C - T
 
