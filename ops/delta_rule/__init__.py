@@ -10,11 +10,10 @@ UT-transform core lives in ops/gated_delta_rule/reference.py.
 """
 from ops.delta_rule.reference import delta_rule_chunked
 from ops.gated_delta_rule.inputs import prepare_call
-from ops.gated_delta_rule.reference import DEFAULT_CHUNK_SIZE
 
 
 def delta_rule(q, k, v, beta, scale: float | None = None, initial_state=None, output_final_state: bool = False,
-               seq_idx=None, backend: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE):
+               seq_idx=None, backend: str = "auto", chunk_size: int | None = None):
     """Returns (o (B, T, H, V) in q's dtype, final state (B, H, K, V) float32 (float64 for float64 inputs) or None).
 
     initial_state, seq_idx, backend and chunk_size as in ``ops.gated_delta_rule``.

@@ -4,11 +4,11 @@
 
 Both forms share that file's chunked UT-transform core and its one-step update (g = None skips the decay).
 """
-from ops.gated_delta_rule.reference import DEFAULT_CHUNK_SIZE, gated_delta_rule_chunked, gated_delta_rule_step
+from ops.gated_delta_rule.reference import gated_delta_rule_chunked, gated_delta_rule_step
 
 
 def delta_rule_chunked(q, k, v, beta, scale: float | None = None, initial_state=None,
-                       output_final_state: bool = False, seq_idx=None, chunk_size: int = DEFAULT_CHUNK_SIZE):
+                       output_final_state: bool = False, seq_idx=None, chunk_size: int | None = None):
     """Chunked form for training and prefill: (o (B, T, H, V), final state (B, H, K, V) or None), compute dtype."""
     return gated_delta_rule_chunked(q, k, v, None, beta, scale, initial_state, output_final_state, seq_idx,
                                     chunk_size)

@@ -8,18 +8,19 @@ with fla's ``allow_neg_eigval``), state (B, H, K, V); scale defaults to K^-0.5; 
 (normalise them before, as fla's layers do with ``use_qk_l2norm_in_kernel``). reference.py is the definition.
 """
 from ops.gated_delta_rule.inputs import prepare_call
-from ops.gated_delta_rule.reference import DEFAULT_CHUNK_SIZE, gated_delta_rule_chunked
+from ops.gated_delta_rule.reference import gated_delta_rule_chunked
 
 
 def gated_delta_rule(q, k, v, g, beta, scale: float | None = None, initial_state=None,
                      output_final_state: bool = False, seq_idx=None, backend: str = "auto",
-                     chunk_size: int = DEFAULT_CHUNK_SIZE):
+                     chunk_size: int | None = None):
     """Returns (o (B, T, H, V) in q's dtype, final state (B, H, K, V) float32 (float64 for float64 inputs) or None).
 
     initial_state (B, H, K, V): the state before the first token. seq_idx (B, T) integer, packed rows (see
     ops.packing): the state restarts at every document start after position 0; initial_state is the first
     document's and the final state the last one's. backend: "auto" (fla's kernels on CUDA when fla is installed,
-    else the reference), "reference", "fla". chunk_size: the reference's chunk length.
+    else the reference), "reference", "fla". chunk_size: the reference's chunk length (None: 16 up to
+    256 tokens, else 32).
     """
     scale, chosen = prepare_call("gated_delta_rule", q, k, v, beta, g, initial_state, seq_idx, scale, backend)
     if chosen == "fla":

@@ -30,6 +30,14 @@ import torch
 from ops.packing import document_restarts
 
 DEFAULT_CHUNK_SIZE = 32  # below fla's 64: faster on CPU at the zoo's training shapes (a rough check, under load)
+# short sequences (T <= 256) take chunks of 16: the smaller (C, C) solve and products outweigh the longer chunk loop
+# there (CPU, rough interleaved checks under load); longer ones keep DEFAULT_CHUNK_SIZE
+SHORT_CHUNK_SIZE, SHORT_SEQUENCE = 16, 256
+
+
+def default_chunk_size(seq_len: int) -> int:
+    """The chunk length used when the caller gives none."""
+    return SHORT_CHUNK_SIZE if seq_len <= SHORT_SEQUENCE else DEFAULT_CHUNK_SIZE
 L2NORM_EPS = 1e-6  # fla's l2norm: x / sqrt(sum x^2 + eps)
 
 
@@ -48,8 +56,9 @@ def l2_normalize(x: torch.Tensor, eps: float = L2NORM_EPS) -> torch.Tensor:
 
 
 def gated_delta_rule_chunked(q, k, v, g, beta, scale: float | None = None, initial_state=None,
-                             output_final_state: bool = False, seq_idx=None, chunk_size: int = DEFAULT_CHUNK_SIZE):
-    """The chunked form (see the module docstring). ``g`` None: no decay (the delta rule).
+                             output_final_state: bool = False, seq_idx=None, chunk_size: int | None = None):
+    """The chunked form (see the module docstring). ``g`` None: no decay (the delta rule). ``chunk_size`` None:
+    ``default_chunk_size(T)``.
 
     Returns (o (B, T, H, V), final state (B, H, K, V) or None), both in the compute dtype.
     """
@@ -57,7 +66,7 @@ def gated_delta_rule_chunked(q, k, v, g, beta, scale: float | None = None, initi
     B, T, H, K = q.shape
     V = v.shape[-1]
     scale = K ** -0.5 if scale is None else float(scale)
-    C = chunk_size
+    C = default_chunk_size(T) if chunk_size is None else chunk_size
     N = -(-T // C)
     pad = N * C - T
 
@@ -95,31 +104,34 @@ def gated_delta_rule_chunked(q, k, v, g, beta, scale: float | None = None, initi
         from_start, to_end, chunk_decay = sees_state, reaches_end, state_reaches_end
 
     # the UT transform: (I + A) [U_v | W] = [diag(beta) V | diag(beta exp(G)) K], A strictly lower triangular
-    plain = G is None and seq_idx is None  # the mask is just causal: tril, no multiply (the CPU's hot path)
-    kk = (beta_c[..., None] * k_c) @ k_c.transpose(-1, -2)                         # (B, H, N, C, C)
-    A = kk.tril(-1) if plain else (kk * decay).tril(-1)
-    rhs = torch.cat([beta_c[..., None] * v_c, (beta_c * from_start)[..., None] * k_c], dim=-1)
+    # plain: the mask is just causal and every decay factor is 1, so no multiplies by them (the CPU's hot path)
+    plain = G is None and seq_idx is None
+    beta_k = beta_c[..., None] * k_c
+    kk = beta_k @ k_c.transpose(-1, -2)                                            # (B, H, N, C, C)
+    # no tril: a unitriangular solve reads only the strict lower triangle (and its gradient stays there)
+    A = kk if plain else kk * decay
+    rhs = torch.cat([beta_c[..., None] * v_c, beta_k if plain else (beta_c * from_start)[..., None] * k_c], dim=-1)
     solved = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
     U_v, W = solved.split([V, K], dim=-1)
 
     # the only loop: the state entering each chunk (U = U_v - W S_0 needs it)
     state = (torch.zeros(B, H, K, V, dtype=acc, device=q.device) if initial_state is None
              else initial_state.to(acc))
-    k_to_end = (to_end[..., None] * k_c).transpose(-1, -2)                         # (B, H, N, K, C)
+    k_to_end = (k_c if plain else to_end[..., None] * k_c).transpose(-1, -2)      # (B, H, N, K, C)
     chunk_decay = chunk_decay.expand(B, H, N)
     entering, news = [], []
     for n in range(N):
         entering.append(state)
         U = U_v[:, :, n] - W[:, :, n] @ state
         news.append(U)
-        state = chunk_decay[:, :, n, None, None] * state + k_to_end[:, :, n] @ U
+        state = (state if plain else chunk_decay[:, :, n, None, None] * state) + k_to_end[:, :, n] @ U
     S0 = torch.stack(entering, dim=2)                                              # (B, H, N, K, V)
     U = torch.stack(news, dim=2)                                                   # (B, H, N, C, V)
 
     # o_t = exp(G_t) q_t S_0 + sum_{s<=t} exp(G_t - G_s) (q_t . k_s) u_s
     qk = q_c @ k_c.transpose(-1, -2)
     qk = qk.tril() if plain else qk * decay
-    o = from_start[..., None] * (q_c @ S0) + qk @ U
+    o = (q_c @ S0 if plain else from_start[..., None] * (q_c @ S0)) + qk @ U
     o = o.movedim(1, 3).reshape(B, N * C, H, V)[:, :T]
     return o, (state if output_final_state else None)
 
