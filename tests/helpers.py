@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,3 +39,19 @@ def write_documents(folder: Path, count: int) -> list[str]:
         (folder / f"{i:04d}.txt").write_text(text, encoding="utf-8")
         documents.append(text)
     return documents
+
+
+def dplr_inputs(B=2, T=19, H=2, K=6, V=5, decay=1.0, seed=0, initial_state=True, dtype=torch.float64):
+    """Inputs of ops.dplr_delta_rule in RWKV-7's shape: a = -kk, b = kk * iclr with kk unit-norm and iclr in (0, 1); gk <= 0."""
+    gen = torch.Generator().manual_seed(seed)
+    kk = F.normalize(torch.randn(B, T, H, K, generator=gen, dtype=torch.float64), dim=-1)
+    iclr = torch.rand(B, T, H, K, generator=gen, dtype=torch.float64)
+    inputs = dict(q=torch.randn(B, T, H, K, generator=gen, dtype=torch.float64),
+                  k=torch.randn(B, T, H, K, generator=gen, dtype=torch.float64) * 0.5,
+                  v=torch.randn(B, T, H, V, generator=gen, dtype=torch.float64),
+                  a=-kk, b=kk * iclr,
+                  gk=-decay * torch.rand(B, T, H, K, generator=gen, dtype=torch.float64))
+    if initial_state:
+        inputs["initial_state"] = torch.randn(B, H, K, V, generator=gen, dtype=torch.float64)
+    inputs = {name: x.to(dtype) for name, x in inputs.items()}
+    return inputs, torch.randn(B, T, H, V, generator=gen, dtype=torch.float64).to(dtype)

@@ -3,11 +3,11 @@ every input, with initial states, ragged lengths, several chunk sizes, packed do
 bf16 inputs staying finite."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 import ops
 from ops.dplr_delta_rule.reference import dplr_delta_rule_chunked, dplr_delta_rule_step
 from ops.testing import assert_close, packed_seq_idx
+from tests.helpers import dplr_inputs
 from tests.peers.grads import outputs_and_grads
 
 NAMES = ("q", "k", "v", "a", "b", "gk")
@@ -30,22 +30,6 @@ def loop(q, k, v, a, b, gk, scale=None, initial_state=None, output_final_state=F
     return torch.stack(outputs, dim=1), (S if output_final_state else None)
 
 
-def make_inputs(B=2, T=19, H=2, K=6, V=5, decay=1.0, seed=0, initial_state=True, dtype=torch.float64):
-    """RWKV-7's shape of inputs: a = -kk, b = kk * iclr with kk unit-norm and iclr in (0, 1); gk <= 0."""
-    gen = torch.Generator().manual_seed(seed)
-    kk = F.normalize(torch.randn(B, T, H, K, generator=gen, dtype=torch.float64), dim=-1)
-    iclr = torch.rand(B, T, H, K, generator=gen, dtype=torch.float64)
-    inputs = dict(q=torch.randn(B, T, H, K, generator=gen, dtype=torch.float64),
-                  k=torch.randn(B, T, H, K, generator=gen, dtype=torch.float64) * 0.5,
-                  v=torch.randn(B, T, H, V, generator=gen, dtype=torch.float64),
-                  a=-kk, b=kk * iclr,
-                  gk=-decay * torch.rand(B, T, H, K, generator=gen, dtype=torch.float64))
-    if initial_state:
-        inputs["initial_state"] = torch.randn(B, H, K, V, generator=gen, dtype=torch.float64)
-    inputs = {name: x.to(dtype) for name, x in inputs.items()}
-    return inputs, torch.randn(B, T, H, V, generator=gen, dtype=torch.float64).to(dtype)
-
-
 def compare(inputs, grad_out, got_fn, dtype=torch.float64, **options):
     want = outputs_and_grads(lambda **kw: loop(**kw, output_final_state=True, **options), inputs, grad_out)
     got = outputs_and_grads(lambda **kw: got_fn(**kw, output_final_state=True, **options), inputs, grad_out)
@@ -58,31 +42,31 @@ def compare(inputs, grad_out, got_fn, dtype=torch.float64, **options):
 @pytest.mark.parametrize("T", [1, 7, 19, 40])
 @pytest.mark.parametrize("chunk_size", [1, 4, 16, 64])
 def test_chunked_reference_matches_the_loop(T, chunk_size):
-    inputs, grad_out = make_inputs(T=T)
+    inputs, grad_out = dplr_inputs(T=T)
     compare(inputs, grad_out, lambda **kw: dplr_delta_rule_chunked(**kw, chunk_size=chunk_size))
 
 
 @pytest.mark.parametrize("scale", [None, 0.7])
 @pytest.mark.parametrize("initial_state", [True, False])
 def test_public_op_matches_the_loop(scale, initial_state):
-    inputs, grad_out = make_inputs(T=23, initial_state=initial_state, seed=1)
+    inputs, grad_out = dplr_inputs(T=23, initial_state=initial_state, seed=1)
     compare(inputs, grad_out, lambda **kw: ops.dplr_delta_rule(**kw, backend="reference"), scale=scale)
 
 
 def test_packed_documents_restart_the_state():
-    inputs, grad_out = make_inputs(B=2, T=21, seed=2)
+    inputs, grad_out = dplr_inputs(B=2, T=21, seed=2)
     seq_idx = packed_seq_idx(21, [5, 6, 13], [20])  # a one-token document, and one at the very end
     compare(inputs, grad_out, lambda **kw: ops.dplr_delta_rule(**kw, backend="reference"), seq_idx=seq_idx)
 
 
 def test_strong_decays_stay_finite_and_exact():
     """gk down to -60 per step: exp(-G) over a chunk would overflow, so the reference takes pairwise differences."""
-    inputs, grad_out = make_inputs(T=37, decay=60.0, seed=3)
+    inputs, grad_out = dplr_inputs(T=37, decay=60.0, seed=3)
     compare(inputs, grad_out, lambda **kw: dplr_delta_rule_chunked(**kw, chunk_size=16))
 
 
 def test_one_step_function_matches_the_loop():
-    inputs, _ = make_inputs(T=9, seed=4)
+    inputs, _ = dplr_inputs(T=9, seed=4)
     want, want_state = loop(**inputs, output_final_state=True)
     state = inputs["initial_state"]
     steps = []
@@ -96,7 +80,7 @@ def test_one_step_function_matches_the_loop():
 @pytest.mark.parametrize("decay", [0.6, 30.0])  # RWKV-7's range (factored decays), and strong (pairwise form)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_low_precision_inputs_are_finite_and_close(dtype, decay):
-    inputs, grad_out = make_inputs(T=50, decay=decay, seed=5, dtype=dtype)
+    inputs, grad_out = dplr_inputs(T=50, decay=decay, seed=5, dtype=dtype)
     got = outputs_and_grads(
         lambda **kw: ops.dplr_delta_rule(**kw, output_final_state=True, backend="reference"), inputs, grad_out)
     assert got[0][0].dtype == dtype and got[0][1].dtype == torch.float32, "o in the inputs' dtype, state in fp32"

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import ops
+from tests.helpers import dplr_inputs
 from tests.peers import cpu_peers
 from tests.peers.grads import assert_same_outputs_and_grads, outputs_and_grads
-from tests.ops.test_dplr_delta_rule import make_inputs
 from zoo.blocks.rwkv7 import RWKV7, VALUE_RESIDUAL_KEY
 
 D_MODEL, HEAD_DIM = 32, 16
@@ -41,7 +41,7 @@ def _float32(inputs):
 @pytest.mark.parametrize("initial_state", [True, False])
 def test_dplr_delta_rule_matches_fla_naive_recurrence(initial_state):
     naive = cpu_peers.fla_module("fla.ops.generalized_delta_rule.dplr.naive").dplr_recurrence
-    inputs, grad_out = make_inputs(T=21, initial_state=initial_state, seed=7)
+    inputs, grad_out = dplr_inputs(T=21, initial_state=initial_state, seed=7)
     inputs, grad_out = _float32(inputs), grad_out.float()
     want = outputs_and_grads(lambda **kw: _head_first(naive)(**kw, output_final_state=True), inputs, grad_out)
     got = outputs_and_grads(
@@ -51,7 +51,7 @@ def test_dplr_delta_rule_matches_fla_naive_recurrence(initial_state):
 
 def test_dplr_delta_rule_matches_fla_fused_recurrent_kernel():
     fused = cpu_peers.fla_module("fla.ops.generalized_delta_rule").fused_recurrent_dplr_delta_rule
-    inputs, _ = make_inputs(T=13, seed=8)
+    inputs, _ = dplr_inputs(T=13, seed=8)
     inputs = _float32(inputs)
     with torch.no_grad():
         want = fused(**inputs, scale=0.5, output_final_state=True)
