@@ -71,6 +71,9 @@ def ssd_chunked(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_
     decay = masked_exp(log_decay[..., :, None] - log_decay[..., None, :], keep)  # (b, c, g, r, Q, Q)
     scores = torch.einsum("bctgn,bcsgn->bcgts", Cs, Bs)[:, :, :, None] * decay * dts[..., None, :]
     y = torch.einsum("bcgrts,bcsgrp->bctgrp", scores, xs)
+    if c == 1 and initial_states is None and not return_final_states:
+        # one chunk from a zero state: nothing enters it and no state is asked for (the CPU training shape)
+        return _skip_and_gate(y.reshape(b, padded, h, p)[:, :length], x, D, z).to(x.dtype)
 
     # 2. each chunk's own state at its last step: sum_s exp(a_end - a_s) dt'_s x_s B_s^T
     to_end = torch.exp(log_decay[..., -1:] - log_decay) * dts                   # (b, c, g, r, Q)
