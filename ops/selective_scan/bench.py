@@ -9,7 +9,7 @@ import torch
 
 from ops.bench_cases import OpCase, OpImpl
 
-GPU_SHAPES = [(8, 1536, 2048, 16), (2, 1536, 8192, 16), (8, 1536, 2048, 64)]   # (batch, dim, L, N), ANCHORS.md
+GPU_SHAPES = [(8, 1536, 2048, 16), (2, 1536, 8192, 16), (8, 1536, 2048, 64)]   # (batch, dim, L, N), docs/peers.md
 # the first is the default Mamba LM's training step on CPU (batch 64 x L 64, d_inner 128), then long and short rows
 CPU_SHAPES = [(64, 128, 64, 16), (4, 128, 1024, 16), (1, 64, 1024, 16)]
 # (batch, dim, L, N, mean document length): about 8 documents per row, geometric lengths
