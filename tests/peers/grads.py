@@ -44,3 +44,17 @@ def assert_modules_agree(theirs, mine, x: torch.Tensor, grad_out: torch.Tensor, 
     theirs_again.load_state_dict(mine.state_dict())
     with torch.no_grad():
         assert_close("the peer with our state dict", unwrap(theirs_again(x)), mine(x), torch.float32)
+
+
+def decode_through_both(theirs, mine, x):
+    """Token by token through mamba-ssm's ``step`` (its inference cache) and through our cache: (ours, theirs,
+    our cache, their ssm state)."""
+    import torch
+    length = x.shape[1]
+    conv_state, ssm_state = theirs.allocate_inference_cache(x.shape[0], max_seqlen=length, dtype=torch.float32)
+    cache = mine.allocate_cache(x.shape[0])
+    with torch.no_grad():
+        theirs_steps = torch.cat([theirs.step(x[:, t:t + 1], conv_state, ssm_state)[0] for t in range(length)], 1)
+        my_steps = torch.cat([mine(x[:, t:t + 1], cache=cache) for t in range(length)], 1)
+    return my_steps, theirs_steps, cache, ssm_state
+

@@ -11,7 +11,8 @@ import torch
 import ops
 from ops.testing import assert_close
 from tests.peers import cpu_peers
-from tests.peers.grads import assert_modules_agree, assert_same_outputs_and_grads, outputs_and_grads
+from tests.peers.grads import (assert_modules_agree, assert_same_outputs_and_grads, decode_through_both,
+                               outputs_and_grads)
 from zoo.blocks.mamba import Mamba
 
 MODULE_CONFIGS = [
@@ -59,13 +60,10 @@ def test_decode_steps_match_mamba_ssm_step():
     config = MODULE_CONFIGS[0]
     theirs, mine = _pair(config)
     x = _hidden(3, 20, config["d_model"])
-    conv_state, ssm_state = theirs.allocate_inference_cache(3, max_seqlen=20, dtype=torch.float32)
-    cache = mine.allocate_cache(3)
+    my_steps, theirs_steps, cache, ssm_state = decode_through_both(theirs, mine, x)
+    assert_close("decode", my_steps, theirs_steps, torch.float32)
+    assert_close("ssm state", cache["ssm"], ssm_state, torch.float32)
     with torch.no_grad():
-        theirs_steps = torch.cat([theirs.step(x[:, t:t + 1], conv_state, ssm_state)[0] for t in range(20)], 1)
-        my_steps = torch.cat([mine(x[:, t:t + 1], cache=cache) for t in range(20)], 1)
-        assert_close("decode", my_steps, theirs_steps, torch.float32)
-        assert_close("ssm state", cache["ssm"], ssm_state, torch.float32)
         assert_close("decode vs their parallel forward", my_steps, theirs(x), torch.float32)
 
 
