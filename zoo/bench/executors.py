@@ -1,6 +1,8 @@
 """Where a sweep's runs go: local processes, Ray tasks or SLURM jobs (submitit). Each executor's ``run(function,
 specs, deadline)`` yields ``(spec, result, error)`` as runs finish (error: None, or one line), starts no run past
-``deadline`` (time.monotonic) once one has finished, and ``stop()`` ends every run still going.
+``deadline`` (time.monotonic) once one has finished, and ``stop()`` ends every run still going. Each checks
+``check_stop()`` before it waits again (at least every POLL_SECONDS), so a SIGTERM stops the sweep promptly
+after the results already in hand are yielded.
 
 Ray and submitit are optional (extras ``[ray]``, ``[slurm]``), imported only when chosen.
 """
@@ -13,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-from zoo.bench.sweep import RunSpec, SweepInterrupted, run_one
+from zoo.bench.sweep import RunSpec, SweepInterrupted, check_stop, run_one
 
 EXECUTORS = ("local", "ray", "submitit")
 POLL_SECONDS = 0.5
@@ -49,6 +51,8 @@ def _worker_loop(connection, threads: int):
         try:
             connection.send((run_one(function, spec, threads), None))
         except Exception as error:  # noqa: BLE001  (reported to the parent as one line, the worker goes on)
+            if getattr(error, "signum", None):  # the parent's stop reached the run (zoo.train's RunInterrupted)
+                return
             traceback.print_exc()
             connection.send((None, _one_line(error)))
 
@@ -78,6 +82,7 @@ class LocalExecutor:
                         raise SweepInterrupted(error.signum) from error
                     traceback.print_exc()
                     yield spec, None, _one_line(error)
+                check_stop()
                 if _past(deadline):
                     return
             return
@@ -97,6 +102,7 @@ class LocalExecutor:
         started_any = False
         try:
             while queue or busy:
+                check_stop()
                 while idle and queue and not (started_any and _past(deadline)):
                     connection, process = idle.pop()
                     spec = queue.pop(0)
@@ -151,6 +157,7 @@ class _InFlight:
 
     def run(self, submit, finished, result):
         while self.queue or self.running:
+            check_stop()
             while self.queue and len(self.running) < self.limit and not (self.running and _past(self.deadline)):
                 spec = self.queue.pop(0)
                 self.running[submit(spec)] = spec

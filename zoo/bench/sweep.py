@@ -90,38 +90,68 @@ def run_sweep(sweep: Sweep, executor, stop_after_minutes: float | None = None) -
     outcome = Outcome(records=[])
     from tqdm import tqdm
     progress = tqdm(total=len(pending), desc="runs", unit="run")
-    previous = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGTERM, signal.SIGINT)}
+    _stop.received = None
+    previous = {s: signal.signal(s, _stop.remember) for s in STOP_SIGNALS}
     try:
-        for spec, result, error in executor.run(sweep.run, pending, deadline):
-            if error is None:
-                write_record(sweep.out, spec, result)
-                outcome.trained_now += 1
-            else:
-                outcome.failed.append(f"{spec.key}: {error}")
-                print(f"run {spec.key} failed: {error}", file=sys.stderr, flush=True)
-            progress.update()
-    except SweepInterrupted as stop:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the clean-up short
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        executor.stop()
+        try:
+            for spec, result, error in executor.run(sweep.run, pending, deadline):
+                if error is None:
+                    write_record(sweep.out, spec, result)
+                    outcome.trained_now += 1
+                else:
+                    outcome.failed.append(f"{spec.key}: {error}")
+                    print(f"run {spec.key} failed: {error}", file=sys.stderr, flush=True)
+                progress.update()
+        except SweepInterrupted as stop:
+            for s in STOP_SIGNALS:
+                signal.signal(s, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+            executor.stop()
+            progress.close()
+            done = len(load_records(sweep.out, sweep.specs))
+            print(f"stopped by {stop}: {done} of {len(sweep.specs)} runs done (kept in {Path(sweep.out) / 'runs'}); "
+                  f"resume with: {command_line()}", file=sys.stderr, flush=True)
+            raise SystemExit(128 + stop.signum)
         progress.close()
-        done = len(load_records(sweep.out, sweep.specs))
-        print(f"stopped by {stop}: {done} of {len(sweep.specs)} runs done (kept in {Path(sweep.out) / 'runs'}); "
-              f"resume with: {command_line()}", file=sys.stderr, flush=True)
-        raise SystemExit(128 + stop.signum)
+        outcome.records = load_records(sweep.out, sweep.specs)
+        outcome.left = len(sweep.specs) - len(outcome.records)
+        if sweep.report is not None:
+            sweep.report(outcome)
+        if _stop.received:  # came while the report was written: it is whole, and every run is kept
+            name = signal.Signals(_stop.received).name
+            print(f"stopped by {name} after the report was written: {len(outcome.records)} of {len(sweep.specs)} "
+                  f"runs done; the same command goes on: {command_line()}", file=sys.stderr, flush=True)
+            raise SystemExit(128 + _stop.received)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    progress.close()
-    outcome.records = load_records(sweep.out, sweep.specs)
-    outcome.left = len(sweep.specs) - len(outcome.records)
-    if sweep.report is not None:
-        sweep.report(outcome)
     return outcome
 
 
-def _raise_interrupted(signum, frame):
-    raise SweepInterrupted(signum)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _StopRequest:
+    """What a SIGTERM / SIGINT during a sweep leaves: the signal, remembered and acted on where the engine or an
+    executor checks (between results, and at least every POLL_SECONDS while waiting). The handler raises nothing
+    itself: an exception raised wherever the signal lands can be swallowed (a finaliser, a library's cleanup),
+    and the sweep would go on as if never asked to stop. A second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.received: int | None = None
+
+    def remember(self, signum, frame):
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = self.received or signum
+
+
+_stop = _StopRequest()
+
+
+def check_stop():
+    """Raise SweepInterrupted if a stop signal came since the sweep started (executors call this as they wait)."""
+    if _stop.received:
+        raise SweepInterrupted(_stop.received)
 
 
 def report_stopped(outcome: Outcome, stop_after: float | None) -> int:
