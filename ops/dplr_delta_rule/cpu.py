@@ -78,20 +78,21 @@ class _DPLR(torch.autograd.Function):
         B, T, H, K = q.shape
         V = v.shape[-1]
         lib = _library(q.dtype)
+        w = gk.exp()  # the kernel takes the decay factors (see cpu_kernel.c)
         o = v.new_empty(B, T, H, V)
         final = v.new_empty(B, H, K, V)
         checkpoints = v.new_empty(B, H, -(-T // CHUNK), K, V)
-        _run(lib.dplr_forward, B * H, K * V + K + V, q.dtype,
-             lambda work: (_ptr(q), _ptr(k), _ptr(v), _ptr(a), _ptr(b), _ptr(gk), _ptr(h0), B, T, H, K, V, scale,
+        _run(lib.dplr_forward, B * H, K * V + V, q.dtype,
+             lambda work: (_ptr(q), _ptr(k), _ptr(v), _ptr(a), _ptr(b), _ptr(w), _ptr(h0), B, T, H, K, V, scale,
                            CHUNK, _ptr(o), _ptr(checkpoints), _ptr(final), _ptr(work)))
-        ctx.save_for_backward(q, k, v, a, b, gk, checkpoints)
+        ctx.save_for_backward(q, k, v, a, b, w, checkpoints)
         ctx.scale, ctx.has_h0 = scale, h0 is not None
         return o, final
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_o, d_final):
-        q, k, v, a, b, gk, checkpoints = ctx.saved_tensors
+        q, k, v, a, b, w, checkpoints = ctx.saved_tensors
         B, T, H, K = q.shape
         V = v.shape[-1]
         lib = _library(q.dtype)
@@ -100,11 +101,11 @@ class _DPLR(torch.autograd.Function):
         dq, dk, da, db, dgk = (torch.empty_like(q) for _ in range(5))
         dv = torch.empty_like(v)
         dh0 = q.new_empty(B, H, K, V) if ctx.has_h0 else None
-        work = (CHUNK + 1) * K * V + CHUNK * V + K * V + 2 * V + K
+        work = (CHUNK + 1) * K * V + CHUNK * V + K * V + 2 * V
         _run(lib.dplr_backward, B * H, work, q.dtype,
-             lambda w: (_ptr(q), _ptr(k), _ptr(v), _ptr(a), _ptr(b), _ptr(gk), _ptr(checkpoints), _ptr(d_o),
-                        _ptr(d_final), B, T, H, K, V, ctx.scale, CHUNK, _ptr(dq), _ptr(dk), _ptr(dv), _ptr(da),
-                        _ptr(db), _ptr(dgk), _ptr(dh0), _ptr(w)))
+             lambda scratch: (_ptr(q), _ptr(k), _ptr(v), _ptr(a), _ptr(b), _ptr(w), _ptr(checkpoints), _ptr(d_o),
+                              _ptr(d_final), B, T, H, K, V, ctx.scale, CHUNK, _ptr(dq), _ptr(dk), _ptr(dv),
+                              _ptr(da), _ptr(db), _ptr(dgk), _ptr(dh0), _ptr(scratch)))
         return dq, dk, dv, da, db, dgk, dh0, None
 
 

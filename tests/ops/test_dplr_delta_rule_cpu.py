@@ -27,6 +27,13 @@ def test_kernel_matches_the_loop(T, initial_state):
     compare(inputs, grad_out, cpu.dplr_delta_rule_cpu)
 
 
+@pytest.mark.parametrize("V", [16, 32, 64])
+def test_value_sizes_with_their_own_compiled_copy(V):
+    """V = 16, 32, 64 run copies of the loops compiled for that size; the others a generic one."""
+    inputs, grad_out = dplr_inputs(B=1, T=19, K=3, V=V, seed=V)
+    compare(inputs, grad_out, cpu.dplr_delta_rule_cpu)
+
+
 @pytest.mark.parametrize("scale", [None, 0.7])
 def test_auto_on_cpu_matches_the_loop(scale):
     inputs, grad_out = dplr_inputs(B=3, T=23, H=1, K=4, V=7, seed=1)
