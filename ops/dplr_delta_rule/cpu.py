@@ -70,21 +70,26 @@ def _run(fn, rows: int, work_numbers: int, dtype: torch.dtype, make_args):
         future.result()
 
 
+def _forward(q, k, v, a, b, w, h0, scale: float, keep_checkpoints: bool):
+    """(o, final state, the saved states or None) on contiguous inputs of one dtype; w = exp(gk)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    o = v.new_empty(B, T, H, V)
+    final = v.new_empty(B, H, K, V)
+    checkpoints = v.new_empty(B, H, -(-T // CHUNK), K, V) if keep_checkpoints else None
+    _run(_library(q.dtype).dplr_forward, B * H, K * V + V, q.dtype,
+         lambda work: (_ptr(q), _ptr(k), _ptr(v), _ptr(a), _ptr(b), _ptr(w), _ptr(h0), B, T, H, K, V, scale,
+                       CHUNK, _ptr(o), _ptr(checkpoints), _ptr(final), _ptr(work)))
+    return o, final, checkpoints
+
+
 class _DPLR(torch.autograd.Function):
     """(o, final state) on contiguous float32 / float64 inputs of one dtype; h0 may be None."""
 
     @staticmethod
     def forward(ctx, q, k, v, a, b, gk, h0, scale: float):
-        B, T, H, K = q.shape
-        V = v.shape[-1]
-        lib = _library(q.dtype)
         w = gk.exp()  # the kernel takes the decay factors (see cpu_kernel.c)
-        o = v.new_empty(B, T, H, V)
-        final = v.new_empty(B, H, K, V)
-        checkpoints = v.new_empty(B, H, -(-T // CHUNK), K, V)
-        _run(lib.dplr_forward, B * H, K * V + V, q.dtype,
-             lambda work: (_ptr(q), _ptr(k), _ptr(v), _ptr(a), _ptr(b), _ptr(w), _ptr(h0), B, T, H, K, V, scale,
-                           CHUNK, _ptr(o), _ptr(checkpoints), _ptr(final), _ptr(work)))
+        o, final, checkpoints = _forward(q, k, v, a, b, w, h0, scale, keep_checkpoints=True)
         ctx.save_for_backward(q, k, v, a, b, w, checkpoints)
         ctx.scale, ctx.has_h0 = scale, h0 is not None
         return o, final
@@ -117,5 +122,9 @@ def dplr_delta_rule_cpu(q, k, v, a, b, gk, scale: float | None = None, initial_s
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     q, k, v, a, b, gk = (x.to(dtype).contiguous() for x in (q, k, v, a, b, gk))
     h0 = None if initial_state is None else initial_state.to(dtype).contiguous()
-    o, final = _DPLR.apply(q, k, v, a, b, gk, h0, scale)
+    inputs = (q, k, v, a, b, gk, h0)
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs):
+        o, final = _DPLR.apply(*inputs, scale)
+    else:  # no backward to come (prefill, evaluation): no saved states
+        o, final, _ = _forward(q, k, v, a, b, gk.exp(), h0, scale, keep_checkpoints=False)
     return o.to(out_dtype), (final if output_final_state else None)

@@ -19,7 +19,7 @@
  * REAL is float or double (a -D define: one library per dtype). Layouts (C-contiguous): q, k, a, b, w, dq, dk,
  * da, db, dgk (B, T, H, K); v, o, d_o, dv (B, T, H, V); h0, final, d_final, dh0 (B, H, K, V), each may be NULL
  * (h0: zeros; d_final: no gradient from the final state; dh0: not wanted); checkpoints (B, H, N, K, V) with
- * N = ceil(T / chunk). Rows (b * H + h) in [row_begin, row_end) are done by one call. work is the caller's
+ * N = ceil(T / chunk), NULL in the forward when no backward follows. Rows (b * H + h) in [row_begin, row_end) are done by one call. work is the caller's
  * scratch: forward K * V + V numbers, backward (chunk + 1) * K * V + chunk * V + K * V + 2 * V.
  */
 #include <stdint.h>
@@ -44,7 +44,7 @@ INLINE void forward_rows(const real *restrict q, const real *restrict k, const r
         if (h0) memcpy(S, h0 + row * K * V, sizeof(real) * K * V);
         else memset(S, 0, sizeof(real) * K * V);
         for (int64_t t = 0; t < T; t++) {
-            if (t % chunk == 0) memcpy(checkpoints + (row * N + t / chunk) * K * V, S, sizeof(real) * K * V);
+            if (checkpoints && t % chunk == 0) memcpy(checkpoints + (row * N + t / chunk) * K * V, S, sizeof(real) * K * V);
             const int64_t xk = ((bi * T + t) * H + h) * K, xv = ((bi * T + t) * H + h) * V;
             const real *restrict qt = q + xk, *restrict kt = k + xk, *restrict at = a + xk, *restrict bt = b + xk;
             const real *restrict vt = v + xv;

@@ -71,6 +71,16 @@ def test_low_precision_inputs_run_in_float32(dtype):
     assert_close("final state", got[0][1], want[1], dtype)
 
 
+def test_without_gradients_the_same_outputs():
+    """No backward to come: the forward saves no states, and gives the same numbers."""
+    inputs, _ = dplr_inputs(T=21, seed=8)
+    with torch.no_grad():
+        got = cpu.dplr_delta_rule_cpu(**inputs, output_final_state=True)
+    want = loop(**inputs, output_final_state=True)
+    assert_close("o", got[0], want[0], torch.float64)
+    assert_close("final state", got[1], want[1], torch.float64)
+
+
 def test_auto_takes_the_kernel_and_reference_does_not(monkeypatch):
     inputs, _ = dplr_inputs(T=5, seed=7)
     calls = []
