@@ -81,12 +81,17 @@ def test_without_gradients_the_same_outputs():
     assert_close("final state", got[1], want[1], torch.float64)
 
 
-def test_auto_takes_the_kernel_and_reference_does_not(monkeypatch):
+def test_auto_takes_the_kernel_and_falls_back_to_the_reference(monkeypatch):
     inputs, _ = dplr_inputs(T=5, seed=7)
     calls = []
     real = cpu.dplr_delta_rule_cpu
     monkeypatch.setattr(cpu, "dplr_delta_rule_cpu", lambda *args, **kw: calls.append(1) or real(*args, **kw))
-    ops.dplr_delta_rule(**inputs, backend="auto")
+    o, _ = ops.dplr_delta_rule(**inputs, backend="auto")
     assert calls == [1]
     ops.dplr_delta_rule(**inputs, backend="reference")
     assert calls == [1], "backend='reference' must run the reference"
+    monkeypatch.setenv("ZOO_NATIVE", "0")  # no compiled code: auto is the reference again
+    assert not cpu.available() and "ZOO_NATIVE=0" in cpu.unavailable_reason()
+    fallback, _ = ops.dplr_delta_rule(**inputs, backend="auto")
+    assert calls == [1]
+    assert_close("o (fallback)", fallback, o, torch.float64)
