@@ -20,7 +20,8 @@ state before each row's first document and the final state is that of each row's
 ``cu_seqlens`` semantics). All inputs get gradients.
 
 Backends: "reference" (reference.py, any device), "fla" (fla's chunk kernel; its fused recurrent kernel for a
-single step without gradients; CUDA with fla-core installed), "auto" = fla when that is possible, else reference.
+single step without gradients; CUDA with fla-core installed), "auto" = fla when that is possible, else on CPU the
+compiled C kernel (cpu.py, the per-step recurrence; when a C compiler builds it), else the reference.
 """
 import torch
 
@@ -42,6 +43,14 @@ def _check(q, k, v, a, b, gk, initial_state):
                          f"got {tuple(initial_state.shape)}")
 
 
+def cpu_kernel_runs(backend: str, q: torch.Tensor) -> bool:
+    """backend="auto" on CPU takes the compiled C kernel when it builds here."""
+    if backend != "auto" or q.device.type != "cpu":
+        return False
+    from ops.dplr_delta_rule import cpu
+    return cpu.available()
+
+
 def dplr_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
                     gk: torch.Tensor, scale: float | None = None, initial_state: torch.Tensor | None = None,
                     output_final_state: bool = False, seq_idx: torch.Tensor | None = None, backend: str = "auto"):
@@ -52,6 +61,8 @@ def dplr_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, a: torch.
                                   install="pip install zoo[fla]")
     if chosen == "fla":
         from ops.dplr_delta_rule.fla import dplr_delta_rule_fla as run
+    elif cpu_kernel_runs(backend, q):
+        from ops.dplr_delta_rule.cpu import dplr_delta_rule_cpu as run
     else:
         from ops.dplr_delta_rule.reference import dplr_delta_rule_chunked as run
     if seq_idx is None:

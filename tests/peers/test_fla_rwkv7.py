@@ -38,14 +38,16 @@ def _float32(inputs):
     return {name: x.float() for name, x in inputs.items()}
 
 
+# "auto" on CPU is the compiled C kernel (ops/dplr_delta_rule/cpu.py) where it builds
+@pytest.mark.parametrize("backend", ["reference", "auto"])
 @pytest.mark.parametrize("initial_state", [True, False])
-def test_dplr_delta_rule_matches_fla_naive_recurrence(initial_state):
+def test_dplr_delta_rule_matches_fla_naive_recurrence(initial_state, backend):
     naive = cpu_peers.fla_module("fla.ops.generalized_delta_rule.dplr.naive").dplr_recurrence
     inputs, grad_out = dplr_inputs(T=21, initial_state=initial_state, seed=7)
     inputs, grad_out = _float32(inputs), grad_out.float()
     want = outputs_and_grads(lambda **kw: _head_first(naive)(**kw, output_final_state=True), inputs, grad_out)
     got = outputs_and_grads(
-        lambda **kw: ops.dplr_delta_rule(**kw, output_final_state=True, backend="reference"), inputs, grad_out)
+        lambda **kw: ops.dplr_delta_rule(**kw, output_final_state=True, backend=backend), inputs, grad_out)
     assert_same_outputs_and_grads(got, want, ("o", "final state"))
 
 
@@ -60,7 +62,7 @@ def test_dplr_delta_rule_matches_fla_fused_recurrent_kernel():
         ops.testing.assert_close(name, actual, expected, torch.float32)
 
 
-def _layer_pair(layer_idx: int, seed: int):
+def _layer_pair(layer_idx: int, seed: int, backend: str = "reference"):
     """fla's layer with every parameter moved off its init (o_proj starts at zero there), and ours loaded from it."""
     rwkv7 = cpu_peers.fla_layer("fla.layers.rwkv7")
     torch.manual_seed(seed)
@@ -68,7 +70,7 @@ def _layer_pair(layer_idx: int, seed: int):
     with torch.no_grad():
         for p in theirs.parameters():
             p.add_(torch.randn_like(p) * 0.2)
-    ours = RWKV7(D_MODEL, layer_idx=layer_idx, head_dim=HEAD_DIM, num_hidden_layers=2, backend="reference")
+    ours = RWKV7(D_MODEL, layer_idx=layer_idx, head_dim=HEAD_DIM, num_hidden_layers=2, backend=backend)
     assert sorted(ours.state_dict()) == sorted(theirs.state_dict()), "same parameter names"
     ours.load_state_dict(theirs.state_dict())
     return rwkv7, theirs, ours
@@ -91,8 +93,9 @@ def test_block_matches_fla_rwkv7_attention_both_ways(layer_idx):
                                  theirs(x, v_first=v_first)[0], torch.float32)
 
 
-def test_block_gradients_match_fla_rwkv7_attention(monkeypatch):
-    rwkv7, theirs, ours = _layer_pair(1, seed=3)
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_block_gradients_match_fla_rwkv7_attention(monkeypatch, backend):
+    rwkv7, theirs, ours = _layer_pair(1, seed=3, backend=backend)
     naive = cpu_peers.fla_module("fla.ops.generalized_delta_rule.dplr.naive").dplr_recurrence
 
     def chunk_rwkv7_naive(r, w, k, v, a, b, scale=1.0, initial_state=None, output_final_state=False, **_):
