@@ -9,6 +9,7 @@ The definition is the gated delta rule's with no decay (g = 0): reference.py her
 UT-transform core lives in ops/gated_delta_rule/reference.py.
 """
 from ops.delta_rule.reference import delta_rule_chunked
+from ops.gated_delta_rule import cpu
 from ops.gated_delta_rule.inputs import prepare_call
 
 
@@ -22,6 +23,8 @@ def delta_rule(q, k, v, beta, scale: float | None = None, initial_state=None, ou
     if chosen == "fla":
         from ops.delta_rule.fla import delta_rule_fla
         o, final = delta_rule_fla(q, k, v, beta, scale, initial_state, output_final_state, seq_idx)
+    elif cpu.runs(backend, q):  # the compiled DPLR kernel with no decay (ops/gated_delta_rule/cpu.py)
+        o, final = cpu.gated_delta_rule_cpu(q, k, v, None, beta, scale, initial_state, output_final_state, seq_idx)
     else:
         o, final = delta_rule_chunked(q, k, v, beta, scale, initial_state, output_final_state, seq_idx, chunk_size)
     return o.to(q.dtype), final
