@@ -2,11 +2,13 @@
 seq_idx=None)`` with the semantics and (B, T, H, dim) layout of fla's ``chunk_gla``; see reference.py.
 
 Backends: "reference" (``reference.gla_chunked``, any device), "fla" (fla's Triton ``chunk_gla``, imported only
-when it runs) and "auto" (fla on a CUDA device where fla-core is installed, else the reference).
+when it runs) and "auto" (fla on a CUDA device where fla-core is installed; on CPU the compiled DPLR kernel
+when it builds, cpu.py; else the reference).
 """
 import torch
 
 from ops._backend import resolve_peer_backend
+from ops.gla import cpu
 from ops.gla.reference import DEFAULT_CHUNK_SIZE, gla_chunked, gla_step
 from ops.packing import check_seq_idx
 
@@ -33,7 +35,7 @@ def gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scal
         seq_idx: torch.Tensor | None = None, backend: str = "auto", chunk_size: int = DEFAULT_CHUNK_SIZE):
     """q, k, g (B, T, H, K) with g <= 0 the log decay of each key channel; v (B, T, H, V); state (B, H, K, V).
     Returns (o (B, T, H, V) in q's dtype, final state (float32) or None). ``chunk_size``: the reference's chunk
-    (the result does not depend on it; fla picks its own).
+    (the result does not depend on it; fla and the CPU kernel pick their own).
 
     seq_idx (B, T) integer, packed sequences (see ops.packing): the state restarts at each document; position 0
     continues ``initial_state``, and the final state is the last document's.
@@ -43,6 +45,8 @@ def gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, scal
     if chosen == "fla":
         from ops.gla.fla import gla_fla
         return gla_fla(q, k, v, g, scale, initial_state, output_final_state, seq_idx)
+    if cpu.runs(backend, q):
+        return cpu.gla_cpu(q, k, v, g, scale, initial_state, output_final_state, seq_idx)
     return gla_chunked(q, k, v, g, scale, initial_state, output_final_state, seq_idx, chunk_size)
 
 

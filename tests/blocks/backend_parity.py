@@ -1,22 +1,25 @@
-"""A block's peer-kernel backend against its reference backend on a GPU: same weights, outputs through a cache
-(prefill, continued prefill, decode), the state left in the cache, the input's and every parameter's gradient."""
+"""A block's fast backend (a peer's GPU kernel, or "auto" reaching a compiled CPU kernel) against its reference
+backend: same weights, outputs through a cache (prefill, continued prefill, decode), the state left in the cache,
+the input's and every parameter's gradient."""
 import torch
 
 from ops.testing import assert_close
 
 
-def assert_backend_matches_reference(reference, fused, state_key: str, d_model: int = 64, length: int = 300):
+def assert_backend_matches_reference(reference, fused, state_key: str, d_model: int = 64, length: int = 300,
+                                     device: str = "cuda"):
     fused.load_state_dict(reference.state_dict())
-    x = torch.randn(2, length, d_model, device="cuda")
-    weights = torch.randn(x.shape, device="cuda")
+    x = torch.randn(2, length, d_model, device=device)
+    weights = torch.randn(x.shape, device=device)
     outputs = []
     for mixer in (reference, fused):
         xi = x.clone().requires_grad_()
         (mixer(xi) * weights).sum().backward()
         cache = mixer.allocate_cache(2)
         with torch.no_grad():
-            pieces = [mixer(x[:, :200], cache=cache), mixer(x[:, 200:290], cache=cache)]
-            pieces += [mixer(x[:, t:t + 1], cache=cache) for t in range(290, length)]
+            first, then = length * 2 // 3, length - 10  # prefill, continued prefill, then 10 decode steps
+            pieces = [mixer(x[:, :first], cache=cache), mixer(x[:, first:then], cache=cache)]
+            pieces += [mixer(x[:, t:t + 1], cache=cache) for t in range(then, length)]
         outputs.append((xi.grad, torch.cat(pieces, 1), cache[state_key],
                         {n: p.grad for n, p in mixer.named_parameters()}))
     (dx_ref, y_ref, state_ref, grads_ref), (dx, y, state, grads) = outputs

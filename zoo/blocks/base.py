@@ -63,6 +63,11 @@ class Mixer(nn.Module):
                              "it cannot be combined with a decoding cache")
         check_seq_idx(seq_idx, x.shape[0], x.shape[1], type(self).__name__)
 
+    def op_backend(self, chosen: str) -> str:
+        """The backend to hand an op, given the one this block resolved: where the block's "auto" came out as
+        "reference", the op gets "auto", so that it takes its own fastest path there (a compiled CPU kernel)."""
+        return "auto" if chosen == "reference" and self.backend == "auto" else chosen
+
     def allocate_cache(self, batch_size: int, device=None, dtype=None) -> Cache:
         raise NotImplementedError
 

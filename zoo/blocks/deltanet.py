@@ -161,10 +161,10 @@ class _DeltaRuleLayer(Mixer):
             state = cache["recurrent"] if cache is not None else None
             if g is None:
                 o, final = delta_rule(q, k, v, beta, initial_state=state, output_final_state=cache is not None,
-                                      seq_idx=seq_idx, backend=backend)
+                                      seq_idx=seq_idx, backend=self.op_backend(backend))
             else:
-                o, final = gated_delta_rule(q, k, v, g, beta, initial_state=state,
-                                            output_final_state=cache is not None, seq_idx=seq_idx, backend=backend)
+                o, final = gated_delta_rule(q, k, v, g, beta, initial_state=state, output_final_state=cache is not None,
+                                            seq_idx=seq_idx, backend=self.op_backend(backend))
             if cache is not None:
                 cache["recurrent"].copy_(final)
         if cache is not None:

@@ -149,7 +149,7 @@ class GatedLinearAttention(Mixer):
             q, k = FEATURE_MAPS[self.feature_map](q), FEATURE_MAPS[self.feature_map](k)
 
         if cache is None:
-            o, _ = gla(q, k, v, gk, seq_idx=seq_idx, backend=chosen)
+            o, _ = gla(q, k, v, gk, seq_idx=seq_idx, backend=self.op_backend(chosen))
         elif length == 1 and chosen == "reference":
             o = gla_step(cache["state"], q[:, 0], k[:, 0], v[:, 0], gk[:, 0])[:, None]
         else:
@@ -158,7 +158,8 @@ class GatedLinearAttention(Mixer):
                 from ops.gla.fla import gla_fla
                 o, state = gla_fla(q, k, v, gk, initial_state=continuing, output_final_state=True, recurrent=True)
             else:
-                o, state = gla(q, k, v, gk, initial_state=continuing, output_final_state=True, backend=chosen)
+                o, state = gla(q, k, v, gk, initial_state=continuing, output_final_state=True,
+                                   backend=self.op_backend(chosen))
             cache["state"].copy_(state)
         if cache is not None:
             cache.seen += length

@@ -1,0 +1,32 @@
+"""Blocks whose "auto" backend reaches a compiled CPU kernel through their op (GLA, DeltaNet, Gated DeltaNet and
+RWKV-7 through the DPLR kernel) against the same block with backend="reference": same weights, outputs through
+a cache (prefill, continued prefill, decode), the cached state, the input's and every parameter's gradient; and
+that "auto" did run the kernel."""
+import pytest
+import torch
+
+from ops.dplr_delta_rule import cpu as dplr_cpu
+from tests.blocks.backend_parity import assert_backend_matches_reference
+from tests.native import skip_or_fail_without_native
+from zoo.blocks.registry import build_mixer
+
+if not dplr_cpu.available():  # a skip elsewhere; CI sets ZOO_REQUIRE_NATIVE=1, so there a missing compiler fails
+    skip_or_fail_without_native(f"the CPU DPLR kernel is unavailable: {dplr_cpu.unavailable_reason()}")
+
+# (registered name, constructor keywords, the cache entry holding the recurrent state)
+CASES = [("gla", {"num_heads": 2}, "state"), ("deltanet", {"num_heads": 2}, "recurrent"),
+         ("gated_deltanet", {"num_heads": 2, "head_dim": 16}, "recurrent"), ("rwkv7", {"head_dim": 16}, "state")]
+
+
+@pytest.mark.parametrize("name, knobs, state_key", CASES, ids=[c[0] for c in CASES])
+def test_auto_on_cpu_runs_the_kernel_and_matches_the_reference(name, knobs, state_key, monkeypatch):
+    calls = []
+    real = dplr_cpu.dplr_delta_rule_cpu
+    monkeypatch.setattr(dplr_cpu, "dplr_delta_rule_cpu", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    torch.manual_seed(0)
+    reference = build_mixer(name, 32, backend="reference", **knobs)
+    auto = build_mixer(name, 32, backend="auto", **knobs)
+    reference(torch.randn(1, 5, 32))
+    assert not calls, "backend='reference' stays on the chunked reference"
+    assert_backend_matches_reference(reference, auto, state_key, d_model=32, length=40, device="cpu")
+    assert calls, "backend='auto' on CPU reaches the compiled kernel"
