@@ -18,7 +18,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ops._native import load, why_unavailable
-from ops.ssd.reference import ssd_chunked
+from ops.ssd.reference import NO_LIMIT, ssd_chunked
 
 KERNEL_SOURCE = Path(__file__).with_name("cpu_kernel.c")
 _pointer, _size = ctypes.c_void_p, ctypes.c_int64
@@ -77,7 +77,7 @@ def chunk_scores(CB, log_decay, dts, pairs=None):
     return _Scores.apply(CB, log_decay, dts, keep)
 
 
-def ssd_cpu(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=(0.0, float("inf")),
+def ssd_cpu(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=NO_LIMIT,
             initial_states=None, seq_idx=None, return_final_states=False):
     """``reference.ssd_chunked`` with the compiled ``chunk_scores``; CPU tensors, not float64."""
     if torch.promote_types(x.dtype, torch.float32) != torch.float32:
