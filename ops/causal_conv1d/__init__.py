@@ -1,6 +1,16 @@
 """Depthwise causal conv1d: ``causal_conv1d(x, weight, ...)`` following causal_conv1d's ``causal_conv1d_fn``."""
 
+import torch
+
 from ops._backend import resolve_backend
+
+
+def _compiled_fits(x, initial_states) -> bool:
+    """The compiled CPU kernel (cpu.py) takes this call: no initial states, not float64, and it builds here."""
+    if initial_states is not None or x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    from ops.causal_conv1d import cpu
+    return cpu.available()
 
 
 def causal_conv1d(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
@@ -14,8 +24,9 @@ def causal_conv1d(x, weight, bias=None, seq_idx=None, initial_states=None, retur
 
     initial_states (batch, dim, W - 1): the inputs before x (prefill continuation). With return_final_states,
     returns (out, final_states (batch, dim, W - 1)), the last W - 1 inputs, ready to continue from.
-    backend: "cuda" uses the causal_conv1d package; "auto" on CPU runs ``shifted.py`` (W shifted multiply-adds,
-    faster there); every other choice runs the reference, whose depthwise F.conv1d is already a single cuDNN
+    backend: "cuda" uses the causal_conv1d package; "auto" on CPU runs the compiled kernel of ``cpu.py`` where it
+    builds (without initial states; not float64), else ``shifted.py`` (W shifted multiply-adds, faster there
+    than F.conv1d); every other choice runs the reference, whose depthwise F.conv1d is already a single cuDNN
     call on GPU (there is no Triton kernel for this op).
     """
     which = resolve_backend(backend, x.device, "causal_conv1d", cuda_package="causal_conv1d")
@@ -29,6 +40,9 @@ def causal_conv1d(x, weight, bias=None, seq_idx=None, initial_states=None, retur
         if initial_states is not None:
             raise ValueError("causal_conv1d: seq_idx (packed sequences) cannot be combined with initial_states")
         result = causal_conv1d_packed(x, weight, bias, seq_idx, return_final_states, activation)
+    elif backend == "auto" and x.device.type == "cpu" and _compiled_fits(x, initial_states):
+        from ops.causal_conv1d.cpu import causal_conv1d as conv
+        result = conv(x, weight, bias, return_final_states, activation)
     elif backend == "auto" and x.device.type == "cpu":  # shifted multiply-adds beat depthwise F.conv1d on CPU
         from ops.causal_conv1d.shifted import causal_conv1d as conv
         result = conv(x, weight, bias, initial_states, return_final_states, activation)

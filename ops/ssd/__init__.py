@@ -2,7 +2,8 @@
 mamba-ssm's ``mamba_chunk_scan_combined``; see reference.py for the definition.
 
 Backends: "reference" (``reference.ssd_chunked``, any device), "cuda" (mamba-ssm's Triton kernels, imported only
-when they run) and "auto" (mamba-ssm on a CUDA device where it is installed, else the reference).
+when they run) and "auto" (mamba-ssm on a CUDA device where it is installed; on CPU the reference with its
+intra-chunk weights compiled, cpu.py, where that builds and the inputs are not float64; else the reference).
 """
 import math
 
@@ -59,6 +60,10 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
     if chosen == "cuda":
         from ops.ssd.cuda import ssd_mamba_ssm
         return ssd_mamba_ssm(*args)
+    if backend == "auto" and x.device.type == "cpu" and torch.promote_types(x.dtype, torch.float32) == torch.float32:
+        from ops.ssd import cpu
+        if cpu.available():
+            return cpu.ssd_cpu(*args)
     return ssd_chunked(*args)
 
 

@@ -44,10 +44,25 @@ def _skip_and_gate(y, x, D, z):
     return y
 
 
+def chunk_scores(CB, log_decay, dts, pairs=None):
+    """The intra-chunk weights C_t.B_s exp(a_t - a_s) dt'_s for s <= t (and s in t's document), else 0.
+
+    CB (b, c, g, Q, Q) the products C_t.B_s; log_decay, dts (b, c, g, r, Q); pairs (b, c, Q, Q) bool or None
+    (``DocumentMasks.pairs``). Returns (b, c, g, r, Q, Q)."""
+    keep = causal_mask(CB.shape[-1], CB.device)
+    if pairs is not None:
+        keep = (keep & pairs)[:, :, None, None]                                 # (b, c, 1, 1, Q, Q)
+    decay = masked_exp(log_decay[..., :, None] - log_decay[..., None, :], keep)
+    return CB[:, :, :, None] * decay * dts[..., None, :]
+
+
 def ssd_chunked(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
-                dt_limit=NO_LIMIT, initial_states=None, seq_idx=None, return_final_states=False):
+                dt_limit=NO_LIMIT, initial_states=None, seq_idx=None, return_final_states=False, *,
+                scores=chunk_scores):
     """x (b, l, h, p), dt (b, l, h), A (h,), B and C (b, l, g, n). Returns y (b, l, h, p) in x's dtype, and the
-    final state (b, h, p, n) in float32 (float64 for float64 inputs) when ``return_final_states``."""
+    final state (b, h, p, n) in float32 (float64 for float64 inputs) when ``return_final_states``.
+
+    ``scores``: what computes the intra-chunk weights, ``chunk_scores`` or a faster equal (ops/ssd/cpu.py)."""
     b, length, h, p = x.shape
     g, n = B.shape[2], B.shape[3]
     r = h // g                                                                  # heads per group
@@ -65,12 +80,9 @@ def ssd_chunked(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_
     masks = None if seq_idx is None else document_masks(seq_idx, Q)
 
     # 1. inside each chunk: y_t = sum_{s<=t} C_t.B_s exp(a_t - a_s) dt'_s x_s
-    keep = causal_mask(Q, x.device)
-    if masks is not None:
-        keep = (keep & masks.pairs)[:, :, None, None]                           # (b, c, 1, 1, Q, Q)
-    decay = masked_exp(log_decay[..., :, None] - log_decay[..., None, :], keep)  # (b, c, g, r, Q, Q)
-    scores = torch.einsum("bctgn,bcsgn->bcgts", Cs, Bs)[:, :, :, None] * decay * dts[..., None, :]
-    y = torch.einsum("bcgrts,bcsgrp->bctgrp", scores, xs)
+    weights = scores(torch.einsum("bctgn,bcsgn->bcgts", Cs, Bs), log_decay, dts,
+                     None if masks is None else masks.pairs)                    # (b, c, g, r, Q, Q)
+    y = torch.einsum("bcgrts,bcsgrp->bctgrp", weights, xs)
     if c == 1 and initial_states is None and not return_final_states:
         # one chunk from a zero state: nothing enters it and no state is asked for (the CPU training shape)
         return _skip_and_gate(y.reshape(b, padded, h, p)[:, :length], x, D, z).to(x.dtype)

@@ -43,6 +43,30 @@ def test_auto_runs_the_reference_on_cpu_and_cuda_needs_a_gpu():
         Mamba2(32, d_state=8, headdim=16, backend="cuda")(x)
 
 
+def test_auto_on_cpu_takes_the_compiled_ssd_and_reference_does_not(monkeypatch):
+    """backend="auto" reaches ops.ssd as "auto" (its compiled CPU path), with the same outputs and gradients."""
+    import importlib
+    cpu = importlib.import_module("ops.ssd.cpu")
+    if not cpu.available():
+        pytest.skip(f"the CPU SSD kernel is unavailable: {cpu.unavailable_reason()}")
+    calls = []
+    original = cpu.ssd_cpu
+    monkeypatch.setattr(cpu, "ssd_cpu", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    x = torch.randn(2, 9, 32)
+    outputs, calls_after = [], []
+    for backend in ("auto", "reference"):
+        torch.manual_seed(0)
+        mixer = Mamba2(32, d_state=8, headdim=16, backend=backend)
+        leaf = x.clone().requires_grad_(True)
+        out = mixer(leaf)
+        out.square().sum().backward()
+        outputs.append((out, leaf.grad, mixer.A_log.grad))
+        calls_after.append(len(calls))
+    assert calls_after == [1, 1]
+    for name, mine, want in zip(("out", "grad x", "grad A_log"), *outputs):
+        assert_close(name, mine, want, torch.float32)
+
+
 def _cuda_or_skip():
     if not torch.cuda.is_available():
         pytest.skip("mamba-ssm's kernels need CUDA")

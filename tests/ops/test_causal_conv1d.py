@@ -115,13 +115,17 @@ def test_shifted_matches_reference_with_gradients(width, activation, with_bias, 
 
 
 def test_auto_uses_the_shifted_path_on_cpu(monkeypatch):
+    """Where the compiled kernel (cpu.py) does not apply: continuing from initial states, or without it."""
     import importlib
     shifted = importlib.import_module("ops.causal_conv1d.shifted")
     calls = []
     original = shifted.causal_conv1d
     monkeypatch.setattr(shifted, "causal_conv1d", lambda *a, **kw: calls.append(1) or original(*a, **kw))
     x, weight = torch.randn(1, 2, 5), torch.randn(2, 4)
+    causal_conv1d(x, weight, initial_states=torch.zeros(1, 2, 3), backend="auto")
+    assert calls == [1]
+    monkeypatch.setenv("ZOO_NATIVE", "0")
     causal_conv1d(x, weight, backend="auto")
-    assert calls == [1]
+    assert calls == [1, 1]
     causal_conv1d(x, weight, backend="reference")
-    assert calls == [1]
+    assert calls == [1, 1]

@@ -14,7 +14,8 @@ contract: ``Mamba2(d_model, layer_idx=0, backend="auto", d_state=128, ...)``.
 Decoding keeps the last d_conv - 1 conv inputs of xBC and the (nheads, headdim, d_state) SSM state.
 Packed rows (``seq_idx``): the conv's taps stop at a document boundary and the state restarts at each document.
 Backends: "reference" (ops.ssd's chunked reference), "cuda" (mamba-ssm's ``mamba_chunk_scan_combined`` and
-``selective_state_update``, causal-conv1d), "auto" (cuda where a GPU and mamba-ssm are there).
+``selective_state_update``, causal-conv1d), "auto" (cuda where a GPU and mamba-ssm are there; elsewhere the ops'
+"auto", which on CPU is their compiled kernels where those build).
 """
 import math
 
@@ -162,7 +163,8 @@ class Mamba2(Mixer):
                 chunk_size=self.chunk_size if chosen == "cuda" else min(self.chunk_size, REFERENCE_CHUNK),
                 z=None if self.rmsnorm else z.unflatten(-1, (self.nheads, self.headdim)),
                 initial_states=cache["ssm"] if cache is not None and cache.seen > 0 else None, seq_idx=seq_idx,
-                return_final_states=cache is not None, backend=chosen, **self._ssm_arguments())
+                return_final_states=cache is not None, backend=self.op_backend(chosen),
+                **self._ssm_arguments())
         if cache is not None:
             y, final_state = y
             cache["ssm"].copy_(final_state)
