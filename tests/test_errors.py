@@ -69,9 +69,12 @@ def test_a_failed_command_leaves_an_existing_run_folder_as_it_was_and_eval_of_it
     (["model.mlp=hpm"], ["model.mlp=hpm reads memory_path", "task 'mqar' does not supply", "task=facts"]),
     (["model=mamaba"], ["model=mamaba is not a config in configs/model/", "conv_attention, conv_based"]),
     (["task=facts", "task.num_documents=50"], ["needs the scikit-learn package: pip install 'zoo[memory]'"]),
+    (["experiment=hpm_compare", "+model.memory_layers=[2]"],
+     ["memory_layers entry 2 is not a distinct layer index in [0, 1] (n_layers=2)"]),
     (["task=text", "task.tokenizer=bpe"], ["needs the tokenizers package: pip install 'zoo[text]'"]),
 ], ids=["eval-text-file", "eval-truncated", "resume-truncated", "eval-empty-folder", "max-epochs-abc",
-        "hpm-without-paths", "misspelled-option", "no-scikit-learn", "no-tokenizers"])
+        "hpm-without-paths", "misspelled-option", "no-scikit-learn", "memory-layer-out-of-range",
+        "no-tokenizers"])
 def test_train_py_mistakes_get_one_line_and_leave_no_folder(bad_files, args, named):
     hidden = [name for name, needed in (("sklearn", "task=facts"), ("tokenizers", "task.tokenizer=bpe"))
               if needed in args]

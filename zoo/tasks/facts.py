@@ -103,6 +103,9 @@ class FactsDataModule(ResumableTrainOrder, L.LightningDataModule):
         if not edges or edges[0] < 1 or any(a >= b for a, b in zip(edges, edges[1:])):
             raise ValueError(f"facts: bucket_edges must be increasing integers >= 1, got {list(bucket_edges)!r}")
         require_package("sklearn", "scikit-learn", "task=facts (k-means for the memory tree)", "memory")
+        if embedder == "minilm":  # before the corpus is built, not after
+            require_package("sentence_transformers", "sentence-transformers", "task.embedder=minilm",
+                            "memory-embedder", instead="task.embedder=tokens")
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
         self.seq_len, self.levels, self.branching = seq_len, levels, branching
         self.world = FactWorld(num_topics, names_per_topic, num_attributes, values_per_attribute, seed)
