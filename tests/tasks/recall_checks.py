@@ -78,17 +78,29 @@ def assert_deterministic_per_seed(name: str, **options):
 
 
 def assert_read_twice_layout(name: str, **options):
-    """read_twice=true repeats exactly the context (the unscored prefix) before the rest, answers unchanged."""
-    once = build_task(name, **{**options, "read_twice": False})
-    twice = build_task(name, **{**options, "read_twice": True})
-    for spec, (_, x, y), (_, x2, y2) in zip(once.test_slices, once.generate("test"), twice.generate("test")):
-        length, context = once.lengths(spec)
-        assert x.shape[1] == length and x2.shape[1] == length + context
-        assert torch.equal(x2[:, :context], x[:, :context]) and torch.equal(x2[:, context:], x)
-        assert (y2[:, :context] == IGNORE_INDEX).all() and torch.equal(y2[:, context:], y)
-        assert (y[:, :context] == IGNORE_INDEX).all()
+    """train_and_test (and its alias true) repeats exactly the context (the unscored prefix) before the rest of
+    every split, answers unchanged; test_only does so on validation and test while train stays read once."""
+    once = build_task(name, **{**options, "read_twice": "off"})
+    twice = build_task(name, **{**options, "read_twice": "train_and_test"})
+    for split in ("train", "validation", "test"):
+        for spec, (_, x, y), (_, x2, y2) in zip(once.train_slices if split == "train" else once.test_slices,
+                                                once.generate(split), twice.generate(split)):
+            length, context = once.lengths(spec)
+            assert x.shape[1] == length and x2.shape[1] == length + context
+            assert torch.equal(x2[:, :context], x[:, :context]) and torch.equal(x2[:, context:], x)
+            assert (y2[:, :context] == IGNORE_INDEX).all() and torch.equal(y2[:, context:], y)
+            assert (y[:, :context] == IGNORE_INDEX).all()
     assert [s["input_seq_len"] for s in twice.describe_slices()] == [
         sum(once.lengths(s)) for s in once.test_slices]
+    alias = build_task(name, **{**options, "read_twice": True})  # the old bool: the same data as train_and_test
+    assert alias.read_twice == "train_and_test" and all(
+        torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) for a, b in zip(alias.generate("test"), twice.generate("test")))
+    assert build_task(name, **{**options, "read_twice": False}).read_twice == "off"
+    test_only = build_task(name, **{**options, "read_twice": "test_only"})
+    for split, reference in (("train", once), ("validation", twice), ("test", twice)):
+        for (_, x, y), (_, x2, y2) in zip(test_only.generate(split), reference.generate(split)):
+            assert torch.equal(x, x2) and torch.equal(y, y2), f"test_only: {split} as {reference.read_twice}"
+    assert test_only.describe_slices() == [{**row, "read_twice": "test_only"} for row in twice.describe_slices()]
 
 
 def assert_needs_recall(task, chance: float, layers=({"name": "short_conv"}, {"name": "attention"}), steps: int = 600,

@@ -26,7 +26,7 @@ def test_slices_describe_length_and_tokens():
                       test_slices=[{"input_seq_len": 64, "num_tokens": 8, "num_examples": 5}, [128, 16, 5]])
     assert task.slice_keys == ["L64_tok8", "L128_tok16"]
     assert task.describe_slices()[1] == {"slice": "L128_tok16", "input_seq_len": 128, "num_tokens": 16,
-                                         "read_twice": False}
+                                         "read_twice": "off"}
     assert task.monitor == ("val/acc", "max")
 
 
@@ -43,7 +43,7 @@ def test_read_twice_repeats_the_context():
     (dict(test_slices=[[16, 9, 10]]), "2 \\* num_tokens <= input_seq_len"),
     (dict(test_slices=[[16, 0, 10]]), "num_tokens must be a positive integer"),
     (dict(test_slices=[[16, 3]]), "each entry of test_slices is \\[input_seq_len, num_tokens, num_examples\\]"),
-    (dict(read_twice="yes"), "read_twice must be true or false"),
+    (dict(read_twice="yes"), "read_twice must be one of off, train_and_test, test_only .*got 'yes'"),
 ])
 def test_bad_settings_fail_naming_the_value(options, message):
     with pytest.raises(ValueError, match=message):

@@ -5,7 +5,7 @@ from torch.utils.data import DataLoader
 
 from zoo.tasks.data import ResumableTrainOrder, SegmentBatchSampler, SegmentedDataset, collate_batch
 from zoo.tasks.mqar import Segment, check_config, generate_segments, make_segments
-from zoo.tasks.read_twice import repeat_context
+from zoo.tasks.read_twice import OFF, read_twice_setting, reads_twice, repeat_context
 
 
 VALIDATION_SEED_OFFSET = 1_000_000  # validation draws from 1e6 + 2*seed + 1: apart from every train and test seed
@@ -24,11 +24,10 @@ class MQARDataModule(ResumableTrainOrder, L.LightningDataModule):
 
     def __init__(self, vocab_size: int, train_segments, test_segments, batch_size: int = 64, seed: int = 0,
                  power_a: float = 0.01, random_non_queries: bool = True, num_workers: int = 0, name: str = "mqar",
-                 read_twice: bool = False):
+                 read_twice: str | bool = OFF):
         super().__init__()
-        if not isinstance(read_twice, bool):
-            raise ValueError(f"MQAR: read_twice must be true or false, got {read_twice!r}")
-        self.read_twice = read_twice  # JRT-Prompt: the key-value pairs read twice before the queries
+        # JRT-Prompt: the key-value pairs read twice before the queries (zoo/tasks/read_twice.py: which splits)
+        self.read_twice = read_twice_setting(read_twice, "MQAR")
         self.vocab_size, self.batch_size, self.seed = vocab_size, batch_size, seed
         self.power_a, self.random_non_queries, self.num_workers = power_a, random_non_queries, num_workers
         self.train_segments: list[Segment] = make_segments(train_segments)
@@ -47,24 +46,26 @@ class MQARDataModule(ResumableTrainOrder, L.LightningDataModule):
 
     def describe_slices(self) -> list[dict]:
         """One dict per evaluation slice (in slice_keys order): its key, its input_seq_len, and task columns."""
-        extra = 2 * self.read_twice  # read twice: the 2 * num_kv_pairs context tokens come twice
+        # evaluation slices: read twice in train_and_test and test_only, the 2 * num_kv_pairs context tokens twice
+        extra = 2 * reads_twice(self.read_twice, "test")
         return [{"slice": s.slice_key, "input_seq_len": s.input_seq_len + extra * s.num_kv_pairs,
                  "num_kv_pairs": s.num_kv_pairs, "read_twice": self.read_twice} for s in self.test_segments]
 
-    def _prompt(self, segment: Segment, inputs, labels):
-        return repeat_context(inputs, labels, 2 * segment.num_kv_pairs) if self.read_twice else (inputs, labels)
-
     def _draw(self, segments: list[Segment], split: str):
-        return generate_segments(self.vocab_size, segments, split_seeds(self.seed)[split], self.power_a,
-                                 self.random_non_queries)
+        """(inputs, labels) of each segment of a split, read twice where the setting says so for that split."""
+        drawn = generate_segments(self.vocab_size, segments, split_seeds(self.seed)[split], self.power_a,
+                                  self.random_non_queries)
+        if not reads_twice(self.read_twice, split):
+            return [(inputs, labels) for _, inputs, labels in drawn]
+        return [repeat_context(inputs, labels, 2 * segment.num_kv_pairs) for segment, inputs, labels in drawn]
 
     def setup(self, stage: str | None = None):
         if self.train_set is None and stage in (None, "fit"):
-            self.train_set = SegmentedDataset([self._prompt(*drawn) for drawn in self._draw(self.train_segments, "train")])
+            self.train_set = SegmentedDataset(self._draw(self.train_segments, "train"))
         if self.val_sets is None and stage in (None, "fit", "validate"):
-            self.val_sets = [SegmentedDataset([self._prompt(*drawn)]) for drawn in self._draw(self.test_segments, "validation")]
+            self.val_sets = [SegmentedDataset([drawn]) for drawn in self._draw(self.test_segments, "validation")]
         if self.test_sets is None and stage in (None, "test"):
-            self.test_sets = [SegmentedDataset([self._prompt(*drawn)]) for drawn in self._draw(self.test_segments, "test")]
+            self.test_sets = [SegmentedDataset([drawn]) for drawn in self._draw(self.test_segments, "test")]
 
     def train_dataloader(self):
         sampler = self.train_sampler(self.train_set.offsets, self.batch_size, seed=self.seed)

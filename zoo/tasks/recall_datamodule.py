@@ -16,7 +16,7 @@ import torch
 
 from zoo.checks import require_positive_int
 from zoo.tasks.data import ResumableTrainOrder, SegmentBatchSampler, SegmentedDataset, collate_batch
-from zoo.tasks.read_twice import repeat_context
+from zoo.tasks.read_twice import OFF, read_twice_setting, reads_twice, repeat_context
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 _SPLIT_OFFSET = {TRAIN: 0, VALIDATION: 1, TEST: 2}
@@ -58,17 +58,16 @@ class RecallTaskDataModule(ResumableTrainOrder, L.LightningDataModule):
     monitor = ("val/acc", "max")
 
     def __init__(self, vocab_size: int, train_slices, test_slices, batch_size: int = 64, seed: int = 0,
-                 read_twice: bool = False, num_workers: int = 0, name: str | None = None):
+                 read_twice: str | bool = OFF, num_workers: int = 0, name: str | None = None):
         super().__init__()
         self.name = name or self.task_name
         require_positive_int("vocab_size", vocab_size, self.name)
         require_positive_int("batch_size", batch_size, self.name)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ValueError(f"{self.name}: seed must be an integer >= 0, got {seed!r}")
-        if not isinstance(read_twice, bool):
-            raise ValueError(f"{self.name}: read_twice must be true or false, got {read_twice!r}")
         self.vocab_size, self.batch_size, self.seed = vocab_size, batch_size, seed
-        self.read_twice, self.num_workers = read_twice, num_workers
+        self.read_twice = read_twice_setting(read_twice, self.name)  # which splits: zoo/tasks/read_twice.py
+        self.num_workers = num_workers
         self.train_slices = parse_slices(self.slice_type, train_slices, self.name, "train_slices")
         self.test_slices = parse_slices(self.slice_type, test_slices, self.name, "test_slices")
         for spec in self.train_slices + self.test_slices:  # fail at once, before any model is built
@@ -98,9 +97,10 @@ class RecallTaskDataModule(ResumableTrainOrder, L.LightningDataModule):
         return {}
 
     # ---- shared ----------------------------------------------------------------------------------------------
-    def input_seq_len(self, spec) -> int:
+    def input_seq_len(self, spec, split: str = TEST) -> int:
+        """A slice's length as fed in ``split`` (read-twice included)."""
         length, context = self.lengths(spec)
-        return length + context if self.read_twice else length
+        return length + context if reads_twice(self.read_twice, split) else length
 
     @property
     def slice_keys(self) -> list[str]:
@@ -118,7 +118,7 @@ class RecallTaskDataModule(ResumableTrainOrder, L.LightningDataModule):
         for index, spec in enumerate(specs):
             generator = torch.Generator().manual_seed((3 * self.seed + _SPLIT_OFFSET[split]) * 1000 + index)
             inputs, labels = self.draw(spec, spec.num_examples, generator)
-            if self.read_twice:
+            if reads_twice(self.read_twice, split):
                 inputs, labels = repeat_context(inputs, labels, self.lengths(spec)[1])
             out.append((spec, inputs, labels))
         return out
