@@ -37,6 +37,7 @@ from torch import nn
 import ops.co4
 from ops._backend import resolve_backend
 from ops.co4 import TRITON_DTYPES, TRITON_MAX_K, running_topk
+from ops.co4.cpu_mix import co4_mix_cpu
 from ops.co4.reference import ranking_key
 from ops.packing import DocumentLayout
 from zoo.blocks.base import Cache, Mixer
@@ -284,11 +285,34 @@ class Co4(Mixer):
         carries, start = (None,) * 3, 0
         if cache is not None:
             carries, start = [cache[name].to(x.dtype) for name in CACHE_NAMES], cache.seen
+        if op_backend == "auto" and ops.co4.cpu_mix_runs(self.backend, x):
+            y, (last_q, last_k, last_v) = self._fused_cpu(streams, latent, carries, start)
+        else:
+            y, (last_q, last_k, last_v) = self._unfused(streams, latent, carries, start, op_backend)
+        if cache is not None:
+            for name, table in zip(CACHE_NAMES, (last_q, last_k, last_v)):
+                cache[name].copy_(table.detach())
+            cache.seen += T
+        return self.out_proj(y) if self.out_proj is not None else y
+
+    def _fused_cpu(self, streams, latent, carries, start: int):
+        """The running top-k and the small attention in one compiled CPU kernel (ops/co4/cpu_mix.py): the same
+        values as ``_unfused`` without its (B, T, k, D) tensors."""
+        if self.latent_mode == "static":  # one (1, 1, L, D) row set for every position
+            latent = [lat.reshape(self.latents, self.d_model) for lat in latent]
+        initial = None if carries[0] is None else torch.stack(carries)
+        mix, last = co4_mix_cpu(*streams, *latent, self.topk, self.num_heads, self.scale,
+                                self.latent_output == "mean", initial, min(start, self.topk))
+        return streams[2] + mix, last.unbind(0)
+
+    def _unfused(self, streams, latent, carries, start: int, op_backend: str | None):
+        """The running top-k (one op call per stream, or the chunked PyTorch path), then the attention in pieces."""
+        T = streams[0].shape[1]
         (top_q, _, last_q), (top_k, _, last_k), (top_v, rank, last_v) = self._running_topks(streams, carries, start,
                                                                                           op_backend)
         top = (top_q, top_k, top_v)
         outputs = []
-        piece = self._piece(x.shape[0])
+        piece = self._piece(streams[0].shape[0])
         for c0 in range(0, T, piece):
             c1 = min(T, c0 + piece)
             # static latent rows are one (1, 1, L, D) row set for every position
@@ -296,12 +320,7 @@ class Co4(Mixer):
                                                                for lat in latent],
                                                               [rows[:, c0:c1] for rows in top],
                                                               rank[:, c0:c1], start + c0))
-        y = torch.cat(outputs, dim=1)
-        if cache is not None:
-            for name, table in zip(CACHE_NAMES, (last_q, last_k, last_v)):
-                cache[name].copy_(table.detach())
-            cache.seen += T
-        return self.out_proj(y) if self.out_proj is not None else y
+        return torch.cat(outputs, dim=1), (last_q, last_k, last_v)
 
     def allocate_cache(self, batch_size: int, device=None, dtype=None) -> Cache:
         weight = self.qkv.weight

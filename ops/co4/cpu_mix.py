@@ -1,0 +1,104 @@
+"""Co4's running top-k and its small attention over [latent rows; top-k rows], fused, on CPU (cpu_mix_kernel.c).
+
+``co4_mix_cpu(m_q, m_k, m_v, lat_q, lat_k, lat_v, k, num_heads, scale, latent_mean, initial, initial_count)``
+returns (mix, last): mix (B, T, D) is the attention part of Co4's output (each channel's output of the row of its
+own rank in the top-k of M_V, 0 where the token is not in it, plus the latent rows' mean output when
+``latent_mean``); last (3, B, k, D) the tables of M_Q, M_K, M_V after the last token, -inf in unfilled rows.
+m_* (B, T, D); lat_* (B, T, L, D) rows per token, or (L, D) shared by all; initial (3, B, k, D) with
+``initial_count`` filled rows (a decoding cache: it gets no gradient), or None. zoo/blocks/co4.py's PyTorch path
+(ops.running_topk, then ``Co4._attend``) is the definition it is tested against.
+
+Why fused: the PyTorch path materialises the (B, T, k, D) top-k rows of three streams, the (B, T, H, L + k, E)
+rows and the (L + k)^2 scores of every token, dozens of full-size tensors per step; the kernel keeps each batch
+row's tables and one token's rows in cache and computes only the rows that are read. The backward sweeps the
+tokens again (recomputing tables and weights) instead of storing them. float32 and float64 run as they are (one
+library each, built at first use by ops._native); 16-bit inputs run in float32, the results cast back.
+"""
+import ctypes
+from pathlib import Path
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ops._native import load, why_unavailable
+
+KERNEL_SOURCE = Path(__file__).with_name("cpu_mix_kernel.c")
+_REAL = {torch.float32: "float", torch.float64: "double"}
+_p, _i = ctypes.c_void_p, ctypes.c_int64
+_ARGS = [_p] * 6 + [_i, _p, _i] + [_i] * 6 + [ctypes.c_double, _i] + [_p] * 9
+
+
+def _library(dtype: torch.dtype):
+    lib = load(KERNEL_SOURCE, REAL=_REAL[dtype])
+    if lib is not None and not hasattr(lib, "_typed"):
+        lib.co4_mix.argtypes, lib.co4_mix.restype = _ARGS, ctypes.c_int
+        lib._typed = True
+    return lib
+
+
+def available() -> bool:
+    return all(_library(dtype) is not None for dtype in _REAL)
+
+
+def unavailable_reason() -> str | None:
+    return next(filter(None, (why_unavailable(KERNEL_SOURCE, REAL=real) for real in _REAL.values())), None)
+
+
+def _ptr(t):
+    return None if t is None else t.data_ptr()
+
+
+def _run(dtype, m, lat, initial, initial_count, k, num_heads, scale, latent_mean, y=None, last=None, dy=None,
+         d_m=(None,) * 3, d_lat=(None,) * 3):
+    B, T, D = m[0].shape
+    L = lat[0].shape[-2]
+    code = _library(dtype).co4_mix(*map(_ptr, m), *map(_ptr, lat), int(lat[0].dim() == 4), _ptr(initial),
+                                   initial_count, B, T, D, L, k, num_heads, scale, int(latent_mean), _ptr(y),
+                                   _ptr(last), _ptr(dy), *map(_ptr, d_m), *map(_ptr, d_lat))
+    if code:
+        raise RuntimeError(f"co4_mix kernel failed (code {code}: {'out of memory' if code == 1 else 'L + k > 4096'})")
+
+
+class _Co4Mix(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, m_q, m_k, m_v, lat_q, lat_k, lat_v, initial, initial_count, k, num_heads, scale, latent_mean):
+        B, T, D = m_q.shape
+        y = m_q.new_empty(B, T, D)
+        last = m_q.new_full((3, B, k, D), float("-inf"))
+        _run(m_q.dtype, (m_q, m_k, m_v), (lat_q, lat_k, lat_v), initial, initial_count, k, num_heads, scale,
+             latent_mean, y=y, last=last)
+        ctx.save_for_backward(m_q, m_k, m_v, lat_q, lat_k, lat_v, initial)
+        ctx.settings = (initial_count, k, num_heads, scale, latent_mean)
+        ctx.mark_non_differentiable(last)
+        return y, last
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, _):
+        m_q, m_k, m_v, lat_q, lat_k, lat_v, initial = ctx.saved_tensors
+        initial_count, k, num_heads, scale, latent_mean = ctx.settings
+        d_m = [torch.zeros_like(m_q) for _ in range(3)]
+        d_lat = [torch.zeros_like(lat_q) for _ in range(3)]
+        if dy is not None:
+            _run(m_q.dtype, (m_q, m_k, m_v), (lat_q, lat_k, lat_v), initial, initial_count, k, num_heads, scale,
+                 latent_mean, dy=dy.to(m_q.dtype).contiguous(), d_m=d_m, d_lat=d_lat)
+        return (*d_m, *d_lat) + (None,) * 6
+
+
+def co4_mix_cpu(m_q, m_k, m_v, lat_q, lat_k, lat_v, k: int, num_heads: int, scale: float, latent_mean: bool,
+                initial=None, initial_count: int = 0):
+    """(mix (B, T, D), last (3, B, k, D)); see the module docstring."""
+    dtype = m_q.dtype
+    compute = dtype if dtype in _REAL else torch.float32
+    B, T, D = m_q.shape
+    L = lat_q.shape[-2]
+    if D % num_heads:
+        raise ValueError(f"co4_mix_cpu: num_heads={num_heads} must divide D={D}")
+    if lat_q.dim() == 4 and tuple(lat_q.shape) != (B, T, L, D) or lat_q.dim() == 2 and lat_q.shape[1] != D:
+        raise ValueError(f"co4_mix_cpu: latent rows must be (B, T, L, D) or (L, D), got {tuple(lat_q.shape)}")
+    m = [t.to(compute).contiguous() for t in (m_q, m_k, m_v)]
+    lat = [t.to(compute).contiguous() for t in (lat_q, lat_k, lat_v)]
+    initial = initial.detach().to(compute).contiguous() if initial is not None and initial_count else None
+    y, last = _Co4Mix.apply(*m, *lat, initial, initial_count if initial is not None else 0, k, num_heads,
+                            float(scale), bool(latent_mean))
+    return y.to(dtype), last.to(dtype)
