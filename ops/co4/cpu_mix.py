@@ -37,11 +37,13 @@ def _library(dtype: torch.dtype):
 
 
 def available() -> bool:
-    return all(_library(dtype) is not None for dtype in _REAL)
+    """Both kernels (the mix and the latent rows) build here, in both dtypes."""
+    return all(lib(dtype) is not None for lib in (_library, _latent_library) for dtype in _REAL)
 
 
 def unavailable_reason() -> str | None:
-    return next(filter(None, (why_unavailable(KERNEL_SOURCE, REAL=real) for real in _REAL.values())), None)
+    return next(filter(None, (why_unavailable(source, REAL=real) for source in (KERNEL_SOURCE, LATENT_SOURCE)
+                              for real in _REAL.values())), None)
 
 
 def _ptr(t):
@@ -102,3 +104,71 @@ def co4_mix_cpu(m_q, m_k, m_v, lat_q, lat_k, lat_v, k: int, num_heads: int, scal
     y, last = _Co4Mix.apply(*m, *lat, initial, initial_count if initial is not None else 0, k, num_heads,
                             float(scale), bool(latent_mean))
     return y.to(dtype), last.to(dtype)
+
+
+# ---- the latent rows that read the prefix (cpu_latent_kernel.c) ---------------------------------------------------
+LATENT_SOURCE = Path(__file__).with_name("cpu_latent_kernel.c")
+_LATENT_ARGS = [_p] * 3 + [_i] * 4 + [_p] * 16
+
+
+def _latent_library(dtype: torch.dtype):
+    lib = load(LATENT_SOURCE, REAL=_REAL[dtype])
+    if lib is not None and not hasattr(lib, "_typed"):
+        lib.co4_latent.argtypes, lib.co4_latent.restype = _LATENT_ARGS, ctypes.c_int
+        lib._typed = True
+    return lib
+
+
+def _latent_run(projected, weight, base, outputs=(None,) * 6, grads=(None,) * 6, d_p=None, d_w=None, d_base=None,
+                scratch=None):
+    B, T, W = projected.shape
+    code = _latent_library(projected.dtype).co4_latent(
+        _ptr(projected), _ptr(weight), _ptr(base), B, T, W // 3, weight.shape[-1], *map(_ptr, outputs),
+        *map(_ptr, grads), _ptr(d_p), _ptr(d_w), _ptr(d_base), _ptr(scratch))
+    if code:
+        raise RuntimeError("co4_latent kernel failed: out of memory")
+
+
+class _Co4Latent(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, projected, weight, base):
+        B, T, W = projected.shape
+        L, D = weight.shape[-1], W // 3
+        rows = [projected.new_empty(B, T, L, D) for _ in range(3)]
+        stats = [projected.new_empty(B, T, D) for _ in range(3)]
+        _latent_run(projected, weight, base, outputs=(*rows, *stats))
+        ctx.save_for_backward(projected, weight, base)
+        return (*rows, *stats)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        projected, weight, base = ctx.saved_tensors
+        B, T, W = projected.shape
+        L, D = weight.shape[-1], W // 3
+        # each group (the rows, the statistics) goes to the kernel whole, or not at all when none has a gradient
+        groups = []
+        for group, shape in ((grads[:3], (B, T, L, D)), (grads[3:], (B, T, D))):
+            if all(g is None for g in group):
+                groups += [None] * 3
+            else:
+                groups += [projected.new_zeros(shape) if g is None else g.to(projected.dtype).contiguous()
+                           for g in group]
+        d_p, d_w, d_base = torch.zeros_like(projected), torch.zeros_like(weight), torch.zeros_like(base)
+        _latent_run(projected, weight, base, grads=groups, d_p=d_p, d_w=d_w, d_base=d_base,
+                    scratch=projected.new_empty(T * L * (W + 1)))
+        return d_p, d_w, d_base
+
+
+def co4_latent_cpu(projected, weight, base):
+    """Co4's latent rows that read the prefix and the modulation's statistics, compiled; see cpu_latent_kernel.c.
+
+    projected (B, T, 3D) the tokens' q|k|v projections without the bias; weight (B, T, L) how much each latent reads
+    each token; base (L, 3D) the latent tokens' own q|k|v. Returns (lq, lk, lv (B, T, L, D) each: base plus the
+    weighted mean of the projections s <= t; mq, mk (B, T, D) the means over the latents of lq and lk; cv (B, T, D)
+    the mean of lq * lk * (1 + |lv|)), in projected's dtype (computed in weight's, float32 for 16-bit inputs)."""
+    dtype = projected.dtype
+    compute = weight.dtype if weight.dtype in _REAL else torch.float32
+    outputs = _Co4Latent.apply(projected.to(compute).contiguous(), weight.to(compute).contiguous(),
+                               base.to(compute).contiguous())
+    return tuple(t.to(dtype) for t in outputs)

@@ -34,9 +34,19 @@ static inline float bf16_round(float x) {
     return x;
 }
 
-/* Insert token x (D values, source t) into a sorted table of `count` filled rows; see cpu_kernel.c. */
-static void insert(real *restrict val, float *restrict key, int32_t *restrict src, const real *restrict x,
-                   const float *restrict x_key, int32_t new_src, int64_t count, int64_t k, int64_t D) {
+/* Insert token x (D values, source t) into a sorted table of `count` filled rows; see cpu_kernel.c. In the backward
+ * each entry carries the gradient gathered so far (grad, k x D, or NULL): it moves with the entry, and is paid to the
+ * entry's token (d_m, this batch row's (T, D) gradient) when the entry drops out of the table; the rest at the end. */
+static inline __attribute__((always_inline)) void insert(real *restrict val, float *restrict key,
+        int32_t *restrict src, real *restrict grad, real *restrict d_m, const real *restrict x,
+        const float *restrict x_key, int32_t new_src, int64_t count, int64_t k, int64_t D) {
+    if (grad && count == k) {  /* full: the last row's entry drops out where x ranks above it */
+        const float *restrict lkey = key + (k - 1) * D;
+        const int32_t *restrict lsrc = src + (k - 1) * D;
+        const real *restrict lgrad = grad + (k - 1) * D;
+        for (int64_t c = 0; c < D; c++)
+            if (lkey[c] < x_key[c] && lsrc[c] >= 0) d_m[lsrc[c] * D + c] += lgrad[c];
+    }
     const int64_t last = count < k ? count : k - 1;
     for (int64_t r = last; r >= 0; r--) {
         real *restrict row = val + r * D;
@@ -46,6 +56,15 @@ static void insert(real *restrict val, float *restrict key, int32_t *restrict sr
         const float *above_key = r > 0 ? rkey - D : x_key;
         const int32_t *above_src = r > 0 ? rsrc - D : rsrc;
         const int filled = r < count, top_row = r == 0;
+        if (grad) {  /* the same moves, for the carried gradients (x enters with none) */
+            real *restrict rgrad = grad + r * D;
+            const real *above_grad = r > 0 ? rgrad - D : rgrad;
+            for (int64_t c = 0; c < D; c++) {
+                const int keep = filled && rkey[c] >= x_key[c];
+                const int take_x = top_row || above_key[c] >= x_key[c];
+                rgrad[c] = keep ? rgrad[c] : (take_x ? 0 : above_grad[c]);
+            }
+        }
         for (int64_t c = 0; c < D; c++) {
             const int keep = filled && rkey[c] >= x_key[c];
             const int take_x = top_row || above_key[c] >= x_key[c];
@@ -59,34 +78,39 @@ static void insert(real *restrict val, float *restrict key, int32_t *restrict sr
     }
 }
 
-static inline real dot(const real *restrict a, const real *restrict b, int64_t n) {
+static inline __attribute__((always_inline)) real dot(const real *restrict a, const real *restrict b, int64_t n) {
     real s = 0;
     for (int64_t e = 0; e < n; e++) s += a[e] * b[e];
     return s;
 }
 
-static inline void axpy(real *restrict out, real a, const real *restrict x, int64_t n) {
+static inline __attribute__((always_inline)) void axpy(real *restrict out, real a, const real *restrict x, int64_t n) {
     for (int64_t e = 0; e < n; e++) out[e] += a * x[e];
 }
 
-int co4_mix(const real *m_q, const real *m_k, const real *m_v, const real *lq, const real *lk, const real *lv,
-            int64_t lat_per_token, const real *initial, int64_t initial_count,
-            int64_t B, int64_t T, int64_t D, int64_t L, int64_t k, int64_t H, double scale_d, int64_t latent_mean,
-            real *y, real *last, const real *dy, real *d_mq, real *d_mk, real *d_mv,
-            real *d_lq, real *d_lk, real *d_lv) {
+#define MIX_ARGS const real *m_q, const real *m_k, const real *m_v, const real *lq, const real *lk, const real *lv, \
+    int64_t lat_per_token, const real *initial, int64_t initial_count, int64_t B, int64_t T, int64_t D, int64_t L, \
+    int64_t k, int64_t H, double scale_d, int64_t latent_mean, real *y, real *last, const real *dy, real *d_mq, \
+    real *d_mk, real *d_mv, real *d_lq, real *d_lk, real *d_lv
+#define MIX_NAMES m_q, m_k, m_v, lq, lk, lv, lat_per_token, initial, initial_count, B, T, D, L, k, H, scale_d, \
+    latent_mean, y, last, dy, d_mq, d_mk, d_mv, d_lq, d_lk, d_lv
+
+/* the body, inlined once per common head size: with E a constant the short dot products and axpys unroll */
+static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_t E) {
     const real scale = (real)scale_d;
-    const int64_t E = D / H, R = L + k, backward = dy != NULL;
+    const int64_t R = L + k, backward = dy != NULL;
     const real *m[3] = {m_q, m_k, m_v};
     real *d_m[3] = {d_mq, d_mk, d_mv};
     /* scratch: the three tables, the token's keys and ranks, per-head rows and their weights/gradients */
     size_t bytes = 3 * k * D * (sizeof(real) + sizeof(float) + sizeof(int32_t)) + D * (sizeof(float) + sizeof(int64_t))
-                   + (size_t)(2 * R * R + 5 * R * E + 2 * R) * sizeof(real);
+                   + (size_t)(3 * k * D + 2 * R * R + 5 * R * E + 2 * R) * sizeof(real);
     char *mem = malloc(bytes);
     if (!mem) return 1;
     /* int64 first, then reals, then 4-byte types: every part stays aligned */
     int64_t *rank = (int64_t *)mem;
     real *tval = (real *)(rank + D);
-    real *P = tval + 3 * k * D;            /* (R, R) attention weights of the used query rows */
+    real *tgrad = tval + 3 * k * D;        /* (3, k, D) the gradient each table entry carries (backward) */
+    real *P = tgrad + 3 * k * D;           /* (R, R) attention weights of the used query rows */
     real *dP = P + R * R;                  /* (R, R) their gradients */
     real *out = dP + R * R;                /* (R, E) used rows' outputs (forward) */
     real *dQ = out + R * E, *dK = dQ + R * E, *dV = dK + R * E;   /* (R, E) each */
@@ -102,6 +126,7 @@ int co4_mix(const real *m_q, const real *m_k, const real *m_v, const real *lq, c
 
     for (int64_t b = 0; b < B; b++) {
         int64_t count = initial_count;
+        if (backward) memset(tgrad, 0, 3 * k * D * sizeof(real));
         for (int s = 0; s < 3; s++) {
             for (int64_t r = 0; r < count; r++) {
                 const real *row = initial + ((s * B + b) * k + r) * D;
@@ -122,7 +147,8 @@ int co4_mix(const real *m_q, const real *m_k, const real *m_v, const real *lq, c
                         for (int64_t c = 0; c < D; c++) rank[c] += tkey[(s * k + r) * D + c] >= x_key[c];
                     for (int64_t c = 0; c < D; c++) rank[c] = rank[c] < k ? rank[c] : k;
                 }
-                insert(tval + s * k * D, tkey + s * k * D, tsrc + s * k * D, x, x_key, (int32_t)t, count, k, D);
+                insert(tval + s * k * D, tkey + s * k * D, tsrc + s * k * D, backward ? tgrad + s * k * D : NULL,
+                       backward ? d_m[s] + b * T * D : NULL, x, x_key, (int32_t)t, count, k, D);
             }
             count = count < k ? count + 1 : k;
             const int64_t n = L + count;  /* rows: the latents, then the filled top-k rows */
@@ -164,14 +190,19 @@ int co4_mix(const real *m_q, const real *m_k, const real *m_v, const real *lq, c
                     for (int64_t e = 0; e < E; e++) yt[e] = 0;
                     for (int64_t i = L; i < n; i++) {
                         if (!used_rows[i]) continue;
-                        real *o = out + i * E;
-                        for (int64_t e = 0; e < E; e++) o[e] = 0;
-                        for (int64_t j = 0; j < n; j++) axpy(o, P[i * R + j], vp[j], E);
+                        real acc[E];
+                        for (int64_t e = 0; e < E; e++) acc[e] = 0;
+                        for (int64_t j = 0; j < n; j++) axpy(acc, P[i * R + j], vp[j], E);
+                        memcpy(out + i * E, acc, E * sizeof(real));
                     }
                     for (int64_t e = 0; e < E; e++)
                         if (rank[c0 + e] < k) yt[e] = out[(L + rank[c0 + e]) * E + e];
-                    if (latent_mean)
-                        for (int64_t j = 0; j < n; j++) axpy(yt, pbar[j], vp[j], E);
+                    if (latent_mean) {
+                        real acc[E];
+                        for (int64_t e = 0; e < E; e++) acc[e] = 0;
+                        for (int64_t j = 0; j < n; j++) axpy(acc, pbar[j], vp[j], E);
+                        for (int64_t e = 0; e < E; e++) yt[e] += acc[e];
+                    }
                     continue;
                 }
                 /* backward of this head at this token */
@@ -203,11 +234,14 @@ int co4_mix(const real *m_q, const real *m_k, const real *m_v, const real *lq, c
                     if (!used_rows[i]) continue;
                     real *p = P + i * R, *dp = dP + i * R, s = 0;
                     for (int64_t j = 0; j < n; j++) s += p[j] * dp[j];
+                    real acc[E];  /* in registers: accumulating in dQ itself would chain through memory */
+                    for (int64_t e = 0; e < E; e++) acc[e] = 0;
                     for (int64_t j = 0; j < n; j++) {
                         const real ds = p[j] * (dp[j] - s) * scale;
-                        axpy(dQ + i * E, ds, kp[j], E);
+                        axpy(acc, ds, kp[j], E);
                         axpy(dK + j * E, ds, qp[i], E);
                     }
+                    memcpy(dQ + i * E, acc, E * sizeof(real));
                 }
                 /* latent rows' gradients */
                 for (int64_t i = 0; i < L; i++) {
@@ -218,21 +252,35 @@ int co4_mix(const real *m_q, const real *m_k, const real *m_v, const real *lq, c
                         d_lv[off + e] += dV[i * E + e];
                     }
                 }
-                /* table rows' gradients to the tokens that filled them, channel by channel */
+                /* table rows' gradients: carried by the entries until they leave (see insert) */
                 const real *grads[3] = {dQ, dK, dV};
                 for (int s = 0; s < 3; s++)
                     for (int64_t r = 0; r < count; r++) {
-                        const int32_t *src = tsrc + (s * k + r) * D + c0;
+                        real *tg = tgrad + (s * k + r) * D + c0;
                         const real *gr = grads[s] + (L + r) * E;
-                        for (int64_t e = 0; e < E; e++)
-                            if (src[e] >= 0) d_m[s][(b * T + src[e]) * D + c0 + e] += gr[e];
+                        for (int64_t e = 0; e < E; e++) tg[e] += gr[e];
                     }
             }
         }
+        if (backward)  /* the entries still in the tables pay their gradients */
+            for (int s = 0; s < 3; s++)
+                for (int64_t i = 0; i < count * D; i++) {
+                    const int32_t src = tsrc[s * k * D + i];
+                    if (src >= 0) d_m[s][(b * T + src) * D + i % D] += tgrad[s * k * D + i];
+                }
         if (last)
             for (int s = 0; s < 3; s++)
                 memcpy(last + (s * B + b) * k * D, tval + s * k * D, count * D * sizeof(real));
     }
     free(mem);
     return 0;
+}
+
+int co4_mix(MIX_ARGS) {
+    switch (D / H) {
+        case 16: return mix_body(MIX_NAMES, 16);
+        case 32: return mix_body(MIX_NAMES, 32);
+        case 64: return mix_body(MIX_NAMES, 64);
+        default: return mix_body(MIX_NAMES, D / H);
+    }
 }

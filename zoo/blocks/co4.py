@@ -37,7 +37,7 @@ from torch import nn
 import ops.co4
 from ops._backend import resolve_backend
 from ops.co4 import TRITON_DTYPES, TRITON_MAX_K, running_topk
-from ops.co4.cpu_mix import co4_mix_cpu
+from ops.co4.cpu_mix import co4_latent_cpu, co4_mix_cpu
 from ops.co4.reference import ranking_key
 from ops.packing import DocumentLayout
 from zoo.blocks.base import Cache, Mixer
@@ -190,10 +190,16 @@ class Co4(Mixer):
         """x (B, T, D) -> M_Q, M_K, M_V (B, T, D) and the latent rows' q, k, v, each (1 or B, 1 or T, L, D)."""
         projected = F.linear(x, self.qkv.weight)
         q_x, k_x, v_x = (projected + self.qkv.bias).chunk(3, dim=-1)
-        q_l, k_l, v_l = latent = self.latent_rows(x, projected, cache)
-        m_q = q_l.mean(2) * k_x + q_x
-        m_k = k_l.mean(2) * q_x + k_x
-        m_v = v_x * v_x + 2 * v_x + (q_l * k_l * (1 + v_l.abs())).mean(2)
+        if self.latent_mode == "prefix" and cache is None and ops.co4.cpu_mix_runs(self.backend, x):
+            # compiled: the rows and their statistics in one sweep, no (B, T, L, D) temporaries (cpu_mix.py)
+            base = self.latent_qkv(x.dtype)
+            *latent, mean_q, mean_k, c_v = co4_latent_cpu(projected, self.read_weights(k_x, base), base)
+        else:
+            q_l, k_l, v_l = latent = self.latent_rows(x, projected, cache)
+            mean_q, mean_k, c_v = q_l.mean(2), k_l.mean(2), (q_l * k_l * (1 + v_l.abs())).mean(2)
+        m_q = mean_q * k_x + q_x
+        m_k = mean_k * q_x + k_x
+        m_v = v_x * v_x + 2 * v_x + c_v
         return (m_q, m_k, m_v), latent
 
     # ---- the running top-k ---------------------------------------------------------------------------------------
