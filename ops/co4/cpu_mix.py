@@ -80,10 +80,12 @@ class _Co4Mix(torch.autograd.Function):
         m_q, m_k, m_v, lat_q, lat_k, lat_v, initial = ctx.saved_tensors
         initial_count, k, num_heads, scale, latent_mean = ctx.settings
         d_m = [torch.zeros_like(m_q) for _ in range(3)]
-        d_lat = [torch.zeros_like(lat_q) for _ in range(3)]
-        if dy is not None:
-            _run(m_q.dtype, (m_q, m_k, m_v), (lat_q, lat_k, lat_v), initial, initial_count, k, num_heads, scale,
-                 latent_mean, dy=dy.to(m_q.dtype).contiguous(), d_m=d_m, d_lat=d_lat)
+        if dy is None:
+            return (*d_m, *[torch.zeros_like(lat_q) for _ in range(3)]) + (None,) * 6
+        # per-token rows' gradients are written whole by the kernel; shared rows' are accumulated
+        d_lat = [(torch.empty_like if lat_q.dim() == 4 else torch.zeros_like)(lat_q) for _ in range(3)]
+        _run(m_q.dtype, (m_q, m_k, m_v), (lat_q, lat_k, lat_v), initial, initial_count, k, num_heads, scale,
+             latent_mean, dy=dy.to(m_q.dtype).contiguous(), d_m=d_m, d_lat=d_lat)
         return (*d_m, *d_lat) + (None,) * 6
 
 

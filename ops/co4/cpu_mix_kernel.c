@@ -11,7 +11,7 @@
  *
  * Layouts (C-contiguous, REAL is float or double, chosen at build time): m_q, m_k, m_v, y, dy, d_mq, d_mk, d_mv
  * (B, T, D); latent rows lq, lk, lv (B, T, L, D) when lat_per_token, else (L, D) shared by every token, their
- * gradients the same shape (zero-filled by the caller, as are d_m*); initial (3, B, k, D) with initial_count filled
+ * gradients the same shape (written when per token; else accumulated, zero-filled by the caller, as are d_m*); initial (3, B, k, D) with initial_count filled
  * rows or NULL; last (3, B, k, D) or NULL: the tables after the last token (rows past the count left as they are).
  * Ranking as cpu_kernel.c: the value rounded to bfloat16, ties to the earlier entry.
  */
@@ -99,30 +99,31 @@ static inline __attribute__((always_inline)) void axpy(real *restrict out, real 
 static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_t E) {
     const real scale = (real)scale_d;
     const int64_t R = L + k, backward = dy != NULL;
+    const int64_t NP = (R + 15) & ~(int64_t)15;  /* weight rows padded to whole vectors: no scalar exp tail */
     const real *m[3] = {m_q, m_k, m_v};
     real *d_m[3] = {d_mq, d_mk, d_mv};
     /* scratch: the three tables, the token's keys and ranks, per-head rows and their weights/gradients */
     size_t bytes = 3 * k * D * (sizeof(real) + sizeof(float) + sizeof(int32_t)) + D * (sizeof(float) + sizeof(int64_t))
-                   + (size_t)(3 * k * D + 2 * R * R + 5 * R * E + 2 * R) * sizeof(real);
+                   + (size_t)(3 * k * D + 2 * R * NP + 8 * R * E + 2 * NP) * sizeof(real);
     char *mem = malloc(bytes);
     if (!mem) return 1;
     /* int64 first, then reals, then 4-byte types: every part stays aligned */
     int64_t *rank = (int64_t *)mem;
     real *tval = (real *)(rank + D);
     real *tgrad = tval + 3 * k * D;        /* (3, k, D) the gradient each table entry carries (backward) */
-    real *P = tgrad + 3 * k * D;           /* (R, R) attention weights of the used query rows */
-    real *dP = P + R * R;                  /* (R, R) their gradients */
-    real *out = dP + R * R;                /* (R, E) used rows' outputs (forward) */
+    real *P = tgrad + 3 * k * D;           /* (R, NP) attention weights of the used query rows */
+    real *dP = P + R * NP;                 /* (R, NP) their gradients */
+    real *out = dP + R * NP;                /* (R, E) used rows' outputs (forward) */
     real *dQ = out + R * E, *dK = dQ + R * E, *dV = dK + R * E;   /* (R, E) each */
     real *gmask = dV + R * E;              /* (R, E): dy of the channels whose own row is this row */
-    real *pbar = gmask + R * E;            /* (R) the latent rows' mean weights */
-    real *dpbar = pbar + R;
+    real *Qh = gmask + R * E, *Kh = Qh + R * E, *Vh = Kh + R * E;  /* (R, E) one head's rows */
+    real *pbar = Vh + R * E;            /* (R) the latent rows' mean weights */
+    real *dpbar = pbar + NP;
     float *tkey = (float *)(dpbar + R);
     float *x_key = tkey + 3 * k * D;
     int32_t *tsrc = (int32_t *)(x_key + D);
     char used_rows[4096];
     if (R > 4096) { free(mem); return 2; }
-    const real *qp[4096], *kp[4096], *vp[4096];  /* row pointers of one head; R <= 4096 */
 
     for (int64_t b = 0; b < B; b++) {
         int64_t count = initial_count;
@@ -156,15 +157,17 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
             const real *tok_dy = backward ? dy + (b * T + t) * D : NULL;
             for (int64_t h = 0; h < H; h++) {
                 const int64_t c0 = h * E;
+                /* this head's rows, copied to contiguous (n, E) blocks: fixed strides keep the loops below simple
+                 * to vectorise (through row pointers GCC gathers across rows instead) */
                 for (int64_t i = 0; i < L; i++) {
-                    qp[i] = lq + lat_off + i * D + c0;
-                    kp[i] = lk + lat_off + i * D + c0;
-                    vp[i] = lv + lat_off + i * D + c0;
+                    memcpy(Qh + i * E, lq + lat_off + i * D + c0, E * sizeof(real));
+                    memcpy(Kh + i * E, lk + lat_off + i * D + c0, E * sizeof(real));
+                    memcpy(Vh + i * E, lv + lat_off + i * D + c0, E * sizeof(real));
                 }
                 for (int64_t r = 0; r < count; r++) {
-                    qp[L + r] = tval + (0 * k + r) * D + c0;
-                    kp[L + r] = tval + (1 * k + r) * D + c0;
-                    vp[L + r] = tval + (2 * k + r) * D + c0;
+                    memcpy(Qh + (L + r) * E, tval + (0 * k + r) * D + c0, E * sizeof(real));
+                    memcpy(Kh + (L + r) * E, tval + (1 * k + r) * D + c0, E * sizeof(real));
+                    memcpy(Vh + (L + r) * E, tval + (2 * k + r) * D + c0, E * sizeof(real));
                 }
                 /* query rows read: the latents (for their mean) and the rows some channel of this head ranks at */
                 for (int64_t i = 0; i < n; i++) used_rows[i] = i < L ? (char)latent_mean : 0;
@@ -172,19 +175,23 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
                     if (rank[c0 + e] < k) used_rows[L + rank[c0 + e]] = 1;
                 for (int64_t i = 0; i < n; i++) {
                     if (!used_rows[i]) continue;
-                    real *p = P + i * R, top, sum = 0;
-                    for (int64_t j = 0; j < n; j++) p[j] = dot(qp[i], kp[j], E) * scale;
+                    real *p = P + i * NP, top, sum = 0;
+                    for (int64_t j = 0; j < n; j++) p[j] = dot(Qh + i * E, Kh + j * E, E) * scale;
                     top = p[0];  /* no infinities: built with -ffast-math */
                     for (int64_t j = 1; j < n; j++) top = p[j] > top ? p[j] : top;
-                    for (int64_t j = 0; j < n; j++) { p[j] = EXP(p[j] - top); sum += p[j]; }
-                    for (int64_t j = 0; j < n; j++) p[j] /= sum;
+                    for (int64_t j = n; j < NP; j++) p[j] = top;  /* padding, zeroed after the exp */
+                    for (int64_t j = 0; j < NP; j++) p[j] = EXP(p[j] - top);
+                    for (int64_t j = n; j < NP; j++) p[j] = 0;
+                    for (int64_t j = 0; j < NP; j++) sum += p[j];
+                    const real inv = 1 / sum;
+                    for (int64_t j = 0; j < NP; j++) p[j] *= inv;
                 }
-                if (latent_mean)
-                    for (int64_t j = 0; j < n; j++) {
-                        real s = 0;
-                        for (int64_t i = 0; i < L; i++) s += P[i * R + j];
-                        pbar[j] = s / (real)L;
-                    }
+                if (latent_mean) {
+                    for (int64_t j = 0; j < NP; j++) pbar[j] = 0;
+                    for (int64_t i = 0; i < L; i++)
+                        for (int64_t j = 0; j < NP; j++) pbar[j] += P[i * NP + j];
+                    for (int64_t j = 0; j < NP; j++) pbar[j] *= (real)1 / (real)L;
+                }
                 if (!backward) {
                     real *yt = y + (b * T + t) * D + c0;
                     for (int64_t e = 0; e < E; e++) yt[e] = 0;
@@ -192,7 +199,7 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
                         if (!used_rows[i]) continue;
                         real acc[E];
                         for (int64_t e = 0; e < E; e++) acc[e] = 0;
-                        for (int64_t j = 0; j < n; j++) axpy(acc, P[i * R + j], vp[j], E);
+                        for (int64_t j = 0; j < n; j++) axpy(acc, P[i * NP + j], Vh + j * E, E);
                         memcpy(out + i * E, acc, E * sizeof(real));
                     }
                     for (int64_t e = 0; e < E; e++)
@@ -200,7 +207,7 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
                     if (latent_mean) {
                         real acc[E];
                         for (int64_t e = 0; e < E; e++) acc[e] = 0;
-                        for (int64_t j = 0; j < n; j++) axpy(acc, pbar[j], vp[j], E);
+                        for (int64_t j = 0; j < n; j++) axpy(acc, pbar[j], Vh + j * E, E);
                         for (int64_t e = 0; e < E; e++) yt[e] += acc[e];
                     }
                     continue;
@@ -217,35 +224,41 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
                     real *gm = gmask + i * E;
                     for (int64_t e = 0; e < E; e++) gm[e] = rank[c0 + e] == i - L ? g[e] : 0;
                     for (int64_t j = 0; j < n; j++) {
-                        dP[i * R + j] = dot(gm, vp[j], E);
-                        axpy(dV + j * E, P[i * R + j], gm, E);
+                        dP[i * NP + j] = dot(gm, Vh + j * E, E);
+                        axpy(dV + j * E, P[i * NP + j], gm, E);
                     }
                 }
                 if (latent_mean) {
                     for (int64_t j = 0; j < n; j++) {
-                        dpbar[j] = dot(g, vp[j], E) / (real)L;
+                        dpbar[j] = dot(g, Vh + j * E, E) / (real)L;
                         axpy(dV + j * E, pbar[j], g, E);
                     }
                     for (int64_t i = 0; i < L; i++)
-                        for (int64_t j = 0; j < n; j++) dP[i * R + j] = dpbar[j];
+                        for (int64_t j = 0; j < n; j++) dP[i * NP + j] = dpbar[j];
                 }
                 /* softmax backward, then the scores' gradients to the query and key rows */
                 for (int64_t i = 0; i < n; i++) {
                     if (!used_rows[i]) continue;
-                    real *p = P + i * R, *dp = dP + i * R, s = 0;
+                    real *p = P + i * NP, *dp = dP + i * NP, s = 0;
                     for (int64_t j = 0; j < n; j++) s += p[j] * dp[j];
                     real acc[E];  /* in registers: accumulating in dQ itself would chain through memory */
                     for (int64_t e = 0; e < E; e++) acc[e] = 0;
                     for (int64_t j = 0; j < n; j++) {
                         const real ds = p[j] * (dp[j] - s) * scale;
-                        axpy(acc, ds, kp[j], E);
-                        axpy(dK + j * E, ds, qp[i], E);
+                        axpy(acc, ds, Kh + j * E, E);
+                        axpy(dK + j * E, ds, Qh + i * E, E);
                     }
                     memcpy(dQ + i * E, acc, E * sizeof(real));
                 }
                 /* latent rows' gradients */
                 for (int64_t i = 0; i < L; i++) {
                     const int64_t off = lat_off + i * D + c0;
+                    if (lat_per_token) {  /* each token's rows are visited once: written, no zero fill needed */
+                        memcpy(d_lq + off, dQ + i * E, E * sizeof(real));
+                        memcpy(d_lk + off, dK + i * E, E * sizeof(real));
+                        memcpy(d_lv + off, dV + i * E, E * sizeof(real));
+                        continue;
+                    }
                     for (int64_t e = 0; e < E; e++) {
                         d_lq[off + e] += dQ[i * E + e];
                         d_lk[off + e] += dK[i * E + e];
