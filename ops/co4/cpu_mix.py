@@ -23,6 +23,7 @@ from torch.autograd.function import once_differentiable
 from ops._native import load, why_unavailable
 
 KERNEL_SOURCE = Path(__file__).with_name("cpu_mix_kernel.c")
+MAX_ROWS = 4096  # latents + k: the kernel's per-head row flags live on its stack
 _REAL = {torch.float32: "float", torch.float64: "double"}
 _p, _i = ctypes.c_void_p, ctypes.c_int64
 _ARGS = [_p] * 6 + [_i, _p, _i] + [_i] * 6 + [ctypes.c_double, _i] + [_p] * 9
@@ -98,6 +99,8 @@ def co4_mix_cpu(m_q, m_k, m_v, lat_q, lat_k, lat_v, k: int, num_heads: int, scal
     L = lat_q.shape[-2]
     if D % num_heads:
         raise ValueError(f"co4_mix_cpu: num_heads={num_heads} must divide D={D}")
+    if L + k > MAX_ROWS:
+        raise ValueError(f"co4_mix_cpu: latents + k = {L + k} rows exceed {MAX_ROWS}")
     if lat_q.dim() == 4 and tuple(lat_q.shape) != (B, T, L, D) or lat_q.dim() == 2 and lat_q.shape[1] != D:
         raise ValueError(f"co4_mix_cpu: latent rows must be (B, T, L, D) or (L, D), got {tuple(lat_q.shape)}")
     m = [t.to(compute).contiguous() for t in (m_q, m_k, m_v)]

@@ -39,7 +39,7 @@ from torch import nn
 import ops.co4
 from ops._backend import resolve_backend
 from ops.co4 import TRITON_DTYPES, TRITON_MAX_K, running_topk
-from ops.co4.cpu_mix import co4_latent_cpu, co4_mix_cpu
+from ops.co4.cpu_mix import MAX_ROWS, co4_latent_cpu, co4_mix_cpu
 from ops.co4.reference import ranking_key
 from ops.packing import DocumentLayout
 from zoo.blocks.base import Cache, Mixer
@@ -293,7 +293,7 @@ class Co4(Mixer):
         carries, start = (None,) * 3, 0
         if cache is not None:
             carries, start = [cache[name].to(x.dtype) for name in CACHE_NAMES], cache.seen
-        if op_backend == "auto" and ops.co4.cpu_mix_runs(self.backend, x):
+        if op_backend == "auto" and self.latents + self.topk <= MAX_ROWS and ops.co4.cpu_mix_runs(self.backend, x):
             y, (last_q, last_k, last_v) = self._fused_cpu(streams, latent, carries, start)
         else:
             y, (last_q, last_k, last_v) = self._unfused(streams, latent, carries, start, op_backend)
