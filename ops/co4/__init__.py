@@ -48,6 +48,15 @@ def cpu_kernel_runs(backend: str, values: torch.Tensor) -> bool:
     return cpu.available()
 
 
+def cpu_mix_runs(backend: str, values: torch.Tensor) -> bool:
+    """backend="auto" on CPU runs Co4's top-k and small attention as one compiled kernel (ops/co4/cpu_mix.py)
+    when it builds here."""
+    if backend != "auto" or values.device.type != "cpu":
+        return False
+    from ops.co4 import cpu_mix
+    return cpu_mix.available()
+
+
 def running_topk(values: torch.Tensor, k: int, initial: torch.Tensor | None = None, initial_count: int = 0,
                  return_indices: bool = False, backend: str = "auto"):
     """The causal per-channel running top-k of values (batch, T, C); returns (top, rank, index or None)."""

@@ -8,13 +8,14 @@ import pytest
 import torch
 import yaml
 
-from ops.co4 import cpu
+from ops.co4 import cpu, cpu_mix
 from tests.blocks.co4_reference import co4_oracle
 from ops.co4.reference import ranking_key
 import zoo.blocks.co4 as co4_module
-from zoo.blocks.co4 import Co4, running_topk_indices
+from zoo.blocks.co4 import CACHE_NAMES, Co4, running_topk_indices
 from zoo.blocks.registry import MIXERS, build_mixer
 from zoo.model import LM
+from tests.native import skip_or_fail_without_native
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 F64 = dict(rtol=1e-9, atol=1e-9)
@@ -44,7 +45,9 @@ def running_topk_chunk(carry: torch.Tensor, chunk: torch.Tensor, seen: int):
 
 @pytest.fixture(scope="module", autouse=True)
 def the_compiled_kernel_builds():
-    assert cpu.available(), f"the compiled CPU running top-k is unavailable: {cpu.unavailable_reason()}"
+    if not (cpu.available() and cpu_mix.available()):
+        skip_or_fail_without_native(f"Co4's compiled CPU kernels are unavailable: "
+                                    f"{cpu.unavailable_reason() or cpu_mix.unavailable_reason()}")
 
 
 def _block(seed=0, d_model=32, dtype=torch.float64, **hyper):
@@ -300,11 +303,104 @@ def test_latents_read_a_normalised_running_sum_of_the_prefix():
         assert [part.shape for part in static.modulate(x)[1]] == [(1, 1, 3, 32)] * 3
 
 
-def test_auto_uses_the_chunked_path_without_the_compiled_kernel(monkeypatch):
+@pytest.mark.parametrize("latent_mode", ["prefix", "static"])
+def test_auto_uses_the_chunked_path_without_the_compiled_kernel(monkeypatch, latent_mode):
     """No C compiler (or ZOO_NATIVE=0): "auto" on CPU runs the chunked PyTorch path, with the same results."""
-    block = _block(topk=3, chunk_size=4)
+    block = _block(topk=3, chunk_size=4, latent_mode=latent_mode)
     x = _x(2, 11)
     expected = block(x)
     monkeypatch.setattr(cpu, "available", lambda: False)
+    monkeypatch.setattr(cpu_mix, "available", lambda: False)
     monkeypatch.setattr(cpu, "running_topk_cpu", lambda *a, **kw: pytest.fail("the kernel ran"))
+    monkeypatch.setattr(co4_module, "co4_mix_cpu", lambda *a, **kw: pytest.fail("the fused kernel ran"))
+    monkeypatch.setattr(co4_module, "co4_latent_cpu", lambda *a, **kw: pytest.fail("the latent kernel ran"))
     torch.testing.assert_close(block(x), expected, **F64)
+
+
+# ---- the fused CPU path (ops/co4/cpu_mix.py: the latent rows, the running top-k and the small attention compiled) ----
+FUSED_SETTINGS = SETTINGS + [
+    ({"latents": 3, "topk": 4, "num_heads": 2, "latent_mode": "static", "latent_output": "none"}, 9),
+    ({"latents": 2, "topk": 6, "num_heads": 1}, 1),                     # one token
+    ({"latents": 5, "topk": 3, "num_heads": 8}, 40),                    # head_dim 4: the kernel's generic head size
+]
+
+
+def _spy(monkeypatch):
+    """Counts the compiled kernels' calls in the block (so a test knows the fused path ran)."""
+    calls = {"mix": 0, "latent": 0}
+
+    def counted(name, fn):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return call
+    monkeypatch.setattr(co4_module, "co4_mix_cpu", counted("mix", co4_module.co4_mix_cpu))
+    monkeypatch.setattr(co4_module, "co4_latent_cpu", counted("latent", co4_module.co4_latent_cpu))
+    return calls
+
+
+@pytest.mark.parametrize("hyper,seq", FUSED_SETTINGS, ids=lambda v: str(v) if isinstance(v, int) else None)
+def test_fused_cpu_path_equals_the_pytorch_path(hyper, seq, monkeypatch):
+    """backend="auto" on CPU (the compiled kernels) == backend="reference" (PyTorch): outputs and every gradient,
+    ragged lengths (shorter than k, not a multiple of anything), each latent mode and latent output."""
+    calls = _spy(monkeypatch)
+    fused, reference = _block(backend="auto", **hyper), _block(backend="reference", **hyper)
+    x, weights = _x(3, seq, seed=11), _x(3, seq, seed=12)
+    y, dx, grads = _outputs_and_grads(fused, fused, x, weights)
+    y_ref, dx_ref, grads_ref = _outputs_and_grads(reference, reference, x, weights)
+    assert calls["mix"] == 1 and calls["latent"] == (hyper.get("latent_mode", "prefix") == "prefix")
+    torch.testing.assert_close(y, y_ref, **F64)
+    torch.testing.assert_close(dx, dx_ref, **F64)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, grads_ref[name], **F64, msg=lambda m, n=name: f"grad of {n}: {m}")
+
+
+@pytest.mark.parametrize("latent_mode", ["prefix", "static"])
+def test_fused_cpu_path_equals_the_pytorch_path_in_float32(latent_mode, monkeypatch):
+    """The training dtype at the CPU preset's knobs (8 latents, top-12, 2 heads of 32): to float32 rounding."""
+    calls = _spy(monkeypatch)
+    hyper = dict(d_model=64, latents=8, topk=12, num_heads=2, latent_mode=latent_mode, dtype=torch.float32)
+    fused, reference = _block(backend="auto", **hyper), _block(backend="reference", **hyper)
+    x, weights = _x(4, 37, d=64, seed=3, dtype=torch.float32), _x(4, 37, d=64, seed=4, dtype=torch.float32)
+    y, dx, grads = _outputs_and_grads(fused, fused, x, weights)
+    y_ref, dx_ref, grads_ref = _outputs_and_grads(reference, reference, x, weights)
+    assert calls["mix"] == 1
+    tolerance = dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(y, y_ref, **tolerance)
+    torch.testing.assert_close(dx, dx_ref, **tolerance)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, grads_ref[name], **tolerance, msg=lambda m, n=name: f"grad of {n}: {m}")
+
+
+@pytest.mark.parametrize("latent_mode", ["prefix", "static"])
+def test_fused_cpu_path_with_packed_documents(latent_mode, monkeypatch):
+    """seq_idx: ragged documents packed in rows give the PyTorch path's outputs and gradients."""
+    calls = _spy(monkeypatch)
+    seq_idx = torch.tensor([[0] * 5 + [1] + [2] * 9, [4] * 11 + [5] * 4])
+    fused, reference = (_block(backend=b, topk=4, latents=3, latent_mode=latent_mode) for b in ("auto", "reference"))
+    x, weights = _x(2, 15, seed=5), _x(2, 15, seed=6)
+    y, dx, grads = _outputs_and_grads(lambda inp: fused(inp, seq_idx=seq_idx), fused, x, weights)
+    y_ref, dx_ref, grads_ref = _outputs_and_grads(lambda inp: reference(inp, seq_idx=seq_idx), reference, x, weights)
+    assert calls["mix"] == 1
+    torch.testing.assert_close(y, y_ref, **F64)
+    torch.testing.assert_close(dx, dx_ref, **F64)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, grads_ref[name], **F64, msg=lambda m, n=name: f"grad of {n}: {m}")
+
+
+@pytest.mark.parametrize("latent_mode", ["prefix", "static"])
+def test_fused_cpu_path_continues_a_cache_like_the_pytorch_path(latent_mode):
+    """A prefill, then a second chunk on the cache: the kernel starts from the cache's tables (initial_count < k and
+    = k) and leaves the same tables as the PyTorch path."""
+    hyper = dict(topk=5, latents=2, latent_mode=latent_mode)
+    fused, reference = _block(backend="auto", **hyper), _block(backend="reference", **hyper)
+    x = _x(2, 16, seed=8)
+    for split in (3, 9):
+        caches = [block.allocate_cache(2) for block in (fused, reference)]
+        with torch.no_grad():
+            outs = [[block(x[:, :split], cache), block(x[:, split:], cache)]
+                    for block, cache in zip((fused, reference), caches)]
+        for got, want in zip(*outs):
+            torch.testing.assert_close(got, want, **F64)
+        for name in CACHE_NAMES + (("read_sum", "read_weight") if latent_mode == "prefix" else ()):
+            torch.testing.assert_close(caches[0][name], caches[1][name], **F64)

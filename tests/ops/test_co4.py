@@ -229,3 +229,35 @@ def test_triton_backend_names_what_it_does_not_support(triton_device):
     values = _values((1, 4, 3), torch.float32).to(triton_device)
     with pytest.raises(ValueError, match="k <= 64.*k=65"):
         ops.running_topk(values, 65, backend="triton")
+
+
+# ---- Co4's fused CPU kernels (ops/co4/cpu_mix.py); the block's tests compare them with the PyTorch path ------------
+@pytest.mark.parametrize("per_token", [True, False], ids=["latent rows per token", "shared latent rows"])
+@pytest.mark.parametrize("latent_mean", [True, False])
+def test_cpu_mix_kernel_gradients_are_the_derivatives(per_token, latent_mean):
+    """gradcheck (float64) of the fused top-k + attention kernel: ragged T below and above k, 3 heads of 2."""
+    from ops.co4 import cpu_mix
+    if not cpu_mix.available():
+        from tests.native import skip_or_fail_without_native
+        skip_or_fail_without_native(f"the fused Co4 CPU kernel is unavailable: {cpu_mix.unavailable_reason()}")
+    gen = torch.Generator().manual_seed(0)
+    B, T, D, L, k = 2, 7, 6, 2, 4
+    m = [torch.randn(B, T, D, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    shape = (B, T, L, D) if per_token else (L, D)
+    lat = [torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    torch.autograd.gradcheck(lambda *a: cpu_mix.co4_mix_cpu(*a, k, 3, 0.7, latent_mean)[0], (*m, *lat))
+
+
+def test_cpu_latent_kernel_gradients_are_the_derivatives():
+    from ops.co4 import cpu_mix
+    if not cpu_mix.available():
+        from tests.native import skip_or_fail_without_native
+        skip_or_fail_without_native(f"the fused Co4 CPU kernel is unavailable: {cpu_mix.unavailable_reason()}")
+    gen = torch.Generator().manual_seed(1)
+    B, T, D, L = 2, 5, 3, 2
+    projected = torch.randn(B, T, 3 * D, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(B, T, L, generator=gen, dtype=torch.float64).add(0.1).requires_grad_()
+    base = torch.randn(L, 3 * D, generator=gen, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda *a: cpu_mix.co4_latent_cpu(*a), (projected, weight, base))
+    # gradients reaching only some outputs (the others None) are the same derivatives
+    torch.autograd.gradcheck(lambda *a: cpu_mix.co4_latent_cpu(*a)[5], (projected, weight, base))

@@ -22,9 +22,11 @@ over tokens and its CLS latent) and what ours. In one line per step, for the tok
    attention output of row L + r, plus the latent rows' outputs pooled (``latent_output="mean"``) and broadcast.
    No output projection unless ``output_projection=True``.
 
-The running top-k of the whole sequence is one op call, ``ops.running_topk``: the Triton kernel on a GPU, the
-compiled C kernel on CPU (``backend="auto"``); ``backend="reference"`` (and "auto" where neither runs) counts ranks
-chunk by chunk in PyTorch (``chunk_size`` tokens; see ``running_topk_indices``). The small attention then runs in
+The running top-k of the whole sequence is one op call, ``ops.running_topk``: the Triton kernel on a GPU;
+``backend="reference"`` (and "auto" where no kernel runs) counts ranks chunk by chunk in PyTorch (``chunk_size``
+tokens; see ``running_topk_indices``). On CPU "auto" runs steps 2-6 compiled (ops/co4/cpu_mix.py: the prefix
+latents' rows and statistics in one sweep, then the top-k and the small attention fused per token), the same
+values as the PyTorch path without its (B, T, L, D) and (B, T, k, D) tensors. The small attention then runs in
 pieces of at least ``chunk_size`` tokens, as many as fit ``ATTENTION_SCORES`` numbers. Decoding keeps the three
 (k, d_model) top-k tables and the latents' running sums: O(1) per token. tests/blocks/co4_reference.py is the
 O(N^2) oracle of the same definition. Packed rows (``seq_idx``): each document is gathered into its own row
@@ -37,6 +39,7 @@ from torch import nn
 import ops.co4
 from ops._backend import resolve_backend
 from ops.co4 import TRITON_DTYPES, TRITON_MAX_K, running_topk
+from ops.co4.cpu_mix import MAX_ROWS, co4_latent_cpu, co4_mix_cpu
 from ops.co4.reference import ranking_key
 from ops.packing import DocumentLayout
 from zoo.blocks.base import Cache, Mixer
@@ -189,10 +192,16 @@ class Co4(Mixer):
         """x (B, T, D) -> M_Q, M_K, M_V (B, T, D) and the latent rows' q, k, v, each (1 or B, 1 or T, L, D)."""
         projected = F.linear(x, self.qkv.weight)
         q_x, k_x, v_x = (projected + self.qkv.bias).chunk(3, dim=-1)
-        q_l, k_l, v_l = latent = self.latent_rows(x, projected, cache)
-        m_q = q_l.mean(2) * k_x + q_x
-        m_k = k_l.mean(2) * q_x + k_x
-        m_v = v_x * v_x + 2 * v_x + (q_l * k_l * (1 + v_l.abs())).mean(2)
+        if self.latent_mode == "prefix" and cache is None and ops.co4.cpu_mix_runs(self.backend, x):
+            # compiled: the rows and their statistics in one sweep, no (B, T, L, D) temporaries (cpu_mix.py)
+            base = self.latent_qkv(x.dtype)
+            *latent, mean_q, mean_k, c_v = co4_latent_cpu(projected, self.read_weights(k_x, base), base)
+        else:
+            q_l, k_l, v_l = latent = self.latent_rows(x, projected, cache)
+            mean_q, mean_k, c_v = q_l.mean(2), k_l.mean(2), (q_l * k_l * (1 + v_l.abs())).mean(2)
+        m_q = mean_q * k_x + q_x
+        m_k = mean_k * q_x + k_x
+        m_v = v_x * v_x + 2 * v_x + c_v
         return (m_q, m_k, m_v), latent
 
     # ---- the running top-k ---------------------------------------------------------------------------------------
@@ -284,11 +293,34 @@ class Co4(Mixer):
         carries, start = (None,) * 3, 0
         if cache is not None:
             carries, start = [cache[name].to(x.dtype) for name in CACHE_NAMES], cache.seen
+        if op_backend == "auto" and self.latents + self.topk <= MAX_ROWS and ops.co4.cpu_mix_runs(self.backend, x):
+            y, (last_q, last_k, last_v) = self._fused_cpu(streams, latent, carries, start)
+        else:
+            y, (last_q, last_k, last_v) = self._unfused(streams, latent, carries, start, op_backend)
+        if cache is not None:
+            for name, table in zip(CACHE_NAMES, (last_q, last_k, last_v)):
+                cache[name].copy_(table.detach())
+            cache.seen += T
+        return self.out_proj(y) if self.out_proj is not None else y
+
+    def _fused_cpu(self, streams, latent, carries, start: int):
+        """The running top-k and the small attention in one compiled CPU kernel (ops/co4/cpu_mix.py): the same
+        values as ``_unfused`` without its (B, T, k, D) tensors."""
+        if self.latent_mode == "static":  # one (1, 1, L, D) row set for every position
+            latent = [lat.reshape(self.latents, self.d_model) for lat in latent]
+        initial = None if carries[0] is None else torch.stack(carries)
+        mix, last = co4_mix_cpu(*streams, *latent, self.topk, self.num_heads, self.scale,
+                                self.latent_output == "mean", initial, min(start, self.topk))
+        return streams[2] + mix, last.unbind(0)
+
+    def _unfused(self, streams, latent, carries, start: int, op_backend: str | None):
+        """The running top-k (one op call per stream, or the chunked PyTorch path), then the attention in pieces."""
+        T = streams[0].shape[1]
         (top_q, _, last_q), (top_k, _, last_k), (top_v, rank, last_v) = self._running_topks(streams, carries, start,
                                                                                           op_backend)
         top = (top_q, top_k, top_v)
         outputs = []
-        piece = self._piece(x.shape[0])
+        piece = self._piece(streams[0].shape[0])
         for c0 in range(0, T, piece):
             c1 = min(T, c0 + piece)
             # static latent rows are one (1, 1, L, D) row set for every position
@@ -296,12 +328,7 @@ class Co4(Mixer):
                                                                for lat in latent],
                                                               [rows[:, c0:c1] for rows in top],
                                                               rank[:, c0:c1], start + c0))
-        y = torch.cat(outputs, dim=1)
-        if cache is not None:
-            for name, table in zip(CACHE_NAMES, (last_q, last_k, last_v)):
-                cache[name].copy_(table.detach())
-            cache.seen += T
-        return self.out_proj(y) if self.out_proj is not None else y
+        return torch.cat(outputs, dim=1), (last_q, last_k, last_v)
 
     def allocate_cache(self, batch_size: int, device=None, dtype=None) -> Cache:
         weight = self.qkv.weight

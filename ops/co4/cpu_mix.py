@@ -1,0 +1,179 @@
+"""Co4's running top-k and its small attention over [latent rows; top-k rows], fused, on CPU (cpu_mix_kernel.c).
+
+``co4_mix_cpu(m_q, m_k, m_v, lat_q, lat_k, lat_v, k, num_heads, scale, latent_mean, initial, initial_count)``
+returns (mix, last): mix (B, T, D) is the attention part of Co4's output (each channel's output of the row of its
+own rank in the top-k of M_V, 0 where the token is not in it, plus the latent rows' mean output when
+``latent_mean``); last (3, B, k, D) the tables of M_Q, M_K, M_V after the last token, -inf in unfilled rows.
+m_* (B, T, D); lat_* (B, T, L, D) rows per token, or (L, D) shared by all; initial (3, B, k, D) with
+``initial_count`` filled rows (a decoding cache: it gets no gradient), or None. zoo/blocks/co4.py's PyTorch path
+(ops.running_topk, then ``Co4._attend``) is the definition it is tested against.
+
+Why fused: the PyTorch path materialises the (B, T, k, D) top-k rows of three streams, the (B, T, H, L + k, E)
+rows and the (L + k)^2 scores of every token, dozens of full-size tensors per step; the kernel keeps each batch
+row's tables and one token's rows in cache and computes only the rows that are read. The backward sweeps the
+tokens again (recomputing tables and weights) instead of storing them. float32 and float64 run as they are (one
+library each, built at first use by ops._native); 16-bit inputs run in float32, the results cast back.
+"""
+import ctypes
+from pathlib import Path
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ops._native import load, why_unavailable
+
+KERNEL_SOURCE = Path(__file__).with_name("cpu_mix_kernel.c")
+MAX_ROWS = 4096  # latents + k: the kernel's per-head row flags live on its stack
+_REAL = {torch.float32: "float", torch.float64: "double"}
+_p, _i = ctypes.c_void_p, ctypes.c_int64
+_ARGS = [_p] * 6 + [_i, _p, _i] + [_i] * 6 + [ctypes.c_double, _i] + [_p] * 9
+
+
+def _library(dtype: torch.dtype):
+    lib = load(KERNEL_SOURCE, REAL=_REAL[dtype])
+    if lib is not None and not hasattr(lib, "_typed"):
+        lib.co4_mix.argtypes, lib.co4_mix.restype = _ARGS, ctypes.c_int
+        lib._typed = True
+    return lib
+
+
+def available() -> bool:
+    """Both kernels (the mix and the latent rows) build here, in both dtypes."""
+    return all(lib(dtype) is not None for lib in (_library, _latent_library) for dtype in _REAL)
+
+
+def unavailable_reason() -> str | None:
+    return next(filter(None, (why_unavailable(source, REAL=real) for source in (KERNEL_SOURCE, LATENT_SOURCE)
+                              for real in _REAL.values())), None)
+
+
+def _ptr(t):
+    return None if t is None else t.data_ptr()
+
+
+def _run(dtype, m, lat, initial, initial_count, k, num_heads, scale, latent_mean, y=None, last=None, dy=None,
+         d_m=(None,) * 3, d_lat=(None,) * 3):
+    B, T, D = m[0].shape
+    L = lat[0].shape[-2]
+    code = _library(dtype).co4_mix(*map(_ptr, m), *map(_ptr, lat), int(lat[0].dim() == 4), _ptr(initial),
+                                   initial_count, B, T, D, L, k, num_heads, scale, int(latent_mean), _ptr(y),
+                                   _ptr(last), _ptr(dy), *map(_ptr, d_m), *map(_ptr, d_lat))
+    if code:
+        raise RuntimeError(f"co4_mix kernel failed (code {code}: {'out of memory' if code == 1 else 'L + k > 4096'})")
+
+
+class _Co4Mix(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, m_q, m_k, m_v, lat_q, lat_k, lat_v, initial, initial_count, k, num_heads, scale, latent_mean):
+        B, T, D = m_q.shape
+        y = m_q.new_empty(B, T, D)
+        last = m_q.new_full((3, B, k, D), float("-inf"))
+        _run(m_q.dtype, (m_q, m_k, m_v), (lat_q, lat_k, lat_v), initial, initial_count, k, num_heads, scale,
+             latent_mean, y=y, last=last)
+        ctx.save_for_backward(m_q, m_k, m_v, lat_q, lat_k, lat_v, initial)
+        ctx.settings = (initial_count, k, num_heads, scale, latent_mean)
+        ctx.mark_non_differentiable(last)
+        return y, last
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, _):
+        m_q, m_k, m_v, lat_q, lat_k, lat_v, initial = ctx.saved_tensors
+        initial_count, k, num_heads, scale, latent_mean = ctx.settings
+        d_m = [torch.zeros_like(m_q) for _ in range(3)]
+        if dy is None:
+            return (*d_m, *[torch.zeros_like(lat_q) for _ in range(3)]) + (None,) * 6
+        # per-token rows' gradients are written whole by the kernel; shared rows' are accumulated
+        d_lat = [(torch.empty_like if lat_q.dim() == 4 else torch.zeros_like)(lat_q) for _ in range(3)]
+        _run(m_q.dtype, (m_q, m_k, m_v), (lat_q, lat_k, lat_v), initial, initial_count, k, num_heads, scale,
+             latent_mean, dy=dy.to(m_q.dtype).contiguous(), d_m=d_m, d_lat=d_lat)
+        return (*d_m, *d_lat) + (None,) * 6
+
+
+def co4_mix_cpu(m_q, m_k, m_v, lat_q, lat_k, lat_v, k: int, num_heads: int, scale: float, latent_mean: bool,
+                initial=None, initial_count: int = 0):
+    """(mix (B, T, D), last (3, B, k, D)); see the module docstring."""
+    dtype = m_q.dtype
+    compute = dtype if dtype in _REAL else torch.float32
+    B, T, D = m_q.shape
+    L = lat_q.shape[-2]
+    if D % num_heads:
+        raise ValueError(f"co4_mix_cpu: num_heads={num_heads} must divide D={D}")
+    if L + k > MAX_ROWS:
+        raise ValueError(f"co4_mix_cpu: latents + k = {L + k} rows exceed {MAX_ROWS}")
+    if lat_q.dim() == 4 and tuple(lat_q.shape) != (B, T, L, D) or lat_q.dim() == 2 and lat_q.shape[1] != D:
+        raise ValueError(f"co4_mix_cpu: latent rows must be (B, T, L, D) or (L, D), got {tuple(lat_q.shape)}")
+    m = [t.to(compute).contiguous() for t in (m_q, m_k, m_v)]
+    lat = [t.to(compute).contiguous() for t in (lat_q, lat_k, lat_v)]
+    initial = initial.detach().to(compute).contiguous() if initial is not None and initial_count else None
+    y, last = _Co4Mix.apply(*m, *lat, initial, initial_count if initial is not None else 0, k, num_heads,
+                            float(scale), bool(latent_mean))
+    return y.to(dtype), last.to(dtype)
+
+
+# ---- the latent rows that read the prefix (cpu_latent_kernel.c) ---------------------------------------------------
+LATENT_SOURCE = Path(__file__).with_name("cpu_latent_kernel.c")
+_LATENT_ARGS = [_p] * 3 + [_i] * 4 + [_p] * 16
+
+
+def _latent_library(dtype: torch.dtype):
+    lib = load(LATENT_SOURCE, REAL=_REAL[dtype])
+    if lib is not None and not hasattr(lib, "_typed"):
+        lib.co4_latent.argtypes, lib.co4_latent.restype = _LATENT_ARGS, ctypes.c_int
+        lib._typed = True
+    return lib
+
+
+def _latent_run(projected, weight, base, outputs=(None,) * 6, grads=(None,) * 6, d_p=None, d_w=None, d_base=None,
+                scratch=None):
+    B, T, W = projected.shape
+    code = _latent_library(projected.dtype).co4_latent(
+        _ptr(projected), _ptr(weight), _ptr(base), B, T, W // 3, weight.shape[-1], *map(_ptr, outputs),
+        *map(_ptr, grads), _ptr(d_p), _ptr(d_w), _ptr(d_base), _ptr(scratch))
+    if code:
+        raise RuntimeError("co4_latent kernel failed: out of memory")
+
+
+class _Co4Latent(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, projected, weight, base):
+        B, T, W = projected.shape
+        L, D = weight.shape[-1], W // 3
+        rows = [projected.new_empty(B, T, L, D) for _ in range(3)]
+        stats = [projected.new_empty(B, T, D) for _ in range(3)]
+        _latent_run(projected, weight, base, outputs=(*rows, *stats))
+        ctx.save_for_backward(projected, weight, base)
+        return (*rows, *stats)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        projected, weight, base = ctx.saved_tensors
+        B, T, W = projected.shape
+        L, D = weight.shape[-1], W // 3
+        # each group (the rows, the statistics) goes to the kernel whole, or not at all when none has a gradient
+        groups = []
+        for group, shape in ((grads[:3], (B, T, L, D)), (grads[3:], (B, T, D))):
+            if all(g is None for g in group):
+                groups += [None] * 3
+            else:
+                groups += [projected.new_zeros(shape) if g is None else g.to(projected.dtype).contiguous()
+                           for g in group]
+        d_p, d_w, d_base = torch.zeros_like(projected), torch.zeros_like(weight), torch.zeros_like(base)
+        _latent_run(projected, weight, base, grads=groups, d_p=d_p, d_w=d_w, d_base=d_base,
+                    scratch=projected.new_empty(T * L * (W + 1)))
+        return d_p, d_w, d_base
+
+
+def co4_latent_cpu(projected, weight, base):
+    """Co4's latent rows that read the prefix and the modulation's statistics, compiled; see cpu_latent_kernel.c.
+
+    projected (B, T, 3D) the tokens' q|k|v projections without the bias; weight (B, T, L) how much each latent reads
+    each token; base (L, 3D) the latent tokens' own q|k|v. Returns (lq, lk, lv (B, T, L, D) each: base plus the
+    weighted mean of the projections s <= t; mq, mk (B, T, D) the means over the latents of lq and lk; cv (B, T, D)
+    the mean of lq * lk * (1 + |lv|)), in projected's dtype (computed in weight's, float32 for 16-bit inputs)."""
+    dtype = projected.dtype
+    compute = weight.dtype if weight.dtype in _REAL else torch.float32
+    outputs = _Co4Latent.apply(projected.to(compute).contiguous(), weight.to(compute).contiguous(),
+                               base.to(compute).contiguous())
+    return tuple(t.to(dtype) for t in outputs)

@@ -1,0 +1,303 @@
+/* Co4's running top-k and its small attention, fused, on CPU: per token, the insertion of ops/co4/cpu_kernel.c
+ * into the three tables (M_Q, M_K, M_V), then per head the softmax attention over the L latent rows and the filled
+ * top-k rows, reading only what the block reads: each channel's output of the row of its own rank in M_V's table
+ * (0 when the token is not in it) plus, with ``latent_mean``, the output of the latent rows' mean attention weights.
+ * zoo/blocks/co4.py (``_running_topk`` then ``_attend``) is the definition; nothing of size (T, k, D) is stored.
+ *
+ * One entry point does both directions. Forward (dy == NULL): writes y (B, T, D) and the tables after the last
+ * token. Backward (dy != NULL): sweeps the tokens again (recomputing the tables and each token's attention; cheaper
+ * than storing them) and accumulates the gradients: each table row's gradient goes to the token that filled it
+ * (rows from the initial table get none: it is a cache, never differentiated), the latent rows' to d_lq/d_lk/d_lv.
+ *
+ * Layouts (C-contiguous, REAL is float or double, chosen at build time): m_q, m_k, m_v, y, dy, d_mq, d_mk, d_mv
+ * (B, T, D); latent rows lq, lk, lv (B, T, L, D) when lat_per_token, else (L, D) shared by every token, their
+ * gradients the same shape (written when per token; else accumulated, zero-filled by the caller, as are d_m*); initial (3, B, k, D) with initial_count filled
+ * rows or NULL; last (3, B, k, D) or NULL: the tables after the last token (rows past the count left as they are).
+ * Ranking as cpu_kernel.c: the value rounded to bfloat16, ties to the earlier entry.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef REAL
+#define REAL float
+#endif
+typedef REAL real;
+#define EXP(x) (sizeof(real) == sizeof(float) ? (real)expf((float)(x)) : (real)exp((double)(x)))
+
+static inline float bf16_round(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    bits = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+/* Insert token x (D values, source t) into a sorted table of `count` filled rows; see cpu_kernel.c. In the backward
+ * each entry carries the gradient gathered so far (grad, k x D, or NULL): it moves with the entry, and is paid to the
+ * entry's token (d_m, this batch row's (T, D) gradient) when the entry drops out of the table; the rest at the end. */
+static inline __attribute__((always_inline)) void insert(real *restrict val, float *restrict key,
+        int32_t *restrict src, real *restrict grad, real *restrict d_m, real *restrict spare, const real *restrict x,
+        const float *restrict x_key, int32_t new_src, int64_t count, int64_t k, int64_t D) {
+    if (grad && count == k) {  /* full: the last row's entry drops out where x ranks above it */
+        const float *restrict lkey = key + (k - 1) * D;
+        const int32_t *restrict lsrc = src + (k - 1) * D;
+        const real *restrict lgrad = grad + (k - 1) * D;
+        for (int64_t c = 0; c < D; c++) {  /* branchless (the outcome is data): the rest pay to a spare row */
+            const int pays = lkey[c] < x_key[c] && lsrc[c] >= 0;
+            real *to = pays ? d_m + lsrc[c] * D + c : spare + c;
+            *to += lgrad[c];
+        }
+    }
+    const int64_t last = count < k ? count : k - 1;
+    for (int64_t r = last; r >= 0; r--) {
+        real *restrict row = val + r * D;
+        float *restrict rkey = key + r * D;
+        int32_t *restrict rsrc = src + r * D;
+        const real *above = r > 0 ? row - D : x;
+        const float *above_key = r > 0 ? rkey - D : x_key;
+        const int32_t *above_src = r > 0 ? rsrc - D : rsrc;
+        const int filled = r < count, top_row = r == 0;
+        if (grad) {  /* the same moves, for the carried gradients (x enters with none) */
+            real *restrict rgrad = grad + r * D;
+            const real *above_grad = r > 0 ? rgrad - D : rgrad;
+            for (int64_t c = 0; c < D; c++) {
+                const int keep = filled && rkey[c] >= x_key[c];
+                const int take_x = top_row || above_key[c] >= x_key[c];
+                rgrad[c] = keep ? rgrad[c] : (take_x ? 0 : above_grad[c]);
+            }
+        }
+        for (int64_t c = 0; c < D; c++) {
+            const int keep = filled && rkey[c] >= x_key[c];
+            const int take_x = top_row || above_key[c] >= x_key[c];
+            const real moved = take_x ? x[c] : above[c];
+            const float moved_key = take_x ? x_key[c] : above_key[c];
+            const int32_t moved_src = take_x ? new_src : above_src[c];
+            rsrc[c] = keep ? rsrc[c] : moved_src;
+            row[c] = keep ? row[c] : moved;
+            rkey[c] = keep ? rkey[c] : moved_key;
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) real dot(const real *restrict a, const real *restrict b, int64_t n) {
+    real s = 0;
+    for (int64_t e = 0; e < n; e++) s += a[e] * b[e];
+    return s;
+}
+
+static inline __attribute__((always_inline)) void axpy(real *restrict out, real a, const real *restrict x, int64_t n) {
+    for (int64_t e = 0; e < n; e++) out[e] += a * x[e];
+}
+
+#define MIX_ARGS const real *m_q, const real *m_k, const real *m_v, const real *lq, const real *lk, const real *lv, \
+    int64_t lat_per_token, const real *initial, int64_t initial_count, int64_t B, int64_t T, int64_t D, int64_t L, \
+    int64_t k, int64_t H, double scale_d, int64_t latent_mean, real *y, real *last, const real *dy, real *d_mq, \
+    real *d_mk, real *d_mv, real *d_lq, real *d_lk, real *d_lv
+#define MIX_NAMES m_q, m_k, m_v, lq, lk, lv, lat_per_token, initial, initial_count, B, T, D, L, k, H, scale_d, \
+    latent_mean, y, last, dy, d_mq, d_mk, d_mv, d_lq, d_lk, d_lv
+
+/* the body, inlined once per common head size: with E a constant the short dot products and axpys unroll */
+static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_t E) {
+    const real scale = (real)scale_d;
+    const int64_t R = L + k, backward = dy != NULL;
+    const int64_t NP = (R + 15) & ~(int64_t)15;  /* weight rows padded to whole vectors: no scalar exp tail */
+    const real *m[3] = {m_q, m_k, m_v};
+    real *d_m[3] = {d_mq, d_mk, d_mv};
+    /* scratch: the three tables, the token's keys and ranks, per-head rows and their weights/gradients */
+    size_t bytes = 3 * k * D * (sizeof(real) + sizeof(float) + sizeof(int32_t)) + D * (sizeof(float) + sizeof(int64_t))
+                   + (size_t)(3 * k * D + 2 * R * NP + 8 * R * E + 2 * NP + D) * sizeof(real);
+    char *mem = malloc(bytes);
+    if (!mem) return 1;
+    /* int64 first, then reals, then 4-byte types: every part stays aligned */
+    int64_t *rank = (int64_t *)mem;
+    real *tval = (real *)(rank + D);
+    real *tgrad = tval + 3 * k * D;        /* (3, k, D) the gradient each table entry carries (backward) */
+    real *P = tgrad + 3 * k * D;           /* (R, NP) attention weights of the used query rows */
+    real *dP = P + R * NP;                 /* (R, NP) their gradients */
+    real *out = dP + R * NP;                /* (R, E) used rows' outputs (forward) */
+    real *dQ = out + R * E, *dK = dQ + R * E, *dV = dK + R * E;   /* (R, E) each */
+    real *gmask = dV + R * E;              /* (R, E): dy of the channels whose own row is this row */
+    real *Qh = gmask + R * E, *Kh = Qh + R * E, *Vh = Kh + R * E;  /* (R, E) one head's rows */
+    real *pbar = Vh + R * E;            /* (R) the latent rows' mean weights */
+    real *dpbar = pbar + NP;
+    real *spare = dpbar + NP;              /* (D) where evicted entries that pay nothing write */
+    float *tkey = (float *)(spare + D);
+    float *x_key = tkey + 3 * k * D;
+    int32_t *tsrc = (int32_t *)(x_key + D);
+    char used_rows[4096];
+    if (R > 4096) { free(mem); return 2; }
+
+    for (int64_t b = 0; b < B; b++) {
+        int64_t count = initial_count;
+        if (backward) memset(tgrad, 0, 3 * k * D * sizeof(real));
+        for (int s = 0; s < 3; s++) {
+            for (int64_t r = 0; r < count; r++) {
+                const real *row = initial + ((s * B + b) * k + r) * D;
+                memcpy(tval + (s * k + r) * D, row, D * sizeof(real));
+                for (int64_t c = 0; c < D; c++) {
+                    tkey[(s * k + r) * D + c] = bf16_round((float)row[c]);
+                    tsrc[(s * k + r) * D + c] = -1;  /* from the cache: no gradient */
+                }
+            }
+        }
+        for (int64_t t = 0; t < T; t++) {
+            for (int s = 0; s < 3; s++) {
+                const real *x = m[s] + (b * T + t) * D;
+                for (int64_t c = 0; c < D; c++) x_key[c] = bf16_round((float)x[c]);
+                if (s == 2) {  /* the token's own rank in M_V's table */
+                    for (int64_t c = 0; c < D; c++) rank[c] = 0;
+                    for (int64_t r = 0; r < count; r++)
+                        for (int64_t c = 0; c < D; c++) rank[c] += tkey[(s * k + r) * D + c] >= x_key[c];
+                    for (int64_t c = 0; c < D; c++) rank[c] = rank[c] < k ? rank[c] : k;
+                }
+                insert(tval + s * k * D, tkey + s * k * D, tsrc + s * k * D, backward ? tgrad + s * k * D : NULL,
+                       backward ? d_m[s] + b * T * D : NULL, spare, x, x_key, (int32_t)t, count, k, D);
+            }
+            count = count < k ? count + 1 : k;
+            const int64_t n = L + count;  /* rows: the latents, then the filled top-k rows */
+            const int64_t lat_off = lat_per_token ? (b * T + t) * L * D : 0;
+            const real *tok_dy = backward ? dy + (b * T + t) * D : NULL;
+            for (int64_t h = 0; h < H; h++) {
+                const int64_t c0 = h * E;
+                /* this head's rows, copied to contiguous (n, E) blocks: fixed strides keep the loops below simple
+                 * to vectorise (through row pointers GCC gathers across rows instead) */
+                for (int64_t i = 0; i < L; i++) {
+                    memcpy(Qh + i * E, lq + lat_off + i * D + c0, E * sizeof(real));
+                    memcpy(Kh + i * E, lk + lat_off + i * D + c0, E * sizeof(real));
+                    memcpy(Vh + i * E, lv + lat_off + i * D + c0, E * sizeof(real));
+                }
+                for (int64_t r = 0; r < count; r++) {
+                    memcpy(Qh + (L + r) * E, tval + (0 * k + r) * D + c0, E * sizeof(real));
+                    memcpy(Kh + (L + r) * E, tval + (1 * k + r) * D + c0, E * sizeof(real));
+                    memcpy(Vh + (L + r) * E, tval + (2 * k + r) * D + c0, E * sizeof(real));
+                }
+                /* query rows read: the latents (for their mean) and the rows some channel of this head ranks at */
+                for (int64_t i = 0; i < n; i++) used_rows[i] = i < L ? (char)latent_mean : 0;
+                for (int64_t e = 0; e < E; e++)
+                    if (rank[c0 + e] < k) used_rows[L + rank[c0 + e]] = 1;
+                for (int64_t i = 0; i < n; i++) {
+                    if (!used_rows[i]) continue;
+                    real *p = P + i * NP, top, sum = 0;
+                    for (int64_t j = 0; j < n; j++) p[j] = dot(Qh + i * E, Kh + j * E, E) * scale;
+                    top = p[0];  /* no infinities: built with -ffast-math */
+                    for (int64_t j = 1; j < n; j++) top = p[j] > top ? p[j] : top;
+                    for (int64_t j = n; j < NP; j++) p[j] = top;  /* padding, zeroed after the exp */
+                    for (int64_t j = 0; j < NP; j++) p[j] = EXP(p[j] - top);
+                    for (int64_t j = n; j < NP; j++) p[j] = 0;
+                    for (int64_t j = 0; j < NP; j++) sum += p[j];
+                    const real inv = 1 / sum;
+                    for (int64_t j = 0; j < NP; j++) p[j] *= inv;
+                }
+                if (latent_mean) {
+                    for (int64_t j = 0; j < NP; j++) pbar[j] = 0;
+                    for (int64_t i = 0; i < L; i++)
+                        for (int64_t j = 0; j < NP; j++) pbar[j] += P[i * NP + j];
+                    for (int64_t j = 0; j < NP; j++) pbar[j] *= (real)1 / (real)L;
+                }
+                if (!backward) {
+                    real *yt = y + (b * T + t) * D + c0;
+                    for (int64_t e = 0; e < E; e++) yt[e] = 0;
+                    for (int64_t i = L; i < n; i++) {
+                        if (!used_rows[i]) continue;
+                        real acc[E];
+                        for (int64_t e = 0; e < E; e++) acc[e] = 0;
+                        for (int64_t j = 0; j < n; j++) axpy(acc, P[i * NP + j], Vh + j * E, E);
+                        memcpy(out + i * E, acc, E * sizeof(real));
+                    }
+                    for (int64_t e = 0; e < E; e++)
+                        if (rank[c0 + e] < k) yt[e] = out[(L + rank[c0 + e]) * E + e];
+                    if (latent_mean) {
+                        real acc[E];
+                        for (int64_t e = 0; e < E; e++) acc[e] = 0;
+                        for (int64_t j = 0; j < n; j++) axpy(acc, pbar[j], Vh + j * E, E);
+                        for (int64_t e = 0; e < E; e++) yt[e] += acc[e];
+                    }
+                    continue;
+                }
+                /* backward of this head at this token */
+                const real *g = tok_dy + c0;
+                for (int64_t j = 0; j < n; j++) {
+                    memset(dQ + j * E, 0, E * sizeof(real));
+                    memset(dK + j * E, 0, E * sizeof(real));
+                    memset(dV + j * E, 0, E * sizeof(real));
+                }
+                for (int64_t i = L; i < n; i++) {
+                    if (!used_rows[i]) continue;
+                    real *gm = gmask + i * E;
+                    for (int64_t e = 0; e < E; e++) gm[e] = rank[c0 + e] == i - L ? g[e] : 0;
+                    for (int64_t j = 0; j < n; j++) {
+                        dP[i * NP + j] = dot(gm, Vh + j * E, E);
+                        axpy(dV + j * E, P[i * NP + j], gm, E);
+                    }
+                }
+                if (latent_mean) {
+                    for (int64_t j = 0; j < n; j++) {
+                        dpbar[j] = dot(g, Vh + j * E, E) / (real)L;
+                        axpy(dV + j * E, pbar[j], g, E);
+                    }
+                    for (int64_t i = 0; i < L; i++)
+                        for (int64_t j = 0; j < n; j++) dP[i * NP + j] = dpbar[j];
+                }
+                /* softmax backward, then the scores' gradients to the query and key rows */
+                for (int64_t i = 0; i < n; i++) {
+                    if (!used_rows[i]) continue;
+                    real *p = P + i * NP, *dp = dP + i * NP, s = 0;
+                    for (int64_t j = 0; j < n; j++) s += p[j] * dp[j];
+                    real acc[E];  /* in registers: accumulating in dQ itself would chain through memory */
+                    for (int64_t e = 0; e < E; e++) acc[e] = 0;
+                    for (int64_t j = 0; j < n; j++) {
+                        const real ds = p[j] * (dp[j] - s) * scale;
+                        axpy(acc, ds, Kh + j * E, E);
+                        axpy(dK + j * E, ds, Qh + i * E, E);
+                    }
+                    memcpy(dQ + i * E, acc, E * sizeof(real));
+                }
+                /* latent rows' gradients */
+                for (int64_t i = 0; i < L; i++) {
+                    const int64_t off = lat_off + i * D + c0;
+                    if (lat_per_token) {  /* each token's rows are visited once: written, no zero fill needed */
+                        memcpy(d_lq + off, dQ + i * E, E * sizeof(real));
+                        memcpy(d_lk + off, dK + i * E, E * sizeof(real));
+                        memcpy(d_lv + off, dV + i * E, E * sizeof(real));
+                        continue;
+                    }
+                    for (int64_t e = 0; e < E; e++) {
+                        d_lq[off + e] += dQ[i * E + e];
+                        d_lk[off + e] += dK[i * E + e];
+                        d_lv[off + e] += dV[i * E + e];
+                    }
+                }
+                /* table rows' gradients: carried by the entries until they leave (see insert) */
+                const real *grads[3] = {dQ, dK, dV};
+                for (int s = 0; s < 3; s++)
+                    for (int64_t r = 0; r < count; r++) {
+                        real *tg = tgrad + (s * k + r) * D + c0;
+                        const real *gr = grads[s] + (L + r) * E;
+                        for (int64_t e = 0; e < E; e++) tg[e] += gr[e];
+                    }
+            }
+        }
+        if (backward)  /* the entries still in the tables pay their gradients */
+            for (int s = 0; s < 3; s++)
+                for (int64_t i = 0; i < count * D; i++) {
+                    const int32_t src = tsrc[s * k * D + i];
+                    if (src >= 0) d_m[s][(b * T + src) * D + i % D] += tgrad[s * k * D + i];
+                }
+        if (last)
+            for (int s = 0; s < 3; s++)
+                memcpy(last + (s * B + b) * k * D, tval + s * k * D, count * D * sizeof(real));
+    }
+    free(mem);
+    return 0;
+}
+
+int co4_mix(MIX_ARGS) {
+    switch (D / H) {
+        case 16: return mix_body(MIX_NAMES, 16);
+        case 32: return mix_body(MIX_NAMES, 32);
+        case 64: return mix_body(MIX_NAMES, 64);
+        default: return mix_body(MIX_NAMES, D / H);
+    }
+}
