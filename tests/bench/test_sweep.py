@@ -121,24 +121,29 @@ def _start_and_kill(command, out):
     return parent, stderr, most_at_once
 
 
-@pytest.mark.xfail(strict=False, reason="KNOWN intermittent failure, open in issue 25: failed once in CI-like run on 6 Dec after the stop-signal rework (passed 8/8 alone)")
+# Runs of about 3 s each (the test preset's MQAR at 600 epochs): the kill lands while the first runs are being
+# written and others train. With the MQAR sweep's sub-second runs, on a loaded machine the whole sweep could end
+# before the test saw its first result, and the SIGTERM then met the report or a finished process.
+KILLED_SWEEP = ["recall", "--preset", "test", "--suite", "--task", "mqar", "--epochs", "600",
+                "--mixers", "attention,short_conv"]
+
+
 def test_a_killed_sweep_leaves_no_process_keeps_its_runs_and_resumes(tmp_path):
-    command = ["recall", "--preset", "test", "--mixers", "attention,short_conv", "--out", str(tmp_path),
-               "--workers", "2"]
+    command = [*KILLED_SWEEP, "--out", str(tmp_path), "--workers", "2"]
     parent, stderr, most_at_once = _start_and_kill(command, tmp_path)
     assert most_at_once >= 3, "the parent and its two workers, at once"
     assert parent.returncode == 143, stderr[-2000:]
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("stopped by SIGTERM") and "resume with: python -m zoo.bench recall" in last
+    assert last.startswith("stopped by SIGTERM: ") and "resume with: python -m zoo.bench recall" in last, last
     time.sleep(0.5)
     assert _session_processes(parent.pid) == [], "no worker survives its sweep"
     runs = tmp_path / "runs"
     kept = {p.name: p.read_text() for p in runs.glob("*.json")}
-    assert kept and not list(runs.glob("*.partial"))
+    assert 0 < len(kept) < 4 and not list(runs.glob("*.partial"))
 
     assert main(command[:-1] + ["1"]) == 0  # the resumed sweep trains only what is missing
-    summary = json.loads((tmp_path / "recall.json").read_text())
-    assert summary["runs_trained_now"] == 6 - len(kept) and len(summary["runs"]) == 6
+    summary = json.loads((tmp_path / "suite.json").read_text())
+    assert summary["runs_trained_now"] == 4 - len(kept) and len(summary["runs"]) == 4
     assert {name: (runs / name).read_text() for name in kept} == kept
 
 
