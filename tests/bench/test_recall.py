@@ -184,6 +184,7 @@ def test_the_lr_choice_does_not_read_test_metrics():
     for tests in ((0.0, 1.0), (1.0, 0.0), (float("nan"), float("nan"))):
         assert choose([lr_record(1e-3, 0.8, tests[0]), lr_record(1e-2, 0.3, tests[1])]) == chosen
     assert line_name("attention", {"window": 8}) == "sliding_window_attention" != line_name("attention", {})
+    assert line_name("co4", {"latent_mode": "static"}) == "co4_static" != line_name("co4", {"latent_mode": "prefix"})
 
 
 def test_frontier_is_the_running_best_over_state_size():

@@ -66,7 +66,10 @@ CPU = Preset(
         # 24, whose run files carry no latent_mode) are never read as the prefix mode's. Its CPU runs are the
         # slowest (~100-220 s each, one thread): two points keep the default list within 15 minutes on 2 cores
         "co4": [{"topk": 4, "latent_mode": "prefix", "d_models": [64]},
-                {"topk": 12, "latent_mode": "prefix", "d_models": [32]}],
+                {"topk": 12, "latent_mode": "prefix", "d_models": [32]},
+                # the static-latent ablation at the same points (its own line, co4_static)
+                {"topk": 4, "latent_mode": "static", "d_models": [64]},
+                {"topk": 12, "latent_mode": "static", "d_models": [32]}],
         # state H * head_dim^2 + d_model (token shift): 1088 and 4160 numbers at d_model 64
         "rwkv7": [{"head_dim": 16, "d_models": [64]}, {"head_dim": 64, "d_models": [64]}],
         # state d_model^2 / num_heads + the short convs' 9 * d_model; Gated DeltaNet's heads are d_model / num_heads
@@ -137,4 +140,6 @@ def line_name(mixer: str, knobs: dict) -> str:
     """The plot line a point belongs to: sliding-window attention is its own architecture, not attention."""
     if mixer == "attention" and knobs.get("window"):
         return "sliding_window_attention"
+    if mixer == "co4" and knobs.get("latent_mode") == "static":  # the ablation, not the block as built
+        return "co4_static"
     return mixer
