@@ -93,3 +93,39 @@ def why_unavailable(source: Path, **defines) -> str | None:
     load(source, **defines)
     found = _loaded[(str(source), tuple(sorted(defines.items())))]
     return found if isinstance(found, str) else None
+
+
+def pointer(tensor) -> int | None:
+    """A tensor's data address for a ctypes call; None (NULL in C) for an optional argument left out."""
+    return None if tensor is None else tensor.data_ptr()
+
+
+class NativeKernel:
+    """One C source, compiled at first use by ``load``, with its functions' ctypes signatures set once per library.
+
+    ``signatures`` maps each exported function's name to (argtypes, restype); ``defines`` are -D flags every build
+    of the source gets. ``library``, ``available`` and ``unavailable_reason`` take further defines for sources built
+    in several variants (a state size, a floating type): each variant is its own library, typed at its first load.
+    """
+
+    def __init__(self, source: Path, signatures: dict, **defines):
+        self.source, self.signatures, self.defines = Path(source), signatures, defines
+        self._typed: set = set()   # the variants (sorted defines) whose functions have their signatures
+
+    def library(self, **variant) -> ctypes.CDLL | None:
+        defines = {**self.defines, **variant}
+        lib = load(self.source, **defines)
+        key = tuple(sorted(defines.items()))
+        if lib is not None and key not in self._typed:
+            with _lock:   # typing twice is harmless, but a half-typed function must not be called
+                for name, (argtypes, restype) in self.signatures.items():
+                    function = getattr(lib, name)
+                    function.argtypes, function.restype = argtypes, restype
+                self._typed.add(key)
+        return lib
+
+    def available(self, **variant) -> bool:
+        return self.library(**variant) is not None
+
+    def unavailable_reason(self, **variant) -> str | None:
+        return why_unavailable(self.source, **{**self.defines, **variant})

@@ -10,3 +10,18 @@ def skip_or_fail_without_native(reason: str):
     if os.environ.get("ZOO_REQUIRE_NATIVE") == "1":
         pytest.fail(reason + "; ZOO_REQUIRE_NATIVE=1 requires it", pytrace=False)
     pytest.skip(reason, allow_module_level=True)
+
+
+def spy_on(monkeypatch, module, name: str) -> list:
+    """Wrap ``module.name`` (a kernel entry point) so that each call is recorded and then runs as before; returns
+    the records, one a call, each the call's keyword arguments: tests count them to see which backend reached the
+    kernel."""
+    calls = []
+    real = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls

@@ -18,34 +18,24 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ops._native import load, why_unavailable
+from ops._native import NativeKernel, pointer as _ptr
 from ops.causal_conv1d.reference import check_activation
 
 KERNEL_SOURCE = Path(__file__).with_name("cpu_kernel.c")
 _pointer, _size = ctypes.c_void_p, ctypes.c_int64
-_FORWARD_ARGS = [_pointer, _size, _size, _pointer, _pointer, _size, _pointer] + [_size] * 4
-_BACKWARD_ARGS = [_pointer, _size, _size, _pointer, _pointer, _size] + [_pointer] * 5 + [_size] * 4
-
-
-def _library():
-    lib = load(KERNEL_SOURCE)
-    if lib is not None and not hasattr(lib, "_typed"):
-        lib.causal_conv1d_forward.argtypes, lib.causal_conv1d_forward.restype = _FORWARD_ARGS, None
-        lib.causal_conv1d_backward.argtypes, lib.causal_conv1d_backward.restype = _BACKWARD_ARGS, None
-        lib._typed = True
-    return lib
+_KERNEL = NativeKernel(KERNEL_SOURCE, {
+    "causal_conv1d_forward": ([_pointer, _size, _size, _pointer, _pointer, _size, _pointer] + [_size] * 4, None),
+    "causal_conv1d_backward": ([_pointer, _size, _size, _pointer, _pointer, _size] + [_pointer] * 5 + [_size] * 4,
+                               None),
+})
 
 
 def available() -> bool:
-    return _library() is not None
+    return _KERNEL.available()
 
 
 def unavailable_reason() -> str | None:
-    return why_unavailable(KERNEL_SOURCE)
-
-
-def _ptr(t: torch.Tensor | None):
-    return None if t is None else t.data_ptr()
+    return _KERNEL.unavailable_reason()
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -64,8 +54,8 @@ class _Conv(torch.autograd.Function):
         rows = _rows(x)
         taps = weight.t().contiguous()
         out = x.new_empty(batch, length, dim)
-        _library().causal_conv1d_forward(_ptr(rows), rows.stride(0), rows.stride(1), _ptr(taps), _ptr(bias),
-                                         int(act), _ptr(out), batch, length, dim, width)
+        _KERNEL.library().causal_conv1d_forward(_ptr(rows), rows.stride(0), rows.stride(1), _ptr(taps), _ptr(bias),
+                                                int(act), _ptr(out), batch, length, dim, width)
         ctx.save_for_backward(rows, taps, bias)
         ctx.act = act
         return out.transpose(1, 2)
@@ -80,9 +70,9 @@ class _Conv(torch.autograd.Function):
         dx, d_taps = rows.new_empty(batch, length, dim), rows.new_empty(width, dim)
         d_bias = None if bias is None else rows.new_empty(dim)
         scratch = rows.new_empty(dim)  # named: a temporary would be freed before the kernel runs
-        _library().causal_conv1d_backward(_ptr(rows), rows.stride(0), rows.stride(1), _ptr(taps), _ptr(bias),
-                                          int(ctx.act), _ptr(g), _ptr(dx), _ptr(d_taps), _ptr(d_bias),
-                                          _ptr(scratch), batch, length, dim, width)
+        _KERNEL.library().causal_conv1d_backward(_ptr(rows), rows.stride(0), rows.stride(1), _ptr(taps), _ptr(bias),
+                                                 int(ctx.act), _ptr(g), _ptr(dx), _ptr(d_taps), _ptr(d_bias),
+                                                 _ptr(scratch), batch, length, dim, width)
         return dx.transpose(1, 2), d_taps.t(), d_bias, None
 
 

@@ -19,6 +19,10 @@
 
 static inline float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
 
+/* Tap k of output row t reads input row s = t - (W - 1) + k; the taps before this one would read s < 0 (the zeros
+ * before t = 0), so both passes start their tap loops here. */
+static inline int64_t first_tap(int64_t t, int64_t width) { return t >= width - 1 ? 0 : width - 1 - t; }
+
 /* pre for one output row t into row[0..dim) */
 static inline void pre_row(const float *restrict xb, int64_t x_st, const float *restrict w,
                            const float *restrict bias, float *restrict row, int64_t t, int64_t dim, int64_t width) {
@@ -26,10 +30,8 @@ static inline void pre_row(const float *restrict xb, int64_t x_st, const float *
         memcpy(row, bias, dim * sizeof(float));
     else
         memset(row, 0, dim * sizeof(float));
-    for (int64_t k = 0; k < width; k++) {
+    for (int64_t k = first_tap(t, width); k < width; k++) {
         const int64_t s = t - (width - 1) + k;
-        if (s < 0)
-            continue;
         const float *restrict xs = xb + s * x_st;
         const float *restrict wk = w + k * dim;
         for (int64_t d = 0; d < dim; d++)
@@ -76,10 +78,8 @@ void causal_conv1d_backward(const float *restrict x, int64_t x_sb, int64_t x_st,
             if (dbias)
                 for (int64_t d = 0; d < dim; d++)
                     dbias[d] += gp[d];
-            for (int64_t k = 0; k < width; k++) {
+            for (int64_t k = first_tap(t, width); k < width; k++) {
                 const int64_t s = t - (width - 1) + k;
-                if (s < 0)
-                    continue;
                 const float *restrict xs = xb + s * x_st;
                 const float *restrict wk = w + k * dim;
                 float *restrict dxs = dx + (b * length + s) * dim;

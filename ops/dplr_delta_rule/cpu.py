@@ -20,38 +20,37 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-from ops._native import load, why_unavailable
+from ops._native import NativeKernel, pointer as _ptr
 
 KERNEL_SOURCE = Path(__file__).with_name("cpu_kernel.c")
 CHUNK = 16        # steps between the forward's saved states: the backward recomputes (CHUNK + 1) * K * V numbers
-_REAL = {torch.float32: "float", torch.float64: "double"}
 _pointer, _size = ctypes.c_void_p, ctypes.c_int64
 _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0
 
 
+def _kernel(real: str, c_real) -> NativeKernel:
+    """The source built with REAL = float or double; the scale argument is passed in that type."""
+    return NativeKernel(KERNEL_SOURCE, {
+        "dplr_forward": ([_pointer] * 7 + [_size] * 5 + [c_real, _size] + [_pointer] * 4 + [_size] * 2, None),
+        "dplr_backward": ([_pointer] * 9 + [_size] * 5 + [c_real, _size] + [_pointer] * 8 + [_size] * 2, None),
+    }, REAL=real)
+
+
+_KERNELS = {torch.float32: _kernel("float", ctypes.c_float), torch.float64: _kernel("double", ctypes.c_double)}
+
+
 def _library(dtype: torch.dtype):
-    lib = load(KERNEL_SOURCE, REAL=_REAL[dtype])
-    if lib is not None and not hasattr(lib, "_typed"):
-        real = ctypes.c_float if dtype == torch.float32 else ctypes.c_double
-        lib.dplr_forward.argtypes = [_pointer] * 7 + [_size] * 5 + [real, _size] + [_pointer] * 4 + [_size] * 2
-        lib.dplr_backward.argtypes = [_pointer] * 9 + [_size] * 5 + [real, _size] + [_pointer] * 8 + [_size] * 2
-        lib.dplr_forward.restype = lib.dplr_backward.restype = None
-        lib._typed = True
-    return lib
+    return _KERNELS[dtype].library()
 
 
 def available() -> bool:
-    """Whether the compiled kernel runs here (both dtypes build from one source; float32 is asked)."""
-    return _library(torch.float32) is not None and _library(torch.float64) is not None
+    """Whether the compiled kernel runs here, in both dtypes (one source, a library for each)."""
+    return all(kernel.available() for kernel in _KERNELS.values())
 
 
 def unavailable_reason() -> str | None:
-    return why_unavailable(KERNEL_SOURCE, REAL="float") or why_unavailable(KERNEL_SOURCE, REAL="double")
-
-
-def _ptr(t: torch.Tensor | None):
-    return None if t is None else t.data_ptr()
+    return next(filter(None, (kernel.unavailable_reason() for kernel in _KERNELS.values())), None)
 
 
 def _run(fn, rows: int, work_numbers: int, dtype: torch.dtype, make_args):

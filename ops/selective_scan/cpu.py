@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-from ops._native import load, why_unavailable
+from ops._native import NativeKernel, pointer as _ptr
 from ops.selective_scan.restarts import restart_flags
 
 KERNEL_SOURCE = Path(__file__).with_name("cpu_kernel.c")
@@ -35,32 +35,27 @@ _pool: ThreadPoolExecutor | None = None
 _pool_pid = 0
 _pointer = ctypes.c_void_p
 _size = ctypes.c_int64
-_FORWARD_ARGS = [_pointer] * 5 + [_size] * 8 + [_pointer, _size] + [_pointer] * 7 + [_size] * 4
-_BACKWARD_ARGS = [_pointer] * 5 + [_size] * 8 + [_pointer, _size] + [_pointer] * 15 + [_size] * 4
+# one library per state size (NSTATE sizes the kernel's register arrays), all with these signatures
+_KERNEL = NativeKernel(KERNEL_SOURCE, {
+    "selective_scan_forward": ([_pointer] * 5 + [_size] * 8 + [_pointer, _size] + [_pointer] * 7 + [_size] * 4, None),
+    "selective_scan_backward": ([_pointer] * 5 + [_size] * 8 + [_pointer, _size] + [_pointer] * 15 + [_size] * 4,
+                                None),
+}, CHUNK=CHUNK)
 
 
 def _kernels(n_state: int):
-    lib = load(KERNEL_SOURCE, NSTATE=n_state, CHUNK=CHUNK)
-    if lib is not None and not hasattr(lib, "_typed"):
-        lib.selective_scan_forward.argtypes, lib.selective_scan_forward.restype = _FORWARD_ARGS, None
-        lib.selective_scan_backward.argtypes, lib.selective_scan_backward.restype = _BACKWARD_ARGS, None
-        lib._typed = True
-    return lib
+    return _KERNEL.library(NSTATE=n_state)
 
 
 def available(n_state: int = 16) -> bool:
     """Whether the compiled kernel runs here for state size ``n_state``."""
-    return 1 <= n_state <= MAX_STATE and _kernels(n_state) is not None
+    return 1 <= n_state <= MAX_STATE and _KERNEL.available(NSTATE=n_state)
 
 
 def unavailable_reason(n_state: int = 16) -> str | None:
     if not 1 <= n_state <= MAX_STATE:
         return f"state size N={n_state} is outside 1..{MAX_STATE}"
-    return why_unavailable(KERNEL_SOURCE, NSTATE=n_state, CHUNK=CHUNK)
-
-
-def _ptr(t: torch.Tensor | None):
-    return None if t is None else t.data_ptr()
+    return _KERNEL.unavailable_reason(NSTATE=n_state)
 
 
 def _bc_layout(X: torch.Tensor, dim: int) -> tuple:

@@ -17,34 +17,21 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-from ops._native import load, why_unavailable
+from ops._native import NativeKernel, pointer as _ptr
 from ops.ssd.reference import NO_LIMIT, ssd_chunked
 
 KERNEL_SOURCE = Path(__file__).with_name("cpu_kernel.c")
 _pointer, _size = ctypes.c_void_p, ctypes.c_int64
-_FORWARD_ARGS = [_pointer] * 5 + [_size] * 4
-_BACKWARD_ARGS = [_pointer] * 8 + [_size] * 4
-
-
-def _library():
-    lib = load(KERNEL_SOURCE)
-    if lib is not None and not hasattr(lib, "_typed"):
-        lib.ssd_scores_forward.argtypes, lib.ssd_scores_forward.restype = _FORWARD_ARGS, None
-        lib.ssd_scores_backward.argtypes, lib.ssd_scores_backward.restype = _BACKWARD_ARGS, None
-        lib._typed = True
-    return lib
+_KERNEL = NativeKernel(KERNEL_SOURCE, {"ssd_scores_forward": ([_pointer] * 5 + [_size] * 4, None),
+                                       "ssd_scores_backward": ([_pointer] * 8 + [_size] * 4, None)})
 
 
 def available() -> bool:
-    return _library() is not None
+    return _KERNEL.available()
 
 
 def unavailable_reason() -> str | None:
-    return why_unavailable(KERNEL_SOURCE)
-
-
-def _ptr(t: torch.Tensor | None):
-    return None if t is None else t.data_ptr()
+    return _KERNEL.unavailable_reason()
 
 
 class _Scores(torch.autograd.Function):
@@ -55,7 +42,8 @@ class _Scores(torch.autograd.Function):
         b, c, g, r, Q = log_decay.shape
         CB, log_decay, dts = CB.contiguous(), log_decay.contiguous(), dts.contiguous()
         out = CB.new_empty(b, c, g, r, Q, Q)
-        _library().ssd_scores_forward(_ptr(CB), _ptr(log_decay), _ptr(dts), _ptr(keep), _ptr(out), b * c, g, r, Q)
+        _KERNEL.library().ssd_scores_forward(_ptr(CB), _ptr(log_decay), _ptr(dts), _ptr(keep), _ptr(out),
+                                             b * c, g, r, Q)
         ctx.save_for_backward(CB, log_decay, dts, keep)
         return out
 
@@ -66,8 +54,8 @@ class _Scores(torch.autograd.Function):
         b, c, g, r, Q = log_decay.shape
         d_out = d_out.contiguous()
         d_CB, d_log_decay, d_dts = torch.empty_like(CB), torch.empty_like(log_decay), torch.empty_like(dts)
-        _library().ssd_scores_backward(_ptr(CB), _ptr(log_decay), _ptr(dts), _ptr(keep), _ptr(d_out), _ptr(d_CB),
-                                       _ptr(d_log_decay), _ptr(d_dts), b * c, g, r, Q)
+        _KERNEL.library().ssd_scores_backward(_ptr(CB), _ptr(log_decay), _ptr(dts), _ptr(keep), _ptr(d_out),
+                                              _ptr(d_CB), _ptr(d_log_decay), _ptr(d_dts), b * c, g, r, Q)
         return d_CB, d_log_decay, d_dts, None
 
 

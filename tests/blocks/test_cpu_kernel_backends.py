@@ -7,7 +7,7 @@ import torch
 
 from ops.dplr_delta_rule import cpu as dplr_cpu
 from tests.blocks.backend_parity import assert_backend_matches_reference
-from tests.native import skip_or_fail_without_native
+from tests.native import skip_or_fail_without_native, spy_on
 from zoo.blocks.registry import build_mixer
 
 if not dplr_cpu.available():  # a skip elsewhere; CI sets ZOO_REQUIRE_NATIVE=1, so there a missing compiler fails
@@ -20,9 +20,7 @@ CASES = [("gla", {"num_heads": 2}, "state"), ("deltanet", {"num_heads": 2}, "rec
 
 @pytest.mark.parametrize("name, knobs, state_key", CASES, ids=[c[0] for c in CASES])
 def test_auto_on_cpu_runs_the_kernel_and_matches_the_reference(name, knobs, state_key, monkeypatch):
-    calls = []
-    real = dplr_cpu.dplr_delta_rule_cpu
-    monkeypatch.setattr(dplr_cpu, "dplr_delta_rule_cpu", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    calls = spy_on(monkeypatch, dplr_cpu, "dplr_delta_rule_cpu")
     torch.manual_seed(0)
     reference = build_mixer(name, 32, backend="reference", **knobs)
     auto = build_mixer(name, 32, backend="auto", **knobs)

@@ -6,6 +6,7 @@ import torch
 
 from ops.testing import assert_close
 from tests.blocks.backend_parity import assert_backend_matches_reference
+from tests.native import spy_on
 from zoo.blocks.mamba2 import Mamba2
 
 
@@ -49,9 +50,7 @@ def test_auto_on_cpu_takes_the_compiled_ssd_and_reference_does_not(monkeypatch):
     cpu = importlib.import_module("ops.ssd.cpu")
     if not cpu.available():
         pytest.skip(f"the CPU SSD kernel is unavailable: {cpu.unavailable_reason()}")
-    calls = []
-    original = cpu.ssd_cpu
-    monkeypatch.setattr(cpu, "ssd_cpu", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    calls = spy_on(monkeypatch, cpu, "ssd_cpu")
     x = torch.randn(2, 9, 32)
     outputs, calls_after = [], []
     for backend in ("auto", "reference"):

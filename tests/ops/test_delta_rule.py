@@ -42,34 +42,71 @@ def make_inputs(B=2, T=11, H=2, K=4, V=3, dtype=torch.float64, beta_range=(0.0, 
     return [x.to(dtype) for x in (q, k, v, g, beta, h0)]
 
 
-def run(gated: bool, q, k, v, g, beta, **kwargs):
+def run(gated: bool, q, k, v, g, beta, backend="reference", **kwargs):
+    """ops.gated_delta_rule, or ops.delta_rule (g unused) when not ``gated``."""
     if gated:
-        return ops.gated_delta_rule(q, k, v, g, beta, backend="reference", **kwargs)
-    return ops.delta_rule(q, k, v, beta, backend="reference", **kwargs)
+        return ops.gated_delta_rule(q, k, v, g, beta, backend=backend, **kwargs)
+    return ops.delta_rule(q, k, v, beta, backend=backend, **kwargs)
 
 
 GATED = pytest.mark.parametrize("gated", [False, True], ids=["delta_rule", "gated_delta_rule"])
+NAMES = ("q", "k", "v", "g", "beta", "initial_state")
+
+
+def compare(gated, inputs, seq_idx=None, scale=None, dtype=torch.float64, **options):
+    """``run`` (with ``options``: the backend, a chunk size) against the loop: output, final state, and every
+    input's gradient under random weights of both (the delta rule's g gets none)."""
+    q, k, v, g, beta, h0 = inputs
+    leaves = [x.clone().requires_grad_() for x in (q, k, v, g, beta, h0)]
+    o, final = run(gated, *leaves[:5], initial_state=leaves[5], output_final_state=True, seq_idx=seq_idx,
+                   scale=scale, **options)
+    o_ref, final_ref = loop(*leaves[:3], leaves[3] if gated else None, leaves[4],
+                            q.shape[-1] ** -0.5 if scale is None else scale, leaves[5], seq_idx)
+    assert_close("output", o, o_ref, dtype)
+    assert_close("final state", final, final_ref, dtype)
+    gen = torch.Generator().manual_seed(5)
+    up_o, up_s = torch.randn(o.shape, generator=gen).double(), torch.randn(final.shape, generator=gen).double()
+    grads = torch.autograd.grad((o * up_o).sum() + (final * up_s).sum(), leaves, allow_unused=True)
+    grads_ref = torch.autograd.grad((o_ref * up_o).sum() + (final_ref * up_s).sum(), leaves, allow_unused=True)
+    for name, grad, grad_ref in zip(NAMES, grads, grads_ref):
+        if name == "g" and not gated:
+            assert grad is None and grad_ref is None
+            continue
+        assert_close(f"grad of {name}", grad, grad_ref, dtype)
+
+
+def strong_decay_inputs():
+    inputs = make_inputs(T=40, decay=30.0)
+    inputs[3][:, 17] = -200.0  # exp(-200): the state before position 17 is gone
+    return inputs
+
+
+def assert_float32_gradients_finite(inputs, backend):
+    leaves = [x.clone().float().requires_grad_() for x in inputs]
+    o, final = run(True, *leaves[:5], initial_state=leaves[5], output_final_state=True, backend=backend)
+    (o.sum() + final.sum()).backward()
+    assert all(torch.isfinite(x.grad).all() for x in leaves)
+
+
+def check_low_precision(gated, dtype, **options):
+    """``run`` (with ``options``) on inputs rounded to ``dtype``: output in dtype, state in float32, finite
+    gradients, and both within dtype's bound of the float64 loop."""
+    q, k, v, g, beta, h0 = make_inputs(T=33, beta_range=(0.0, 2.0))
+    o_ref, final_ref = loop(q, k, v, g if gated else None, beta, 4 ** -0.5, h0)
+    leaves = [x.to(dtype).requires_grad_() for x in (q, k, v, g, beta, h0)]
+    o, final = run(gated, *leaves[:5], initial_state=leaves[5], output_final_state=True, **options)
+    assert o.dtype == dtype and final.dtype == torch.float32
+    (o.float().sum() + final.sum()).backward()
+    assert all(torch.isfinite(x.grad).all() for x in (leaves if gated else leaves[:3] + leaves[4:]))
+    # the inputs were rounded to dtype, so the bound is the dtype's (bf16 inputs: ~1e-2 relative each)
+    assert_close("output", o.float(), o_ref, dtype, scale=2.0)
+    assert_close("final state", final, final_ref, dtype, scale=2.0)
 
 
 @GATED
 @pytest.mark.parametrize("T,chunk_size", [(11, 4), (16, 16), (7, 64), (9, 1)])
 def test_outputs_state_and_every_gradient_match_the_loop(gated, T, chunk_size):
-    q, k, v, g, beta, h0 = make_inputs(T=T, beta_range=(0.0, 2.0))
-    leaves = [x.clone().requires_grad_() for x in (q, k, v, g, beta, h0)]
-    o, final = run(gated, *leaves[:5], initial_state=leaves[5], output_final_state=True, chunk_size=chunk_size,
-                   scale=0.7)
-    o_ref, final_ref = loop(*leaves[:2], leaves[2], leaves[3] if gated else None, leaves[4], 0.7, leaves[5])
-    assert_close("output", o, o_ref, torch.float64)
-    assert_close("final state", final, final_ref, torch.float64)
-    gen = torch.Generator().manual_seed(5)
-    up_o, up_s = torch.randn(o.shape, generator=gen).double(), torch.randn(final.shape, generator=gen).double()
-    grads = torch.autograd.grad((o * up_o).sum() + (final * up_s).sum(), leaves, allow_unused=True)
-    grads_ref = torch.autograd.grad((o_ref * up_o).sum() + (final_ref * up_s).sum(), leaves, allow_unused=True)
-    for name, grad, grad_ref in zip(("q", "k", "v", "g", "beta", "initial_state"), grads, grads_ref):
-        if name == "g" and not gated:
-            assert grad is None and grad_ref is None
-            continue
-        assert_close(f"grad of {name}", grad, grad_ref, torch.float64)
+    compare(gated, make_inputs(T=T, beta_range=(0.0, 2.0)), scale=0.7, chunk_size=chunk_size)
 
 
 @GATED
@@ -84,7 +121,7 @@ def test_packed_rows_restart_the_state_at_each_document(gated):
     assert_close("final state", final, final_ref, torch.float64)
     grads = torch.autograd.grad(o.sum() + final.sum(), leaves, allow_unused=True)
     grads_ref = torch.autograd.grad(o_ref.sum() + final_ref.sum(), leaves, allow_unused=True)
-    for name, grad, grad_ref in zip(("q", "k", "v", "g", "beta", "initial_state"), grads, grads_ref):
+    for name, grad, grad_ref in zip(NAMES, grads, grads_ref):
         if grad_ref is not None:
             assert_close(f"grad of {name}", grad, grad_ref, torch.float64)
     # the first row's initial state reaches only its first document (positions 0..3)
@@ -102,31 +139,19 @@ def test_beta_near_zero_and_near_two(gated, beta_range):
 
 
 def test_strong_decays_forget_and_stay_finite():
-    q, k, v, g, beta, h0 = make_inputs(T=40, decay=30.0)
-    g[:, 17] = -200.0  # exp(-200): the state before position 17 is gone
+    inputs = strong_decay_inputs()
+    q, k, v, g, beta, h0 = inputs
     o, final = run(True, q, k, v, g, beta, initial_state=h0, output_final_state=True, chunk_size=16)
     o_ref, final_ref = loop(q, k, v, g, beta, 4 ** -0.5, h0)
     assert_close("output", o, o_ref, torch.float64)
     assert_close("final state", final, final_ref, torch.float64)
-    leaves = [x.clone().float().requires_grad_() for x in (q, k, v, g, beta, h0)]
-    o32, final32 = run(True, *leaves[:5], initial_state=leaves[5], output_final_state=True)
-    (o32.sum() + final32.sum()).backward()
-    assert all(torch.isfinite(x.grad).all() for x in leaves)
+    assert_float32_gradients_finite(inputs, backend="reference")
 
 
 @GATED
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_low_precision_inputs_are_finite_and_close(gated, dtype):
-    q, k, v, g, beta, h0 = make_inputs(T=33, beta_range=(0.0, 2.0))
-    o_ref, final_ref = loop(q, k, v, g if gated else None, beta, 4 ** -0.5, h0)
-    leaves = [x.to(dtype).requires_grad_() for x in (q, k, v, g, beta, h0)]
-    o, final = run(gated, *leaves[:5], initial_state=leaves[5], output_final_state=True, chunk_size=16)
-    assert o.dtype == dtype and final.dtype == torch.float32
-    (o.float().sum() + final.sum()).backward()
-    assert all(torch.isfinite(x.grad).all() for x in (leaves if gated else leaves[:3] + leaves[4:]))
-    # the inputs were rounded to dtype, so the bound is the dtype's (bf16 inputs: ~1e-2 relative each)
-    assert_close("output", o.float(), o_ref, dtype, scale=2.0)
-    assert_close("final state", final, final_ref, dtype, scale=2.0)
+    check_low_precision(gated, dtype, chunk_size=16)
 
 
 @GATED

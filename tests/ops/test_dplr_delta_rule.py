@@ -8,7 +8,7 @@ import ops
 from ops.dplr_delta_rule.reference import dplr_delta_rule_chunked, dplr_delta_rule_step
 from ops.testing import assert_close, packed_seq_idx
 from tests.helpers import dplr_inputs
-from tests.peers.grads import outputs_and_grads
+from tests.peers.grads import assert_same_outputs_and_grads, outputs_and_grads
 
 NAMES = ("q", "k", "v", "a", "b", "gk")
 
@@ -33,10 +33,32 @@ def loop(q, k, v, a, b, gk, scale=None, initial_state=None, output_final_state=F
 def compare(inputs, grad_out, got_fn, dtype=torch.float64, **options):
     want = outputs_and_grads(lambda **kw: loop(**kw, output_final_state=True, **options), inputs, grad_out)
     got = outputs_and_grads(lambda **kw: got_fn(**kw, output_final_state=True, **options), inputs, grad_out)
-    for name, actual, expected in zip(("o", "final state"), got[0], want[0], strict=True):
-        assert_close(name, actual, expected, dtype)
-    for name in want[1]:
-        assert_close(f"grad {name}", got[1][name], want[1][name], dtype)
+    assert_same_outputs_and_grads(got, want, ("o", "final state"), dtype)
+
+
+def check_packed_documents(got_fn):
+    inputs, grad_out = dplr_inputs(B=2, T=21, seed=2)
+    seq_idx = packed_seq_idx(21, [5, 6, 13], [20])  # a one-token document, and one at the very end
+    compare(inputs, grad_out, got_fn, seq_idx=seq_idx)
+
+
+def check_strong_decays(got_fn):
+    """gk down to -60 per step."""
+    inputs, grad_out = dplr_inputs(T=37, decay=60.0, seed=3)
+    compare(inputs, grad_out, got_fn)
+
+
+def check_low_precision(got_fn, dtype, decay):
+    """``got_fn`` on inputs in ``dtype``: o in dtype, the state in float32, finite gradients in dtype, o and the
+    state within dtype's bound of the float64 loop."""
+    inputs, grad_out = dplr_inputs(T=50, decay=decay, seed=5, dtype=dtype)
+    got = outputs_and_grads(lambda **kw: got_fn(**kw, output_final_state=True), inputs, grad_out)
+    assert got[0][0].dtype == dtype and got[0][1].dtype == torch.float32, "o in the inputs' dtype, state in fp32"
+    for name, grad in got[1].items():
+        assert grad.dtype == dtype and torch.isfinite(grad).all(), f"grad {name}: {grad.dtype}, or not finite"
+    want = loop(**{n: x.double() for n, x in inputs.items()}, output_final_state=True)
+    assert_close("o", got[0][0].float(), want[0], dtype)
+    assert_close("final state", got[0][1], want[1], dtype)
 
 
 @pytest.mark.parametrize("T", [1, 7, 19, 40])
@@ -54,15 +76,12 @@ def test_public_op_matches_the_loop(scale, initial_state):
 
 
 def test_packed_documents_restart_the_state():
-    inputs, grad_out = dplr_inputs(B=2, T=21, seed=2)
-    seq_idx = packed_seq_idx(21, [5, 6, 13], [20])  # a one-token document, and one at the very end
-    compare(inputs, grad_out, lambda **kw: ops.dplr_delta_rule(**kw, backend="reference"), seq_idx=seq_idx)
+    check_packed_documents(lambda **kw: ops.dplr_delta_rule(**kw, backend="reference"))
 
 
 def test_strong_decays_stay_finite_and_exact():
     """gk down to -60 per step: exp(-G) over a chunk would overflow, so the reference takes pairwise differences."""
-    inputs, grad_out = dplr_inputs(T=37, decay=60.0, seed=3)
-    compare(inputs, grad_out, lambda **kw: dplr_delta_rule_chunked(**kw, chunk_size=16))
+    check_strong_decays(lambda **kw: dplr_delta_rule_chunked(**kw, chunk_size=16))
 
 
 def test_one_step_function_matches_the_loop():
@@ -80,15 +99,7 @@ def test_one_step_function_matches_the_loop():
 @pytest.mark.parametrize("decay", [0.6, 30.0])  # RWKV-7's range (factored decays), and strong (pairwise form)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_low_precision_inputs_are_finite_and_close(dtype, decay):
-    inputs, grad_out = dplr_inputs(T=50, decay=decay, seed=5, dtype=dtype)
-    got = outputs_and_grads(
-        lambda **kw: ops.dplr_delta_rule(**kw, output_final_state=True, backend="reference"), inputs, grad_out)
-    assert got[0][0].dtype == dtype and got[0][1].dtype == torch.float32, "o in the inputs' dtype, state in fp32"
-    for name, grad in got[1].items():
-        assert torch.isfinite(grad).all(), f"grad {name} is not finite"
-    want = loop(**{n: x.double() for n, x in inputs.items()}, output_final_state=True)
-    assert_close("o", got[0][0].float(), want[0], dtype)
-    assert_close("final state", got[0][1], want[1], dtype)
+    check_low_precision(lambda **kw: ops.dplr_delta_rule(**kw, backend="reference"), dtype, decay)
 
 
 @pytest.mark.parametrize("bad, message", [

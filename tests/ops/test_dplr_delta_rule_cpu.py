@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import ops
-from ops.testing import assert_close, packed_seq_idx
+from ops.testing import assert_close
 from tests.helpers import dplr_inputs
-from tests.native import skip_or_fail_without_native
-from tests.ops.test_dplr_delta_rule import compare, loop
-from tests.peers.grads import outputs_and_grads
+from tests.native import skip_or_fail_without_native, spy_on
+from tests.ops.test_dplr_delta_rule import (check_low_precision, check_packed_documents, check_strong_decays, compare,
+                                            loop)
 
 cpu = importlib.import_module("ops.dplr_delta_rule.cpu")
 
@@ -41,15 +41,12 @@ def test_auto_on_cpu_matches_the_loop(scale):
 
 
 def test_packed_documents_restart_the_state():
-    inputs, grad_out = dplr_inputs(B=2, T=21, seed=2)
-    seq_idx = packed_seq_idx(21, [5, 6, 13], [20])  # a one-token document, and one at the very end
-    compare(inputs, grad_out, lambda **kw: ops.dplr_delta_rule(**kw, backend="auto"), seq_idx=seq_idx)
+    check_packed_documents(lambda **kw: ops.dplr_delta_rule(**kw, backend="auto"))
 
 
 def test_strong_decays_stay_exact():
     """gk down to -60 per step: the kernel multiplies by exp(gk) one step at a time, nothing to overflow."""
-    inputs, grad_out = dplr_inputs(T=37, decay=60.0, seed=3)
-    compare(inputs, grad_out, cpu.dplr_delta_rule_cpu)
+    check_strong_decays(cpu.dplr_delta_rule_cpu)
 
 
 def test_rows_split_across_threads(monkeypatch):
@@ -61,14 +58,7 @@ def test_rows_split_across_threads(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_low_precision_inputs_run_in_float32(dtype):
-    inputs, grad_out = dplr_inputs(T=50, decay=0.6, seed=5, dtype=dtype)
-    got = outputs_and_grads(lambda **kw: cpu.dplr_delta_rule_cpu(**kw, output_final_state=True), inputs, grad_out)
-    assert got[0][0].dtype == dtype and got[0][1].dtype == torch.float32, "o in the inputs' dtype, state in fp32"
-    for name, grad in got[1].items():
-        assert grad.dtype == dtype and torch.isfinite(grad).all(), f"grad {name}: {grad.dtype}, or not finite"
-    want = loop(**{n: x.double() for n, x in inputs.items()}, output_final_state=True)
-    assert_close("o", got[0][0].float(), want[0], dtype)
-    assert_close("final state", got[0][1], want[1], dtype)
+    check_low_precision(cpu.dplr_delta_rule_cpu, dtype, decay=0.6)
 
 
 def test_without_gradients_the_same_outputs():
@@ -83,15 +73,13 @@ def test_without_gradients_the_same_outputs():
 
 def test_auto_takes_the_kernel_and_falls_back_to_the_reference(monkeypatch):
     inputs, _ = dplr_inputs(T=5, seed=7)
-    calls = []
-    real = cpu.dplr_delta_rule_cpu
-    monkeypatch.setattr(cpu, "dplr_delta_rule_cpu", lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    calls = spy_on(monkeypatch, cpu, "dplr_delta_rule_cpu")
     o, _ = ops.dplr_delta_rule(**inputs, backend="auto")
-    assert calls == [1]
+    assert len(calls) == 1
     ops.dplr_delta_rule(**inputs, backend="reference")
-    assert calls == [1], "backend='reference' must run the reference"
+    assert len(calls) == 1, "backend='reference' must run the reference"
     monkeypatch.setenv("ZOO_NATIVE", "0")  # no compiled code: auto is the reference again
     assert not cpu.available() and "ZOO_NATIVE=0" in cpu.unavailable_reason()
     fallback, _ = ops.dplr_delta_rule(**inputs, backend="auto")
-    assert calls == [1]
+    assert len(calls) == 1
     assert_close("o (fallback)", fallback, o, torch.float64)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import ops
 from ops.ssd.reference import ssd_step
 from ops.testing import assert_close, packed_seq_idx
-from tests.peers.grads import outputs_and_grads
+from tests.peers.grads import assert_same_outputs_and_grads, outputs_and_grads
 
 
 def per_step_loop(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=(0.0, math.inf),
@@ -78,24 +78,47 @@ def _case_id(case):
     return f"L{length}-Q{chunk}-g{groups}-" + ("+".join(options) or "plain")
 
 
+def case_inputs(case, dtype):
+    """A CASES entry's inputs in ``dtype``, its flags, and the output gradient (float32: cast where it is used)."""
+    length, chunk, groups, options = case
+    inputs, flags = make_inputs(length=length, g=groups, options=options)
+    grad_out = torch.randn(inputs["x"].shape, generator=torch.Generator().manual_seed(5))
+    return {k: v.to(dtype) for k, v in inputs.items()}, flags, grad_out
+
+
+def loop_results(inputs, flags, grad_out, outputs=2):
+    """``outputs_and_grads`` of the per-step loop on these inputs in float64, its first ``outputs`` of (y, final)."""
+    return outputs_and_grads(lambda **kw: per_step_loop(**kw, **flags)[:outputs],
+                             {k: v.double() for k, v in inputs.items()}, grad_out.double())
+
+
+def check_strong_decays(ssd_fn):
+    """exp(dt A) underflows to 0 within a step: no inf - inf, no 0 * inf, in values or gradients. ``ssd_fn``
+    takes ops.ssd's keywords."""
+    inputs, flags = make_inputs(length=40, options=("initial_states", "seq_idx", "dt_softplus"), decay_scale=1e4)
+    inputs["dt"] = inputs["dt"] * 20
+    grad_out = torch.randn(inputs["x"].shape, generator=torch.Generator().manual_seed(1))
+    got = outputs_and_grads(lambda **kw: ssd_fn(**kw, chunk_size=16, return_final_states=True, **flags), inputs,
+                            grad_out)
+    (y_want, final_want), grads_want = loop_results(inputs, flags, grad_out)
+    for name, grad in got[1].items():
+        assert torch.isfinite(grad).all(), f"grad {name} is not finite"
+    # the outputs, and of the gradients x's (all of them are finite, checked above)
+    assert_same_outputs_and_grads(got, ((y_want, final_want), {"x": grads_want["x"]}), ("y", "final state"))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_outputs_final_state_and_every_gradient_match_the_per_step_loop(case, dtype):
-    length, chunk, groups, options = case
-    inputs, flags = make_inputs(length=length, g=groups, options=options)
-    inputs = {k: v.to(dtype) for k, v in inputs.items()}
-    grad_out = torch.randn(inputs["x"].shape, generator=torch.Generator().manual_seed(5))
-    (y, final), grads = outputs_and_grads(
-        lambda **kw: ops.ssd(**kw, chunk_size=chunk, return_final_states=True, backend="reference", **flags),
+    inputs, flags, grad_out = case_inputs(case, dtype)
+    got = outputs_and_grads(
+        lambda **kw: ops.ssd(**kw, chunk_size=case[1], return_final_states=True, backend="reference", **flags),
         inputs, grad_out.to(dtype))
-    (y_want, final_want), grads_want = outputs_and_grads(
-        lambda **kw: per_step_loop(**kw, **flags), {k: v.double() for k, v in inputs.items()}, grad_out.double())
+    (y, final), grads = got
     assert y.dtype == dtype and final.dtype == torch.float32
-    assert_close("y", y.float(), y_want, dtype)
-    assert_close("final state", final, final_want, dtype)
-    for name, grad in grads_want.items():
-        assert grads[name].dtype == dtype
-        assert_close(f"grad {name}", grads[name].float(), grad, dtype, scale=2.0)
+    assert all(grad.dtype == dtype for grad in grads.values())
+    assert_same_outputs_and_grads(got, loop_results(inputs, flags, grad_out), ("y", "final state"), dtype,
+                                  grad_scale=2.0)
 
 
 def test_the_result_does_not_depend_on_the_chunk_size():
@@ -108,19 +131,7 @@ def test_the_result_does_not_depend_on_the_chunk_size():
 
 
 def test_strong_decays_stay_finite_and_exact():
-    """exp(dt A) underflows to 0 within a step: no inf - inf, no 0 * inf, in values or gradients."""
-    inputs, flags = make_inputs(length=40, options=("initial_states", "seq_idx", "dt_softplus"), decay_scale=1e4)
-    inputs["dt"] = inputs["dt"] * 20
-    grad_out = torch.randn(inputs["x"].shape, generator=torch.Generator().manual_seed(1))
-    (y, final), grads = outputs_and_grads(
-        lambda **kw: ops.ssd(**kw, chunk_size=16, return_final_states=True, **flags), inputs, grad_out)
-    (y_want, final_want), grads_want = outputs_and_grads(
-        lambda **kw: per_step_loop(**kw, **flags), {k: v.double() for k, v in inputs.items()}, grad_out.double())
-    assert_close("y", y, y_want, torch.float32)
-    assert_close("final state", final, final_want, torch.float32)
-    for name, grad in grads.items():
-        assert torch.isfinite(grad).all(), f"grad {name} is not finite"
-    assert_close("grad x", grads["x"], grads_want["x"], torch.float32)
+    check_strong_decays(ops.ssd)
 
 
 def test_decode_steps_continue_a_prefill():

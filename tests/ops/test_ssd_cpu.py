@@ -9,10 +9,10 @@ import torch
 
 import ops
 from ops.ssd.reference import chunk_scores, ssd_chunked
-from ops.testing import assert_close, assert_close_everywhere
-from tests.native import skip_or_fail_without_native
-from tests.ops.test_ssd import ALL, CASES, _case_id, make_inputs, per_step_loop
-from tests.peers.grads import outputs_and_grads
+from ops.testing import assert_close_everywhere
+from tests.native import skip_or_fail_without_native, spy_on
+from tests.ops.test_ssd import ALL, CASES, _case_id, case_inputs, check_strong_decays, loop_results, make_inputs
+from tests.peers.grads import assert_same_outputs_and_grads, outputs_and_grads
 
 cpu = importlib.import_module("ops.ssd.cpu")
 
@@ -27,31 +27,20 @@ COMPILED_CASES = CASES + [(64, 64, 1, ("D", "dt_bias", "dt_softplus"))]
 @pytest.mark.parametrize("case", COMPILED_CASES, ids=_case_id)
 def test_compiled_matches_the_per_step_loop_and_the_reference(case, dtype):
     length, chunk, groups, options = case
-    inputs, flags = make_inputs(length=length, g=groups, options=options)
-    inputs = {k: v.to(dtype) for k, v in inputs.items()}
-    grad_out = torch.randn(inputs["x"].shape, generator=torch.Generator().manual_seed(5)).to(dtype)
-    one_chunk = length <= chunk and "initial_states" not in options
+    inputs, flags, grad_out = case_inputs(case, dtype)
+    grad_out = grad_out.to(dtype)
     # the one-chunk shortcut returns no state: ask for one only where the state passes run anyway
-    (y, *final), grads = outputs_and_grads(
-        lambda **kw: cpu.ssd_cpu(**kw, chunk_size=chunk, return_final_states=not one_chunk, **flags), inputs, grad_out)
-    (y_ref, *final_ref), grads_ref = outputs_and_grads(
-        lambda **kw: ssd_chunked(**kw, chunk_size=chunk, return_final_states=not one_chunk, **flags), inputs,
-        grad_out)
-    (y_want, *final_want), grads_want = outputs_and_grads(
-        lambda **kw: per_step_loop(**kw, **flags)[:1 if one_chunk else 2], {k: v.double() for k, v in inputs.items()},
-        grad_out.double())
-    assert y.dtype == dtype
-    assert_close("y", y.float(), y_want, dtype)
-    assert_close("y against the reference", y.float(), y_ref.float(), dtype)
-    if final:
-        assert final[0].dtype == torch.float32
-        assert_close("final state", final[0], final_want[0], dtype)
-        assert_close("final state against the reference", final[0], final_ref[0], dtype)
-    for name, grad in grads_want.items():
-        assert grads[name].dtype == dtype
-        assert_close(f"grad {name}", grads[name].float(), grad, dtype, scale=2.0)
-        assert_close(f"grad {name} against the reference", grads[name].float(), grads_ref[name].float(), dtype,
-                     scale=2.0)
+    one_chunk = length <= chunk and "initial_states" not in options
+    names = ("y",) if one_chunk else ("y", "final state")
+    got, ref = (outputs_and_grads(lambda **kw: ssd_fn(**kw, chunk_size=chunk, return_final_states=not one_chunk,
+                                                      **flags), inputs, grad_out)
+                for ssd_fn in (cpu.ssd_cpu, ssd_chunked))
+    (y, *final), grads = got
+    assert y.dtype == dtype and all(grad.dtype == dtype for grad in grads.values())
+    assert all(state.dtype == torch.float32 for state in final)
+    assert_same_outputs_and_grads(got, loop_results(inputs, flags, grad_out, len(names)), names, dtype,
+                                  grad_scale=2.0)
+    assert_same_outputs_and_grads(got, ref, names, dtype, grad_scale=2.0, against=" against the reference")
 
 
 @pytest.mark.parametrize("with_documents", [False, True])
@@ -78,30 +67,17 @@ def test_weights_and_their_gradients_match_chunk_scores(with_documents):
 
 
 def test_strong_decays_stay_finite():
-    """exp(dt A) underflows to 0 within a step: no inf - inf, no 0 * inf, in values or gradients."""
-    inputs, flags = make_inputs(length=40, options=("initial_states", "seq_idx", "dt_softplus"), decay_scale=1e4)
-    inputs["dt"] = inputs["dt"] * 20
-    grad_out = torch.randn(inputs["x"].shape, generator=torch.Generator().manual_seed(1))
-    (y, final), grads = outputs_and_grads(
-        lambda **kw: cpu.ssd_cpu(**kw, chunk_size=16, return_final_states=True, **flags), inputs, grad_out)
-    (y_want, final_want), grads_want = outputs_and_grads(
-        lambda **kw: per_step_loop(**kw, **flags), {k: v.double() for k, v in inputs.items()}, grad_out.double())
-    assert_close("y", y, y_want, torch.float32)
-    assert_close("final state", final, final_want, torch.float32)
-    for name, grad in grads.items():
-        assert torch.isfinite(grad).all(), f"grad {name} is not finite"
-    assert_close("grad x", grads["x"], grads_want["x"], torch.float32)
+    check_strong_decays(cpu.ssd_cpu)
 
 
 def test_auto_picks_it_on_cpu_and_not_for_float64(monkeypatch):
-    calls = []
     original = cpu.ssd_cpu
-    monkeypatch.setattr(cpu, "ssd_cpu", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    calls = spy_on(monkeypatch, cpu, "ssd_cpu")
     inputs, flags = make_inputs(length=9, options=ALL)
     ops.ssd(**inputs, chunk_size=4, **flags)
-    assert calls == [1]
+    assert len(calls) == 1
     ops.ssd(**{k: v.double() for k, v in inputs.items()}, chunk_size=4, **flags)
     ops.ssd(**inputs, chunk_size=4, backend="reference", **flags)
-    assert calls == [1]
+    assert len(calls) == 1
     with pytest.raises(ValueError, match="float64"):
         original(**{k: v.double() for k, v in inputs.items()}, chunk_size=4, **flags)

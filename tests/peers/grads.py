@@ -21,14 +21,16 @@ def outputs_and_grads(fn, inputs: dict, grad_out: torch.Tensor):
     return tuple(o.detach() if o is not None else None for o in outputs), {n: v.grad for n, v in leaves.items()}
 
 
-def assert_same_outputs_and_grads(got, want, output_names: tuple[str, ...]):
-    """Compare two ``outputs_and_grads`` results (ours, the peer's) at float32 tolerance: each named output and
-    the gradient of every input."""
+def assert_same_outputs_and_grads(got, want, output_names: tuple[str, ...], dtype: torch.dtype = torch.float32,
+                                  grad_scale: float = 1.0, against: str = ""):
+    """Compare two ``outputs_and_grads`` results (ours, the expected one): each named output at ``dtype``'s
+    tolerance (``assert_close``), and the gradient of every input in the expected result at ``grad_scale`` times it
+    (a test leaves out an input's gradient by deleting it from ``want``); ``against`` is added to each name."""
     (outputs, grads), (want_outputs, want_grads) = got, want
     for name, actual, expected in zip(output_names, outputs, want_outputs, strict=True):
-        assert_close(name, actual, expected, torch.float32)
+        assert_close(name + against, actual, expected, dtype)
     for name in want_grads:
-        assert_close(f"grad {name}", grads[name], want_grads[name], torch.float32)
+        assert_close(f"grad {name}{against}", grads[name], want_grads[name], dtype, scale=grad_scale)
 
 
 def assert_modules_agree(theirs, mine, x: torch.Tensor, grad_out: torch.Tensor, theirs_again, unwrap=lambda y: y):
