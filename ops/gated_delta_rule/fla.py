@@ -1,7 +1,5 @@
 """fla's kernels for the (gated) delta rule: ``chunk_*`` for training and prefill, ``fused_recurrent_*`` for
 one-token decoding. fla is imported here only, inside the functions (it is optional)."""
-import torch
-
 from ops.packing import cu_seqlens_from_seq_idx
 
 
