@@ -57,9 +57,11 @@ int co4_latent(const real *P, const real *w, const real *base, int64_t B, int64_
                 const real *q = row, *k = row + D, *v = row + 2 * D;
                 const int64_t off = (bt * L + l) * D;
                 if (!backward) {
-                    memcpy(lq + off, q, D * sizeof(real));
-                    memcpy(lk + off, k, D * sizeof(real));
-                    memcpy(lv + off, v, D * sizeof(real));
+                    if (lq) {  /* NULL: the statistics only (the mix kernel then makes the rows itself) */
+                        memcpy(lq + off, q, D * sizeof(real));
+                        memcpy(lk + off, k, D * sizeof(real));
+                        memcpy(lv + off, v, D * sizeof(real));
+                    }
                     for (int64_t c = 0; c < D; c++) {
                         o_mq[c] += q[c];
                         o_mk[c] += k[c];

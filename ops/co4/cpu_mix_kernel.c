@@ -15,6 +15,7 @@
  * rows or NULL; last (3, B, k, D) or NULL: the tables after the last token (rows past the count left as they are).
  * Ranking as cpu_kernel.c: the value rounded to bfloat16, ties to the earlier entry.
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@
 #define REAL float
 #endif
 typedef REAL real;
+#define TINY (sizeof(real) == sizeof(float) ? (real)FLT_MIN : (real)DBL_MIN)
 #define EXP(x) (sizeof(real) == sizeof(float) ? (real)expf((float)(x)) : (real)exp((double)(x)))
 
 static inline float bf16_round(float x) {
@@ -94,9 +96,10 @@ static inline __attribute__((always_inline)) void axpy(real *restrict out, real 
 #define MIX_ARGS const real *m_q, const real *m_k, const real *m_v, const real *lq, const real *lk, const real *lv, \
     int64_t lat_per_token, const real *initial, int64_t initial_count, int64_t B, int64_t T, int64_t D, int64_t L, \
     int64_t k, int64_t H, double scale_d, int64_t latent_mean, real *y, real *last, const real *dy, real *d_mq, \
-    real *d_mk, real *d_mv, real *d_lq, real *d_lk, real *d_lv
+    real *d_mk, real *d_mv, real *d_lq, real *d_lk, real *d_lv, const real *lat_p, const real *lat_w, \
+    const real *lat_base, real *d_p, real *d_w, real *d_base
 #define MIX_NAMES m_q, m_k, m_v, lq, lk, lv, lat_per_token, initial, initial_count, B, T, D, L, k, H, scale_d, \
-    latent_mean, y, last, dy, d_mq, d_mk, d_mv, d_lq, d_lk, d_lv
+    latent_mean, y, last, dy, d_mq, d_mk, d_mv, d_lq, d_lk, d_lv, lat_p, lat_w, lat_base, d_p, d_w, d_base
 
 /* the body, inlined once per common head size: with E a constant the short dot products and axpys unroll */
 static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_t E) {
@@ -128,10 +131,21 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
     int32_t *tsrc = (int32_t *)(x_key + D);
     char used_rows[4096];
     if (R > 4096) { free(mem); return 2; }
+    /* prefix latents (lat_p != NULL): each batch row's running sums S (L, 3D), N (L) give the rows of every token
+     * here (as cpu_latent_kernel.c), so no (B, T, L, D) rows are stored or read; the backward then also runs that
+     * kernel's backward for the rows' gradients (see there): dS, dN per token in `scratch`, then a reverse sweep */
+    const int64_t prefix = lat_p != NULL, W = 3 * D;
+    real *S = NULL, *N = NULL, *lrows = NULL, *G = NULL, *inv = NULL, *scratch = NULL;
+    if (prefix) {
+        S = malloc((size_t)(3 * L * W + 2 * L + (backward ? T * L * (W + 1) : 0)) * sizeof(real));
+        if (!S) { free(mem); return 1; }
+        N = S + L * W, lrows = N + L, G = lrows + L * W, inv = G + L * W, scratch = inv + L;
+    }
 
     for (int64_t b = 0; b < B; b++) {
         int64_t count = initial_count;
         if (backward) memset(tgrad, 0, 3 * k * D * sizeof(real));
+        if (prefix) memset(S, 0, (size_t)(L * W + L) * sizeof(real));
         for (int s = 0; s < 3; s++) {
             for (int64_t r = 0; r < count; r++) {
                 const real *row = initial + ((s * B + b) * k + r) * D;
@@ -159,14 +173,29 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
             const int64_t n = L + count;  /* rows: the latents, then the filled top-k rows */
             const int64_t lat_off = lat_per_token ? (b * T + t) * L * D : 0;
             const real *tok_dy = backward ? dy + (b * T + t) * D : NULL;
+            const real *lat_rows[3] = {lq + lat_off, lk + lat_off, lv + lat_off};  /* row i at + i * lat_stride */
+            int64_t lat_stride = D;
+            if (prefix) {
+                const real *pt = lat_p + (b * T + t) * W, *wt = lat_w + (b * T + t) * L;
+                for (int64_t l = 0; l < L; l++) {
+                    real *sl = S + l * W, *row = lrows + l * W;
+                    const real *bl = lat_base + l * W;
+                    for (int64_t c = 0; c < W; c++) sl[c] += wt[l] * pt[c];
+                    N[l] += wt[l];
+                    inv[l] = (real)1 / (N[l] < TINY ? TINY : N[l]);
+                    for (int64_t c = 0; c < W; c++) row[c] = bl[c] + sl[c] * inv[l];
+                }
+                for (int s = 0; s < 3; s++) lat_rows[s] = lrows + s * D;
+                lat_stride = W;
+            }
             for (int64_t h = 0; h < H; h++) {
                 const int64_t c0 = h * E;
                 /* this head's rows, copied to contiguous (n, E) blocks: fixed strides keep the loops below simple
                  * to vectorise (through row pointers GCC gathers across rows instead) */
                 for (int64_t i = 0; i < L; i++) {
-                    memcpy(Qh + i * E, lq + lat_off + i * D + c0, E * sizeof(real));
-                    memcpy(Kh + i * E, lk + lat_off + i * D + c0, E * sizeof(real));
-                    memcpy(Vh + i * E, lv + lat_off + i * D + c0, E * sizeof(real));
+                    memcpy(Qh + i * E, lat_rows[0] + i * lat_stride + c0, E * sizeof(real));
+                    memcpy(Kh + i * E, lat_rows[1] + i * lat_stride + c0, E * sizeof(real));
+                    memcpy(Vh + i * E, lat_rows[2] + i * lat_stride + c0, E * sizeof(real));
                 }
                 for (int64_t r = 0; r < count; r++) {
                     memcpy(Qh + (L + r) * E, tval + (0 * k + r) * D + c0, E * sizeof(real));
@@ -257,6 +286,12 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
                 /* latent rows' gradients */
                 for (int64_t i = 0; i < L; i++) {
                     const int64_t off = lat_off + i * D + c0;
+                    if (prefix) {  /* the row's gradient, for the sweeps below */
+                        memcpy(G + i * W + c0, dQ + i * E, E * sizeof(real));
+                        memcpy(G + i * W + D + c0, dK + i * E, E * sizeof(real));
+                        memcpy(G + i * W + 2 * D + c0, dV + i * E, E * sizeof(real));
+                        continue;
+                    }
                     if (lat_per_token) {  /* each token's rows are visited once: written, no zero fill needed */
                         memcpy(d_lq + off, dQ + i * E, E * sizeof(real));
                         memcpy(d_lk + off, dK + i * E, E * sizeof(real));
@@ -278,6 +313,36 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
                         for (int64_t e = 0; e < E; e++) tg[e] += gr[e];
                     }
             }
+            if (prefix && backward)  /* the rows' gradients G: d base, and dS = G / N, dN = -G . S / N^2 */
+                for (int64_t l = 0; l < L; l++) {
+                    const real *gl = G + l * W, *sl = S + l * W;
+                    real *dS = scratch + (t * L + l) * (W + 1), *db = d_base + l * W, gs = 0;
+                    for (int64_t c = 0; c < W; c++) {
+                        db[c] += gl[c];
+                        dS[c] = gl[c] * inv[l];
+                        gs += gl[c] * sl[c];
+                    }
+                    dS[W] = N[l] < TINY ? 0 : -gs * inv[l] * inv[l];
+                }
+        }
+        if (prefix && backward) {  /* reverse sweep: R_l = sum over t' >= t of dS_l[t'] (in lrows), and of dN (in N) */
+            memset(lrows, 0, (size_t)(L * W) * sizeof(real));
+            memset(N, 0, (size_t)L * sizeof(real));
+            for (int64_t t = T - 1; t >= 0; t--) {
+                const real *pt = lat_p + (b * T + t) * W, *wt = lat_w + (b * T + t) * L;
+                real *dp = d_p + (b * T + t) * W, *dw = d_w + (b * T + t) * L;
+                for (int64_t l = 0; l < L; l++) {
+                    real *r = lrows + l * W, dot = 0;
+                    const real *dS = scratch + (t * L + l) * (W + 1);
+                    for (int64_t c = 0; c < W; c++) {
+                        r[c] += dS[c];
+                        dp[c] += wt[l] * r[c];
+                        dot += r[c] * pt[c];
+                    }
+                    N[l] += dS[W];
+                    dw[l] = dot + N[l];
+                }
+            }
         }
         if (backward)  /* the entries still in the tables pay their gradients */
             for (int s = 0; s < 3; s++)
@@ -290,6 +355,7 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
                 memcpy(last + (s * B + b) * k * D, tval + s * k * D, count * D * sizeof(real));
     }
     free(mem);
+    free(S);
     return 0;
 }
 
