@@ -5,7 +5,9 @@ returns (mix, last): mix (B, T, D) is the attention part of Co4's output (each c
 own rank in the top-k of M_V, 0 where the token is not in it, plus the latent rows' mean output when
 ``latent_mean``); last (3, B, k, D) the tables of M_Q, M_K, M_V after the last token, -inf in unfilled rows.
 m_* (B, T, D); lat_* (B, T, L, D) rows per token, or (L, D) shared by all; initial (3, B, k, D) with
-``initial_count`` filled rows (a decoding cache: it gets no gradient), or None. zoo/blocks/co4.py's PyTorch path
+``initial_count`` filled rows (a decoding cache: it gets no gradient), or None; with ``prefix=True`` the latent
+arguments are instead co4_latent_cpu's inputs and the kernel makes the rows that read the prefix itself, from each
+batch row's running sums, so no (B, T, L, D) rows or gradients exist. zoo/blocks/co4.py's PyTorch path
 (ops.running_topk, then ``Co4._attend``) is the definition it is tested against.
 
 Why fused: the PyTorch path materialises the (B, T, k, D) top-k rows of three streams, the (B, T, H, L + k, E)

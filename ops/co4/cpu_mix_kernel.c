@@ -13,6 +13,9 @@
  * (B, T, D); latent rows lq, lk, lv (B, T, L, D) when lat_per_token, else (L, D) shared by every token, their
  * gradients the same shape (written when per token; else accumulated, zero-filled by the caller, as are d_m*); initial (3, B, k, D) with initial_count filled
  * rows or NULL; last (3, B, k, D) or NULL: the tables after the last token (rows past the count left as they are).
+ * Prefix latents instead (lat_p != NULL; lq, lk, lv unused): lat_p (B, T, 3D) the tokens' projections without the
+ * bias, lat_w (B, T, L) the read weights, lat_base (L, 3D) the latent tokens' q|k|v, as cpu_latent_kernel.c takes
+ * them; their gradients d_p, d_w, d_base alike, zero-filled by the caller.
  * Ranking as cpu_kernel.c: the value rounded to bfloat16, ties to the earlier entry.
  */
 #include <float.h>

@@ -25,7 +25,7 @@ over tokens and its CLS latent) and what ours. In one line per step, for the tok
 The running top-k of the whole sequence is one op call, ``ops.running_topk``: the Triton kernel on a GPU;
 ``backend="reference"`` (and "auto" where no kernel runs) counts ranks chunk by chunk in PyTorch (``chunk_size``
 tokens; see ``running_topk_indices``). On CPU "auto" runs steps 2-6 compiled (ops/co4/cpu_mix.py: the prefix
-latents' rows and statistics in one sweep, then the top-k and the small attention fused per token), the same
+latents' statistics in one sweep, then the latent rows, the top-k and the small attention fused per token), the same
 values as the PyTorch path without its (B, T, L, D) and (B, T, k, D) tensors. The small attention then runs in
 pieces of at least ``chunk_size`` tokens, as many as fit ``ATTENTION_SCORES`` numbers. Decoding keeps the three
 (k, d_model) top-k tables and the latents' running sums: O(1) per token. tests/blocks/co4_reference.py is the
