@@ -43,16 +43,21 @@ static inline float bf16_round(float x) {
  * each entry carries the gradient gathered so far (grad, k x D, or NULL): it moves with the entry, and is paid to the
  * entry's token (d_m, this batch row's (T, D) gradient) when the entry drops out of the table; the rest at the end. */
 static inline __attribute__((always_inline)) void insert(real *restrict val, float *restrict key,
-        int32_t *restrict src, real *restrict grad, real *restrict d_m, real *restrict spare, const real *restrict x,
+        int32_t *restrict src, real *restrict grad, real *restrict d_m, const real *restrict x,
         const float *restrict x_key, int32_t new_src, int64_t count, int64_t k, int64_t D) {
     if (grad && count == k) {  /* full: the last row's entry drops out where x ranks above it */
         const float *restrict lkey = key + (k - 1) * D;
         const int32_t *restrict lsrc = src + (k - 1) * D;
         const real *restrict lgrad = grad + (k - 1) * D;
-        for (int64_t c = 0; c < D; c++) {  /* branchless (the outcome is data): the rest pay to a spare row */
-            const int pays = lkey[c] < x_key[c] && lsrc[c] >= 0;
-            real *to = pays ? d_m + lsrc[c] * D + c : spare + c;
-            *to += lgrad[c];
+        for (int64_t c0 = 0; c0 < D; c0 += 64) {  /* the paying channels as bits, then one add per set bit */
+            const int64_t m = D - c0 < 64 ? D - c0 : 64;
+            uint64_t bits = 0;
+            for (int64_t c = 0; c < m; c++)
+                bits |= (uint64_t)(lkey[c0 + c] < x_key[c0 + c] && lsrc[c0 + c] >= 0) << c;
+            for (; bits; bits &= bits - 1) {
+                const int64_t c = c0 + __builtin_ctzll(bits);
+                d_m[lsrc[c] * D + c] += lgrad[c];
+            }
         }
     }
     const int64_t last = count < k ? count : k - 1;
@@ -139,7 +144,7 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
     real *d_m[3] = {d_mq, d_mk, d_mv};
     /* scratch: the three tables, the token's keys and ranks, per-head rows and their weights/gradients */
     size_t bytes = 3 * k * D * (sizeof(real) + sizeof(float) + sizeof(int32_t)) + D * (sizeof(float) + sizeof(int64_t))
-                   + (size_t)(3 * k * D + 2 * R * NP + 8 * R * E + 2 * NP + D) * sizeof(real);
+                   + (size_t)(3 * k * D + 2 * R * NP + 8 * R * E + 2 * NP) * sizeof(real);
     char *mem = malloc(bytes);
     if (!mem) return 1;
     /* int64 first, then reals, then 4-byte types: every part stays aligned */
@@ -154,8 +159,7 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
     real *Qh = gmask + R * E, *Kh = Qh + R * E, *Vh = Kh + R * E;  /* (R, E) one head's rows */
     real *pbar = Vh + R * E;            /* (R) the latent rows' mean weights */
     real *dpbar = pbar + NP;
-    real *spare = dpbar + NP;              /* (D) where evicted entries that pay nothing write */
-    float *tkey = (float *)(spare + D);
+    float *tkey = (float *)(dpbar + NP);
     float *x_key = tkey + 3 * k * D;
     int32_t *tsrc = (int32_t *)(x_key + D);
     char used_rows[4096];
@@ -196,7 +200,7 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
                     for (int64_t c = 0; c < D; c++) rank[c] = rank[c] < k ? rank[c] : k;
                 }
                 insert(tval + s * k * D, tkey + s * k * D, tsrc + s * k * D, backward ? tgrad + s * k * D : NULL,
-                       backward ? d_m[s] + b * T * D : NULL, spare, x, x_key, (int32_t)t, count, k, D);
+                       backward ? d_m[s] + b * T * D : NULL, x, x_key, (int32_t)t, count, k, D);
             }
             count = count < k ? count + 1 : k;
             const int64_t n = L + count;  /* rows: the latents, then the filled top-k rows */
