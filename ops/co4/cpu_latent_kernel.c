@@ -27,6 +27,21 @@
 typedef REAL real;
 #define TINY (sizeof(real) == sizeof(float) ? (real)FLT_MIN : (real)DBL_MIN)
 
+/* the statistics' gradients added to one latent row's (gq, gk, gv: its q, k, v parts); a function of its own so
+ * that restrict tells the compiler the pointers do not overlap (else it needs more run-time overlap tests than it
+ * allows, and runs the loop scalar) */
+static inline __attribute__((always_inline)) void add_stats_grad(real *restrict gq, real *restrict gk,
+        real *restrict gv, const real *restrict q, const real *restrict k, const real *restrict v,
+        const real *restrict d_mq, const real *restrict d_mk, const real *restrict d_cv, real inv_L, int64_t D) {
+    for (int64_t c = 0; c < D; c++) {
+        const real g = d_cv[c] * inv_L, mag = 1 + fabs(v[c]);
+        const real sign = v[c] > 0 ? 1 : (v[c] < 0 ? -1 : 0);
+        gq[c] += d_mq[c] * inv_L + g * k[c] * mag;
+        gk[c] += d_mk[c] * inv_L + g * q[c] * mag;
+        gv[c] += g * q[c] * k[c] * sign;
+    }
+}
+
 int co4_latent(const real *P, const real *w, const real *base, int64_t B, int64_t T, int64_t D, int64_t L,
                 real *lq, real *lk, real *lv, real *mq, real *mk, real *cv,
                 const real *d_lq, const real *d_lk, const real *d_lv, const real *d_mq, const real *d_mk,
@@ -57,9 +72,11 @@ int co4_latent(const real *P, const real *w, const real *base, int64_t B, int64_
                 const real *q = row, *k = row + D, *v = row + 2 * D;
                 const int64_t off = (bt * L + l) * D;
                 if (!backward) {
-                    memcpy(lq + off, q, D * sizeof(real));
-                    memcpy(lk + off, k, D * sizeof(real));
-                    memcpy(lv + off, v, D * sizeof(real));
+                    if (lq) {  /* NULL: the statistics only (the mix kernel then makes the rows itself) */
+                        memcpy(lq + off, q, D * sizeof(real));
+                        memcpy(lk + off, k, D * sizeof(real));
+                        memcpy(lv + off, v, D * sizeof(real));
+                    }
                     for (int64_t c = 0; c < D; c++) {
                         o_mq[c] += q[c];
                         o_mk[c] += k[c];
@@ -75,13 +92,8 @@ int co4_latent(const real *P, const real *w, const real *base, int64_t B, int64_
                         G[2 * D + c] = d_lv[off + c];
                     }
                 if (d_mq)
-                    for (int64_t c = 0; c < D; c++) {
-                        const real g = d_cv[bt * D + c] * inv_L, mag = 1 + fabs(v[c]);
-                        const real sign = v[c] > 0 ? 1 : (v[c] < 0 ? -1 : 0);
-                        G[c] += d_mq[bt * D + c] * inv_L + g * k[c] * mag;
-                        G[D + c] += d_mk[bt * D + c] * inv_L + g * q[c] * mag;
-                        G[2 * D + c] += g * q[c] * k[c] * sign;
-                    }
+                    add_stats_grad(G, G + D, G + 2 * D, q, k, v, d_mq + bt * D, d_mk + bt * D, d_cv + bt * D,
+                                   inv_L, D);
                 real *dS = scratch + (t * L + l) * (W + 1), gs = 0;
                 real *db = d_base + l * W;
                 for (int64_t c = 0; c < W; c++) {

@@ -5,7 +5,9 @@ returns (mix, last): mix (B, T, D) is the attention part of Co4's output (each c
 own rank in the top-k of M_V, 0 where the token is not in it, plus the latent rows' mean output when
 ``latent_mean``); last (3, B, k, D) the tables of M_Q, M_K, M_V after the last token, -inf in unfilled rows.
 m_* (B, T, D); lat_* (B, T, L, D) rows per token, or (L, D) shared by all; initial (3, B, k, D) with
-``initial_count`` filled rows (a decoding cache: it gets no gradient), or None. zoo/blocks/co4.py's PyTorch path
+``initial_count`` filled rows (a decoding cache: it gets no gradient), or None; with ``prefix=True`` the latent
+arguments are instead co4_latent_cpu's inputs and the kernel makes the rows that read the prefix itself, from each
+batch row's running sums, so no (B, T, L, D) rows or gradients exist. zoo/blocks/co4.py's PyTorch path
 (ops.running_topk, then ``Co4._attend``) is the definition it is tested against.
 
 Why fused: the PyTorch path materialises the (B, T, k, D) top-k rows of three streams, the (B, T, H, L + k, E)
@@ -26,7 +28,7 @@ KERNEL_SOURCE = Path(__file__).with_name("cpu_mix_kernel.c")
 MAX_ROWS = 4096  # latents + k: the kernel's per-head row flags live on its stack
 _REAL = {torch.float32: "float", torch.float64: "double"}
 _p, _i = ctypes.c_void_p, ctypes.c_int64
-_ARGS = [_p] * 6 + [_i, _p, _i] + [_i] * 6 + [ctypes.c_double, _i] + [_p] * 9
+_ARGS = [_p] * 6 + [_i, _p, _i] + [_i] * 6 + [ctypes.c_double, _i] + [_p] * 15
 
 
 def _library(dtype: torch.dtype):
@@ -51,27 +53,32 @@ def _ptr(t):
     return None if t is None else t.data_ptr()
 
 
-def _run(dtype, m, lat, initial, initial_count, k, num_heads, scale, latent_mean, y=None, last=None, dy=None,
-         d_m=(None,) * 3, d_lat=(None,) * 3):
+def _run(dtype, m, lat, initial, initial_count, k, num_heads, scale, latent_mean, prefix, y=None, last=None,
+         dy=None, d_m=(None,) * 3, d_lat=(None,) * 3):
+    """lat: the rows (q, k, v), or with ``prefix`` (projected, weight, base), their gradients d_lat alike."""
     B, T, D = m[0].shape
-    L = lat[0].shape[-2]
-    code = _library(dtype).co4_mix(*map(_ptr, m), *map(_ptr, lat), int(lat[0].dim() == 4), _ptr(initial),
-                                   initial_count, B, T, D, L, k, num_heads, scale, int(latent_mean), _ptr(y),
-                                   _ptr(last), _ptr(dy), *map(_ptr, d_m), *map(_ptr, d_lat))
+    L = lat[1].shape[-1] if prefix else lat[0].shape[-2]
+    rows, sums = ((None,) * 3, lat) if prefix else (lat, (None,) * 3)
+    d_rows, d_sums = ((None,) * 3, d_lat) if prefix else (d_lat, (None,) * 3)
+    code = _library(dtype).co4_mix(*map(_ptr, m), *map(_ptr, rows), int(not prefix and lat[0].dim() == 4),
+                                   _ptr(initial), initial_count, B, T, D, L, k, num_heads, scale, int(latent_mean),
+                                   _ptr(y), _ptr(last), _ptr(dy), *map(_ptr, d_m), *map(_ptr, d_rows),
+                                   *map(_ptr, sums), *map(_ptr, d_sums))
     if code:
         raise RuntimeError(f"co4_mix kernel failed (code {code}: {'out of memory' if code == 1 else 'L + k > 4096'})")
 
 
 class _Co4Mix(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, m_q, m_k, m_v, lat_q, lat_k, lat_v, initial, initial_count, k, num_heads, scale, latent_mean):
+    def forward(ctx, m_q, m_k, m_v, lat_q, lat_k, lat_v, initial, initial_count, k, num_heads, scale, latent_mean,
+                prefix):
         B, T, D = m_q.shape
         y = m_q.new_empty(B, T, D)
         last = m_q.new_full((3, B, k, D), float("-inf"))
         _run(m_q.dtype, (m_q, m_k, m_v), (lat_q, lat_k, lat_v), initial, initial_count, k, num_heads, scale,
-             latent_mean, y=y, last=last)
+             latent_mean, prefix, y=y, last=last)
         ctx.save_for_backward(m_q, m_k, m_v, lat_q, lat_k, lat_v, initial)
-        ctx.settings = (initial_count, k, num_heads, scale, latent_mean)
+        ctx.settings = (initial_count, k, num_heads, scale, latent_mean, prefix)
         ctx.mark_non_differentiable(last)
         return y, last
 
@@ -79,35 +86,43 @@ class _Co4Mix(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy, _):
         m_q, m_k, m_v, lat_q, lat_k, lat_v, initial = ctx.saved_tensors
-        initial_count, k, num_heads, scale, latent_mean = ctx.settings
+        initial_count, k, num_heads, scale, latent_mean, prefix = ctx.settings
+        lat = (lat_q, lat_k, lat_v)
         d_m = [torch.zeros_like(m_q) for _ in range(3)]
         if dy is None:
-            return (*d_m, *[torch.zeros_like(lat_q) for _ in range(3)]) + (None,) * 6
-        # per-token rows' gradients are written whole by the kernel; shared rows' are accumulated
-        d_lat = [(torch.empty_like if lat_q.dim() == 4 else torch.zeros_like)(lat_q) for _ in range(3)]
-        _run(m_q.dtype, (m_q, m_k, m_v), (lat_q, lat_k, lat_v), initial, initial_count, k, num_heads, scale,
-             latent_mean, dy=dy.to(m_q.dtype).contiguous(), d_m=d_m, d_lat=d_lat)
-        return (*d_m, *d_lat) + (None,) * 6
+            return (*d_m, *map(torch.zeros_like, lat)) + (None,) * 7
+        # per-token rows' gradients are written whole by the kernel; shared rows' and the sums' are accumulated
+        fill = torch.empty_like if lat_q.dim() == 4 and not prefix else torch.zeros_like
+        d_lat = [fill(t) for t in lat]
+        _run(m_q.dtype, (m_q, m_k, m_v), lat, initial, initial_count, k, num_heads, scale, latent_mean, prefix,
+             dy=dy.to(m_q.dtype).contiguous(), d_m=d_m, d_lat=d_lat)
+        return (*d_m, *d_lat) + (None,) * 7
 
 
 def co4_mix_cpu(m_q, m_k, m_v, lat_q, lat_k, lat_v, k: int, num_heads: int, scale: float, latent_mean: bool,
-                initial=None, initial_count: int = 0):
-    """(mix (B, T, D), last (3, B, k, D)); see the module docstring."""
+                initial=None, initial_count: int = 0, prefix: bool = False):
+    """(mix (B, T, D), last (3, B, k, D)); see the module docstring. With ``prefix`` the latent arguments are
+    co4_latent_cpu's inputs (projected (B, T, 3D), weight (B, T, L), base (L, 3D)): the kernel makes the rows
+    that read the prefix itself, token by token, and returns their gradients to those inputs."""
     dtype = m_q.dtype
     compute = dtype if dtype in _REAL else torch.float32
     B, T, D = m_q.shape
-    L = lat_q.shape[-2]
+    L = lat_k.shape[-1] if prefix else lat_q.shape[-2]
     if D % num_heads:
         raise ValueError(f"co4_mix_cpu: num_heads={num_heads} must divide D={D}")
     if L + k > MAX_ROWS:
         raise ValueError(f"co4_mix_cpu: latents + k = {L + k} rows exceed {MAX_ROWS}")
-    if lat_q.dim() == 4 and tuple(lat_q.shape) != (B, T, L, D) or lat_q.dim() == 2 and lat_q.shape[1] != D:
+    if prefix:
+        shapes = tuple(tuple(t.shape) for t in (lat_q, lat_k, lat_v))
+        if shapes != ((B, T, 3 * D), (B, T, L), (L, 3 * D)):
+            raise ValueError(f"co4_mix_cpu: prefix latents must be (B, T, 3D), (B, T, L), (L, 3D), got {shapes}")
+    elif lat_q.dim() == 4 and tuple(lat_q.shape) != (B, T, L, D) or lat_q.dim() == 2 and lat_q.shape[1] != D:
         raise ValueError(f"co4_mix_cpu: latent rows must be (B, T, L, D) or (L, D), got {tuple(lat_q.shape)}")
     m = [t.to(compute).contiguous() for t in (m_q, m_k, m_v)]
     lat = [t.to(compute).contiguous() for t in (lat_q, lat_k, lat_v)]
     initial = initial.detach().to(compute).contiguous() if initial is not None and initial_count else None
     y, last = _Co4Mix.apply(*m, *lat, initial, initial_count if initial is not None else 0, k, num_heads,
-                            float(scale), bool(latent_mean))
+                            float(scale), bool(latent_mean), bool(prefix))
     return y.to(dtype), last.to(dtype)
 
 
@@ -136,19 +151,22 @@ def _latent_run(projected, weight, base, outputs=(None,) * 6, grads=(None,) * 6,
 
 class _Co4Latent(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, projected, weight, base):
+    def forward(ctx, projected, weight, base, with_rows):
         B, T, W = projected.shape
         L, D = weight.shape[-1], W // 3
-        rows = [projected.new_empty(B, T, L, D) for _ in range(3)]
+        rows = [projected.new_empty(B, T, L, D) for _ in range(3)] if with_rows else [None] * 3
         stats = [projected.new_empty(B, T, D) for _ in range(3)]
         _latent_run(projected, weight, base, outputs=(*rows, *stats))
         ctx.save_for_backward(projected, weight, base)
-        return (*rows, *stats)
+        ctx.with_rows = with_rows
+        return (*rows, *stats) if with_rows else tuple(stats)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):
         projected, weight, base = ctx.saved_tensors
+        if not ctx.with_rows:
+            grads = (None,) * 3 + grads
         B, T, W = projected.shape
         L, D = weight.shape[-1], W // 3
         # each group (the rows, the statistics) goes to the kernel whole, or not at all when none has a gradient
@@ -162,18 +180,19 @@ class _Co4Latent(torch.autograd.Function):
         d_p, d_w, d_base = torch.zeros_like(projected), torch.zeros_like(weight), torch.zeros_like(base)
         _latent_run(projected, weight, base, grads=groups, d_p=d_p, d_w=d_w, d_base=d_base,
                     scratch=projected.new_empty(T * L * (W + 1)))
-        return d_p, d_w, d_base
+        return d_p, d_w, d_base, None
 
 
-def co4_latent_cpu(projected, weight, base):
+def co4_latent_cpu(projected, weight, base, rows: bool = True):
     """Co4's latent rows that read the prefix and the modulation's statistics, compiled; see cpu_latent_kernel.c.
 
     projected (B, T, 3D) the tokens' q|k|v projections without the bias; weight (B, T, L) how much each latent reads
     each token; base (L, 3D) the latent tokens' own q|k|v. Returns (lq, lk, lv (B, T, L, D) each: base plus the
     weighted mean of the projections s <= t; mq, mk (B, T, D) the means over the latents of lq and lk; cv (B, T, D)
-    the mean of lq * lk * (1 + |lv|)), in projected's dtype (computed in weight's, float32 for 16-bit inputs)."""
+    the mean of lq * lk * (1 + |lv|)), in projected's dtype (computed in weight's, float32 for 16-bit inputs).
+    ``rows=False``: the three statistics only (co4_mix_cpu's ``prefix`` mode makes the rows)."""
     dtype = projected.dtype
     compute = weight.dtype if weight.dtype in _REAL else torch.float32
     outputs = _Co4Latent.apply(projected.to(compute).contiguous(), weight.to(compute).contiguous(),
-                               base.to(compute).contiguous())
+                               base.to(compute).contiguous(), bool(rows))
     return tuple(t.to(dtype) for t in outputs)

@@ -13,8 +13,12 @@
  * (B, T, D); latent rows lq, lk, lv (B, T, L, D) when lat_per_token, else (L, D) shared by every token, their
  * gradients the same shape (written when per token; else accumulated, zero-filled by the caller, as are d_m*); initial (3, B, k, D) with initial_count filled
  * rows or NULL; last (3, B, k, D) or NULL: the tables after the last token (rows past the count left as they are).
+ * Prefix latents instead (lat_p != NULL; lq, lk, lv unused): lat_p (B, T, 3D) the tokens' projections without the
+ * bias, lat_w (B, T, L) the read weights, lat_base (L, 3D) the latent tokens' q|k|v, as cpu_latent_kernel.c takes
+ * them; their gradients d_p, d_w, d_base alike, zero-filled by the caller.
  * Ranking as cpu_kernel.c: the value rounded to bfloat16, ties to the earlier entry.
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -24,6 +28,7 @@
 #define REAL float
 #endif
 typedef REAL real;
+#define TINY (sizeof(real) == sizeof(float) ? (real)FLT_MIN : (real)DBL_MIN)
 #define EXP(x) (sizeof(real) == sizeof(float) ? (real)expf((float)(x)) : (real)exp((double)(x)))
 
 static inline float bf16_round(float x) {
@@ -38,16 +43,21 @@ static inline float bf16_round(float x) {
  * each entry carries the gradient gathered so far (grad, k x D, or NULL): it moves with the entry, and is paid to the
  * entry's token (d_m, this batch row's (T, D) gradient) when the entry drops out of the table; the rest at the end. */
 static inline __attribute__((always_inline)) void insert(real *restrict val, float *restrict key,
-        int32_t *restrict src, real *restrict grad, real *restrict d_m, real *restrict spare, const real *restrict x,
+        int32_t *restrict src, real *restrict grad, real *restrict d_m, const real *restrict x,
         const float *restrict x_key, int32_t new_src, int64_t count, int64_t k, int64_t D) {
     if (grad && count == k) {  /* full: the last row's entry drops out where x ranks above it */
         const float *restrict lkey = key + (k - 1) * D;
         const int32_t *restrict lsrc = src + (k - 1) * D;
         const real *restrict lgrad = grad + (k - 1) * D;
-        for (int64_t c = 0; c < D; c++) {  /* branchless (the outcome is data): the rest pay to a spare row */
-            const int pays = lkey[c] < x_key[c] && lsrc[c] >= 0;
-            real *to = pays ? d_m + lsrc[c] * D + c : spare + c;
-            *to += lgrad[c];
+        for (int64_t c0 = 0; c0 < D; c0 += 64) {  /* the paying channels as bits, then one add per set bit */
+            const int64_t m = D - c0 < 64 ? D - c0 : 64;
+            uint64_t bits = 0;
+            for (int64_t c = 0; c < m; c++)
+                bits |= (uint64_t)(lkey[c0 + c] < x_key[c0 + c] && lsrc[c0 + c] >= 0) << c;
+            for (; bits; bits &= bits - 1) {
+                const int64_t c = c0 + __builtin_ctzll(bits);
+                d_m[lsrc[c] * D + c] += lgrad[c];
+            }
         }
     }
     const int64_t last = count < k ? count : k - 1;
@@ -81,22 +91,49 @@ static inline __attribute__((always_inline)) void insert(real *restrict val, flo
     }
 }
 
+/* In whole 64-byte vectors (GCC's vector extension) where n allows: a loop over rows j of dot(., row j) is then
+ * left alone by the loop vectoriser, which otherwise vectorises across the rows with gathers (slower here) */
+typedef real vreal __attribute__((vector_size(64)));
+#define VLEN ((int64_t)(64 / sizeof(real)))
+
 static inline __attribute__((always_inline)) real dot(const real *restrict a, const real *restrict b, int64_t n) {
     real s = 0;
+    if (n % VLEN == 0) {
+        vreal acc = {0};
+        for (int64_t e = 0; e < n; e += VLEN) {
+            vreal x, y;
+            memcpy(&x, a + e, sizeof x);
+            memcpy(&y, b + e, sizeof y);
+            acc += x * y;
+        }
+        for (int64_t i = 0; i < VLEN; i++) s += acc[i];
+        return s;
+    }
     for (int64_t e = 0; e < n; e++) s += a[e] * b[e];
     return s;
 }
 
 static inline __attribute__((always_inline)) void axpy(real *restrict out, real a, const real *restrict x, int64_t n) {
+    if (n % VLEN == 0) {  /* vectors, as dot */
+        for (int64_t e = 0; e < n; e += VLEN) {
+            vreal o, v;
+            memcpy(&o, out + e, sizeof o);
+            memcpy(&v, x + e, sizeof v);
+            o += a * v;
+            memcpy(out + e, &o, sizeof o);
+        }
+        return;
+    }
     for (int64_t e = 0; e < n; e++) out[e] += a * x[e];
 }
 
 #define MIX_ARGS const real *m_q, const real *m_k, const real *m_v, const real *lq, const real *lk, const real *lv, \
     int64_t lat_per_token, const real *initial, int64_t initial_count, int64_t B, int64_t T, int64_t D, int64_t L, \
     int64_t k, int64_t H, double scale_d, int64_t latent_mean, real *y, real *last, const real *dy, real *d_mq, \
-    real *d_mk, real *d_mv, real *d_lq, real *d_lk, real *d_lv
+    real *d_mk, real *d_mv, real *d_lq, real *d_lk, real *d_lv, const real *lat_p, const real *lat_w, \
+    const real *lat_base, real *d_p, real *d_w, real *d_base
 #define MIX_NAMES m_q, m_k, m_v, lq, lk, lv, lat_per_token, initial, initial_count, B, T, D, L, k, H, scale_d, \
-    latent_mean, y, last, dy, d_mq, d_mk, d_mv, d_lq, d_lk, d_lv
+    latent_mean, y, last, dy, d_mq, d_mk, d_mv, d_lq, d_lk, d_lv, lat_p, lat_w, lat_base, d_p, d_w, d_base
 
 /* the body, inlined once per common head size: with E a constant the short dot products and axpys unroll */
 static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_t E) {
@@ -107,7 +144,7 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
     real *d_m[3] = {d_mq, d_mk, d_mv};
     /* scratch: the three tables, the token's keys and ranks, per-head rows and their weights/gradients */
     size_t bytes = 3 * k * D * (sizeof(real) + sizeof(float) + sizeof(int32_t)) + D * (sizeof(float) + sizeof(int64_t))
-                   + (size_t)(3 * k * D + 2 * R * NP + 8 * R * E + 2 * NP + D) * sizeof(real);
+                   + (size_t)(3 * k * D + 2 * R * NP + 8 * R * E + 2 * NP) * sizeof(real);
     char *mem = malloc(bytes);
     if (!mem) return 1;
     /* int64 first, then reals, then 4-byte types: every part stays aligned */
@@ -122,16 +159,26 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
     real *Qh = gmask + R * E, *Kh = Qh + R * E, *Vh = Kh + R * E;  /* (R, E) one head's rows */
     real *pbar = Vh + R * E;            /* (R) the latent rows' mean weights */
     real *dpbar = pbar + NP;
-    real *spare = dpbar + NP;              /* (D) where evicted entries that pay nothing write */
-    float *tkey = (float *)(spare + D);
+    float *tkey = (float *)(dpbar + NP);
     float *x_key = tkey + 3 * k * D;
     int32_t *tsrc = (int32_t *)(x_key + D);
     char used_rows[4096];
     if (R > 4096) { free(mem); return 2; }
+    /* prefix latents (lat_p != NULL): each batch row's running sums S (L, 3D), N (L) give the rows of every token
+     * here (as cpu_latent_kernel.c), so no (B, T, L, D) rows are stored or read; the backward then also runs that
+     * kernel's backward for the rows' gradients (see there): dS, dN per token in `scratch`, then a reverse sweep */
+    const int64_t prefix = lat_p != NULL, W = 3 * D;
+    real *S = NULL, *N = NULL, *lrows = NULL, *G = NULL, *inv = NULL, *scratch = NULL;
+    if (prefix) {
+        S = malloc((size_t)(3 * L * W + 2 * L + (backward ? T * L * (W + 1) : 0)) * sizeof(real));
+        if (!S) { free(mem); return 1; }
+        N = S + L * W, lrows = N + L, G = lrows + L * W, inv = G + L * W, scratch = inv + L;
+    }
 
     for (int64_t b = 0; b < B; b++) {
         int64_t count = initial_count;
         if (backward) memset(tgrad, 0, 3 * k * D * sizeof(real));
+        if (prefix) memset(S, 0, (size_t)(L * W + L) * sizeof(real));
         for (int s = 0; s < 3; s++) {
             for (int64_t r = 0; r < count; r++) {
                 const real *row = initial + ((s * B + b) * k + r) * D;
@@ -153,20 +200,35 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
                     for (int64_t c = 0; c < D; c++) rank[c] = rank[c] < k ? rank[c] : k;
                 }
                 insert(tval + s * k * D, tkey + s * k * D, tsrc + s * k * D, backward ? tgrad + s * k * D : NULL,
-                       backward ? d_m[s] + b * T * D : NULL, spare, x, x_key, (int32_t)t, count, k, D);
+                       backward ? d_m[s] + b * T * D : NULL, x, x_key, (int32_t)t, count, k, D);
             }
             count = count < k ? count + 1 : k;
             const int64_t n = L + count;  /* rows: the latents, then the filled top-k rows */
             const int64_t lat_off = lat_per_token ? (b * T + t) * L * D : 0;
             const real *tok_dy = backward ? dy + (b * T + t) * D : NULL;
+            const real *lat_rows[3] = {lq + lat_off, lk + lat_off, lv + lat_off};  /* row i at + i * lat_stride */
+            int64_t lat_stride = D;
+            if (prefix) {
+                const real *pt = lat_p + (b * T + t) * W, *wt = lat_w + (b * T + t) * L;
+                for (int64_t l = 0; l < L; l++) {
+                    real *sl = S + l * W, *row = lrows + l * W;
+                    const real *bl = lat_base + l * W;
+                    for (int64_t c = 0; c < W; c++) sl[c] += wt[l] * pt[c];
+                    N[l] += wt[l];
+                    inv[l] = (real)1 / (N[l] < TINY ? TINY : N[l]);
+                    for (int64_t c = 0; c < W; c++) row[c] = bl[c] + sl[c] * inv[l];
+                }
+                for (int s = 0; s < 3; s++) lat_rows[s] = lrows + s * D;
+                lat_stride = W;
+            }
             for (int64_t h = 0; h < H; h++) {
                 const int64_t c0 = h * E;
                 /* this head's rows, copied to contiguous (n, E) blocks: fixed strides keep the loops below simple
                  * to vectorise (through row pointers GCC gathers across rows instead) */
                 for (int64_t i = 0; i < L; i++) {
-                    memcpy(Qh + i * E, lq + lat_off + i * D + c0, E * sizeof(real));
-                    memcpy(Kh + i * E, lk + lat_off + i * D + c0, E * sizeof(real));
-                    memcpy(Vh + i * E, lv + lat_off + i * D + c0, E * sizeof(real));
+                    memcpy(Qh + i * E, lat_rows[0] + i * lat_stride + c0, E * sizeof(real));
+                    memcpy(Kh + i * E, lat_rows[1] + i * lat_stride + c0, E * sizeof(real));
+                    memcpy(Vh + i * E, lat_rows[2] + i * lat_stride + c0, E * sizeof(real));
                 }
                 for (int64_t r = 0; r < count; r++) {
                     memcpy(Qh + (L + r) * E, tval + (0 * k + r) * D + c0, E * sizeof(real));
@@ -257,6 +319,12 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
                 /* latent rows' gradients */
                 for (int64_t i = 0; i < L; i++) {
                     const int64_t off = lat_off + i * D + c0;
+                    if (prefix) {  /* the row's gradient, for the sweeps below */
+                        memcpy(G + i * W + c0, dQ + i * E, E * sizeof(real));
+                        memcpy(G + i * W + D + c0, dK + i * E, E * sizeof(real));
+                        memcpy(G + i * W + 2 * D + c0, dV + i * E, E * sizeof(real));
+                        continue;
+                    }
                     if (lat_per_token) {  /* each token's rows are visited once: written, no zero fill needed */
                         memcpy(d_lq + off, dQ + i * E, E * sizeof(real));
                         memcpy(d_lk + off, dK + i * E, E * sizeof(real));
@@ -274,9 +342,38 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
                 for (int s = 0; s < 3; s++)
                     for (int64_t r = 0; r < count; r++) {
                         real *tg = tgrad + (s * k + r) * D + c0;
-                        const real *gr = grads[s] + (L + r) * E;
-                        for (int64_t e = 0; e < E; e++) tg[e] += gr[e];
+                        axpy(tg, 1, grads[s] + (L + r) * E, E);
                     }
+            }
+            if (prefix && backward)  /* the rows' gradients G: d base, and dS = G / N, dN = -G . S / N^2 */
+                for (int64_t l = 0; l < L; l++) {
+                    const real *gl = G + l * W, *sl = S + l * W;
+                    real *dS = scratch + (t * L + l) * (W + 1), *db = d_base + l * W, gs = 0;
+                    for (int64_t c = 0; c < W; c++) {
+                        db[c] += gl[c];
+                        dS[c] = gl[c] * inv[l];
+                        gs += gl[c] * sl[c];
+                    }
+                    dS[W] = N[l] < TINY ? 0 : -gs * inv[l] * inv[l];
+                }
+        }
+        if (prefix && backward) {  /* reverse sweep: R_l = sum over t' >= t of dS_l[t'] (in lrows), and of dN (in N) */
+            memset(lrows, 0, (size_t)(L * W) * sizeof(real));
+            memset(N, 0, (size_t)L * sizeof(real));
+            for (int64_t t = T - 1; t >= 0; t--) {
+                const real *pt = lat_p + (b * T + t) * W, *wt = lat_w + (b * T + t) * L;
+                real *dp = d_p + (b * T + t) * W, *dw = d_w + (b * T + t) * L;
+                for (int64_t l = 0; l < L; l++) {
+                    real *r = lrows + l * W, dot = 0;
+                    const real *dS = scratch + (t * L + l) * (W + 1);
+                    for (int64_t c = 0; c < W; c++) {
+                        r[c] += dS[c];
+                        dp[c] += wt[l] * r[c];
+                        dot += r[c] * pt[c];
+                    }
+                    N[l] += dS[W];
+                    dw[l] = dot + N[l];
+                }
             }
         }
         if (backward)  /* the entries still in the tables pay their gradients */
@@ -290,6 +387,7 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
                 memcpy(last + (s * B + b) * k * D, tval + s * k * D, count * D * sizeof(real));
     }
     free(mem);
+    free(S);
     return 0;
 }
 

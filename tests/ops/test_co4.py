@@ -248,6 +248,38 @@ def test_cpu_mix_kernel_gradients_are_the_derivatives(per_token, latent_mean):
     torch.autograd.gradcheck(lambda *a: cpu_mix.co4_mix_cpu(*a, k, 3, 0.7, latent_mean)[0], (*m, *lat))
 
 
+@pytest.mark.parametrize("latent_mean", [True, False])
+def test_cpu_mix_kernel_with_prefix_latents_is_the_two_kernels_composed(latent_mean):
+    """``prefix=True`` (the mix kernel makes the latent rows from co4_latent_cpu's inputs) gives what the rows from
+    co4_latent_cpu give the kernel, and gradcheck (float64) of its gradients to those inputs."""
+    from ops.co4 import cpu_mix
+    if not cpu_mix.available():
+        from tests.native import skip_or_fail_without_native
+        skip_or_fail_without_native(f"the fused Co4 CPU kernel is unavailable: {cpu_mix.unavailable_reason()}")
+    gen = torch.Generator().manual_seed(3)
+    B, T, D, L, k = 2, 7, 6, 2, 4
+    m = [torch.randn(B, T, D, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    projected = torch.randn(B, T, 3 * D, generator=gen, dtype=torch.float64, requires_grad=True)
+    weight = torch.rand(B, T, L, generator=gen, dtype=torch.float64).add(0.1).requires_grad_()
+    base = torch.randn(L, 3 * D, generator=gen, dtype=torch.float64, requires_grad=True)
+    leaves = (*m, projected, weight, base)
+    dy = torch.randn(B, T, D, generator=gen, dtype=torch.float64)
+
+    def composed(*a):
+        return cpu_mix.co4_mix_cpu(*a[:3], *cpu_mix.co4_latent_cpu(*a[3:])[:3], k, 3, 0.7, latent_mean)[0]
+
+    def fused(*a):
+        return cpu_mix.co4_mix_cpu(*a, k, 3, 0.7, latent_mean, prefix=True)[0]
+
+    results = []
+    for fn in (composed, fused):
+        y = fn(*leaves)
+        results.append((y, *torch.autograd.grad(y, leaves, dy)))
+    for a, e in zip(results[1], results[0]):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+    torch.autograd.gradcheck(fused, leaves)
+
+
 def test_cpu_latent_kernel_gradients_are_the_derivatives():
     from ops.co4 import cpu_mix
     if not cpu_mix.available():

@@ -25,7 +25,7 @@ over tokens and its CLS latent) and what ours. In one line per step, for the tok
 The running top-k of the whole sequence is one op call, ``ops.running_topk``: the Triton kernel on a GPU;
 ``backend="reference"`` (and "auto" where no kernel runs) counts ranks chunk by chunk in PyTorch (``chunk_size``
 tokens; see ``running_topk_indices``). On CPU "auto" runs steps 2-6 compiled (ops/co4/cpu_mix.py: the prefix
-latents' rows and statistics in one sweep, then the top-k and the small attention fused per token), the same
+latents' statistics in one sweep, then the latent rows, the top-k and the small attention fused per token), the same
 values as the PyTorch path without its (B, T, L, D) and (B, T, k, D) tensors. The small attention then runs in
 pieces of at least ``chunk_size`` tokens, as many as fit ``ATTENTION_SCORES`` numbers. Decoding keeps the three
 (k, d_model) top-k tables and the latents' running sums: O(1) per token. tests/blocks/co4_reference.py is the
@@ -188,11 +188,19 @@ class Co4(Mixer):
             rows.append(latent[:, i * D: (i + 1) * D] + (total * scale).to(x.dtype))
         return tuple(rows)
 
-    def modulate(self, x: torch.Tensor, cache: Cache | None = None):
-        """x (B, T, D) -> M_Q, M_K, M_V (B, T, D) and the latent rows' q, k, v, each (1 or B, 1 or T, L, D)."""
+    def modulate(self, x: torch.Tensor, cache: Cache | None = None, fused: bool = False):
+        """x (B, T, D) -> M_Q, M_K, M_V (B, T, D) and the latent rows' q, k, v, each (1 or B, 1 or T, L, D).
+        ``fused`` (the caller runs the fused CPU kernel, ``_fused_prefix``): in prefix mode without a cache the latents
+        come back as (projected, read weights, latent q|k|v), from which that kernel makes the rows itself."""
         projected = F.linear(x, self.qkv.weight)
         q_x, k_x, v_x = (projected + self.qkv.bias).chunk(3, dim=-1)
-        if self.latent_mode == "prefix" and cache is None and ops.co4.cpu_mix_runs(self.backend, x):
+        if self._fused_prefix(x, cache, fused):
+            # the statistics compiled, the rows left to the mix kernel: no (B, T, L, D) tensor at all
+            base = self.latent_qkv(x.dtype)
+            weight = self.read_weights(k_x, base)
+            latent = (projected, weight, base)
+            mean_q, mean_k, c_v = co4_latent_cpu(projected, weight, base, rows=False)
+        elif self.latent_mode == "prefix" and cache is None and ops.co4.cpu_mix_runs(self.backend, x):
             # compiled: the rows and their statistics in one sweep, no (B, T, L, D) temporaries (cpu_mix.py)
             base = self.latent_qkv(x.dtype)
             *latent, mean_q, mean_k, c_v = co4_latent_cpu(projected, self.read_weights(k_x, base), base)
@@ -203,6 +211,12 @@ class Co4(Mixer):
         m_k = mean_k * q_x + k_x
         m_v = v_x * v_x + 2 * v_x + c_v
         return (m_q, m_k, m_v), latent
+
+    def _fused_prefix(self, x: torch.Tensor, cache: Cache | None, fused: bool) -> bool:
+        """Prefix latents made inside the fused kernel: float32/float64 (16-bit models keep the rows rounded to their
+        dtype, as the PyTorch path does), no cache (which the PyTorch latent rows continue)."""
+        return (fused and self.latent_mode == "prefix" and cache is None and x.dtype in (torch.float32, torch.float64)
+                and ops.co4.cpu_mix_runs(self.backend, x))
 
     # ---- the running top-k ---------------------------------------------------------------------------------------
     def _op_backend(self, x: torch.Tensor) -> str | None:
@@ -289,12 +303,14 @@ class Co4(Mixer):
             return layout.repack(self.forward(layout.unpack(x)))
         T = x.shape[1]
         op_backend = self._op_backend(x)  # before the cache changes: a bad backend fails with nothing written
-        streams, latent = self.modulate(x, cache)
+        fused = op_backend == "auto" and self.latents + self.topk <= MAX_ROWS and ops.co4.cpu_mix_runs(self.backend, x)
+        prefix = self._fused_prefix(x, cache, fused)
+        streams, latent = self.modulate(x, cache, fused=fused)
         carries, start = (None,) * 3, 0
         if cache is not None:
             carries, start = [cache[name].to(x.dtype) for name in CACHE_NAMES], cache.seen
-        if op_backend == "auto" and self.latents + self.topk <= MAX_ROWS and ops.co4.cpu_mix_runs(self.backend, x):
-            y, (last_q, last_k, last_v) = self._fused_cpu(streams, latent, carries, start)
+        if fused:
+            y, (last_q, last_k, last_v) = self._fused_cpu(streams, latent, carries, start, prefix)
         else:
             y, (last_q, last_k, last_v) = self._unfused(streams, latent, carries, start, op_backend)
         if cache is not None:
@@ -303,14 +319,15 @@ class Co4(Mixer):
             cache.seen += T
         return self.out_proj(y) if self.out_proj is not None else y
 
-    def _fused_cpu(self, streams, latent, carries, start: int):
+    def _fused_cpu(self, streams, latent, carries, start: int, prefix: bool = False):
         """The running top-k and the small attention in one compiled CPU kernel (ops/co4/cpu_mix.py): the same
-        values as ``_unfused`` without its (B, T, k, D) tensors."""
+        values as ``_unfused`` without its (B, T, k, D) tensors. ``prefix``: latent is (projected, read weights,
+        latent q|k|v) and the kernel makes the rows."""
         if self.latent_mode == "static":  # one (1, 1, L, D) row set for every position
             latent = [lat.reshape(self.latents, self.d_model) for lat in latent]
         initial = None if carries[0] is None else torch.stack(carries)
         mix, last = co4_mix_cpu(*streams, *latent, self.topk, self.num_heads, self.scale,
-                                self.latent_output == "mean", initial, min(start, self.topk))
+                                self.latent_output == "mean", initial, min(start, self.topk), prefix=prefix)
         return streams[2] + mix, last.unbind(0)
 
     def _unfused(self, streams, latent, carries, start: int, op_backend: str | None):
