@@ -145,3 +145,35 @@ def test_an_unknown_top_level_setting_is_not_silently_ignored():
     from zoo.train import prepare
     with pytest.raises(ValueError, match="unknown top-level setting 'ckpt_path'; known: checkpoint, .*resume=PATH"):
         prepare(config(["+ckpt_path=outputs/x.ckpt"]))
+
+
+def test_a_loss_that_is_not_finite_stops_training_and_keeps_the_weights_before_it(tmp_path, monkeypatch, capsys):
+    """Training never goes on with NaN weights: the step whose loss is NaN is skipped, training stops there with
+    one line, the test runs on finite weights and the result records the step."""
+    from zoo.lit import LitLM
+    loss_of = LitLM._loss
+
+    seen = []
+
+    def nan_at_step_3(self, batch):
+        seen.append(self)
+        loss, logits = loss_of(self, batch)
+        return (loss * float("nan") if self.training and self.global_step == 3 else loss), logits
+
+    monkeypatch.setattr(LitLM, "_loss", nan_at_step_3)
+    cfg = config(["task.train_segments=[[32,4,256]]", "task.test_segments=[[32,4,32]]", "task.batch_size=32",
+                  "trainer.max_epochs=1", "model.d_model=32", "checkpoint=false"])
+    result = train(cfg, tmp_path)
+    # the loop counts the skipped step too; training went no further
+    assert result["diverged_at_step"] == 3 and result["global_step"] == 4
+    assert all(p.isfinite().all() for p in seen[-1].model.parameters()), "no update from the NaN step"
+    assert 0.0 <= result["mean_accuracy"] <= 1.0
+    assert "warning: the training loss became nan at step 3: training stopped there" in capsys.readouterr().err
+    saved = json.loads((tmp_path / "test_accuracy.json").read_text())
+    assert saved["diverged_at_step"] == 3
+
+
+def test_a_finite_run_records_no_divergence(tmp_path):
+    cfg = config(["task.train_segments=[[32,4,64]]", "task.test_segments=[[32,4,16]]", "task.batch_size=32",
+                  "trainer.max_epochs=1", "model.d_model=32", "checkpoint=false"])
+    assert train(cfg, tmp_path)["diverged_at_step"] is None

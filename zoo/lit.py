@@ -9,6 +9,7 @@ A language-modelling task's DataModule also exposes ``bytes_per_token`` ({"val":
 bytes per scored token); LitLM then logs perplexity and bits per byte (comparable across tokenisers) too.
 """
 import math
+import sys
 import time
 
 import lightning as L
@@ -93,6 +94,7 @@ class LitLM(L.LightningModule):
         self.val_results: dict[str, float] = {}   # per slice, from the latest validation
         self.test_results: dict[str, float] = {}
         self.test_metrics: dict[str, dict] = {}  # language-modelling tasks: loss, perplexity, bits per byte
+        self.diverged_at_step: int | None = None  # the step whose training loss was not finite (training stopped)
         self._batch_started = None
 
     def forward(self, input_ids):
@@ -107,8 +109,22 @@ class LitLM(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, _ = self._loss(batch)
+        if not torch.isfinite(loss):
+            return self._stop_diverged(loss)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def _stop_diverged(self, loss):
+        """A non-finite loss: stop training, keep the weights from before this step (no update from its gradients:
+        on one process the step is skipped; with several, whose steps must stay in lockstep, this last update
+        happens), and say so in one line; the run is then tested as usual and its result records the step."""
+        self.diverged_at_step = self.global_step
+        self.trainer.should_stop = True
+        if self.trainer.is_global_zero:
+            print(f"warning: the training loss became {loss.item()} at step {self.global_step}: training stopped there "
+                  f"(lower optim.lr, now {self.lr:g}); the test uses the weights from before it", file=sys.stderr,
+                  flush=True)
+        return None if self.trainer.world_size == 1 else loss
 
     def on_train_batch_start(self, batch, batch_idx):
         self._batch_started = time.perf_counter()

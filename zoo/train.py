@@ -312,6 +312,7 @@ def _result(run: Run, trainer, best, tested: str) -> dict:
                        "best": float(best.best_model_score) if best is not None and best.best_model_score is not None
                        else None},
         "global_step": trainer.global_step,
+        "diverged_at_step": run.lit.diverged_at_step,  # None, or the step whose loss was not finite (stopped there)
         "slices": rows,
     }
 
