@@ -16,35 +16,17 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-from ops._native import load, why_unavailable
+from ops._native import NativeKernel, pointer as _ptr
 
 KERNEL_SOURCE = Path(__file__).with_name("cpu_kernel.c")
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _pointer, _size = ctypes.c_void_p, ctypes.c_int64
 _FORWARD_ARGS = [_pointer, _pointer, _size] + [_size] * 4 + [_pointer] * 6 + [_size] * 2
 _BACKWARD_ARGS = [_pointer, _pointer] + [_size] * 4 + [_pointer] * 2 + [_size] * 2
-
-
-def _library():
-    lib = load(KERNEL_SOURCE)
-    if lib is not None and not hasattr(lib, "_typed"):
-        for suffix in _SUFFIX.values():
-            getattr(lib, f"running_topk_forward_{suffix}").argtypes = _FORWARD_ARGS
-            getattr(lib, f"running_topk_backward_{suffix}").argtypes = _BACKWARD_ARGS
-        lib._typed = True
-    return lib
-
-
-def available() -> bool:
-    return _library() is not None
-
-
-def unavailable_reason() -> str | None:
-    return why_unavailable(KERNEL_SOURCE)
-
-
-def _ptr(t: torch.Tensor | None):
-    return None if t is None else t.data_ptr()
+_KERNEL = NativeKernel(KERNEL_SOURCE, {
+    **{f"running_topk_forward_{suffix}": (_FORWARD_ARGS, ctypes.c_int) for suffix in _SUFFIX.values()},
+    **{f"running_topk_backward_{suffix}": (_BACKWARD_ARGS, ctypes.c_int) for suffix in _SUFFIX.values()}})
+_library, available, unavailable_reason = _KERNEL.library, _KERNEL.available, _KERNEL.unavailable_reason
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -22,35 +22,36 @@ from pathlib import Path
 import torch
 from torch.autograd.function import once_differentiable
 
-from ops._native import load, why_unavailable
+from ops._native import NativeKernel, pointer as _ptr
 
 KERNEL_SOURCE = Path(__file__).with_name("cpu_mix_kernel.c")
+LATENT_SOURCE = Path(__file__).with_name("cpu_latent_kernel.c")
 MAX_ROWS = 4096  # latents + k: the kernel's per-head row flags live on its stack
 _REAL = {torch.float32: "float", torch.float64: "double"}
 _p, _i = ctypes.c_void_p, ctypes.c_int64
 _ARGS = [_p] * 6 + [_i, _p, _i] + [_i] * 6 + [ctypes.c_double, _i] + [_p] * 15
+_LATENT_ARGS = [_p] * 3 + [_i] * 4 + [_p] * 16
+# one library per floating type (-DREAL=float|double) of each source
+_MIX = NativeKernel(KERNEL_SOURCE, {"co4_mix": (_ARGS, ctypes.c_int)})
+_LATENT = NativeKernel(LATENT_SOURCE, {"co4_latent": (_LATENT_ARGS, ctypes.c_int)})
 
 
 def _library(dtype: torch.dtype):
-    lib = load(KERNEL_SOURCE, REAL=_REAL[dtype])
-    if lib is not None and not hasattr(lib, "_typed"):
-        lib.co4_mix.argtypes, lib.co4_mix.restype = _ARGS, ctypes.c_int
-        lib._typed = True
-    return lib
+    return _MIX.library(REAL=_REAL[dtype])
+
+
+def _latent_library(dtype: torch.dtype):
+    return _LATENT.library(REAL=_REAL[dtype])
 
 
 def available() -> bool:
     """Both kernels (the mix and the latent rows) build here, in both dtypes."""
-    return all(lib(dtype) is not None for lib in (_library, _latent_library) for dtype in _REAL)
+    return all(kernel.available(REAL=real) for kernel in (_MIX, _LATENT) for real in _REAL.values())
 
 
 def unavailable_reason() -> str | None:
-    return next(filter(None, (why_unavailable(source, REAL=real) for source in (KERNEL_SOURCE, LATENT_SOURCE)
+    return next(filter(None, (kernel.unavailable_reason(REAL=real) for kernel in (_MIX, _LATENT)
                               for real in _REAL.values())), None)
-
-
-def _ptr(t):
-    return None if t is None else t.data_ptr()
 
 
 def _run(dtype, m, lat, initial, initial_count, k, num_heads, scale, latent_mean, prefix, y=None, last=None,
@@ -127,18 +128,6 @@ def co4_mix_cpu(m_q, m_k, m_v, lat_q, lat_k, lat_v, k: int, num_heads: int, scal
 
 
 # ---- the latent rows that read the prefix (cpu_latent_kernel.c) ---------------------------------------------------
-LATENT_SOURCE = Path(__file__).with_name("cpu_latent_kernel.c")
-_LATENT_ARGS = [_p] * 3 + [_i] * 4 + [_p] * 16
-
-
-def _latent_library(dtype: torch.dtype):
-    lib = load(LATENT_SOURCE, REAL=_REAL[dtype])
-    if lib is not None and not hasattr(lib, "_typed"):
-        lib.co4_latent.argtypes, lib.co4_latent.restype = _LATENT_ARGS, ctypes.c_int
-        lib._typed = True
-    return lib
-
-
 def _latent_run(projected, weight, base, outputs=(None,) * 6, grads=(None,) * 6, d_p=None, d_w=None, d_base=None,
                 scratch=None):
     B, T, W = projected.shape
