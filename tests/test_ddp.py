@@ -4,6 +4,7 @@ resume= goes on under DDP, and what cannot run several processes (the memory's s
 fails in one line before training."""
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -140,3 +141,18 @@ def test_fsdp_without_a_cuda_gpu_says_where_it_runs():
     for overrides in (["trainer=fsdp"], ["trainer=fsdp", "trainer.accelerator=cpu"]):
         with pytest.raises(ValueError, match="trainer=fsdp runs on CUDA GPUs only.*use trainer=ddp_cpu"):
             prepare(config(*overrides))
+
+
+def test_a_nan_loss_on_one_process_stops_every_process_at_that_step(tmp_path):
+    """Only the last process's loss is NaN (tests/nan_loss_at_step.py): all stop together at step 3, none waits
+    for the others, the weights stay finite and the result records the step."""
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), "trainer=ddp_cpu", *TINY, *QUIET,
+                           "imports=[tests.nan_loss_at_step]", "trainer.max_epochs=2", "hydra.run.dir=run"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "warning: the training loss was not finite on some process at step 3: training stopped there" in done.stderr
+    result = json.loads((tmp_path / "run" / "test_accuracy.json").read_text())
+    assert result["diverged_at_step"] == 3 and result["global_step"] == 4
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert all(w.isfinite().all() for w in last.values() if w.is_floating_point()), "no NaN reached the weights"

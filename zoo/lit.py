@@ -109,22 +109,29 @@ class LitLM(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss, _ = self._loss(batch)
-        if not torch.isfinite(loss):
+        diverged = not bool(torch.isfinite(loss))
+        if self.trainer.world_size > 1:  # every process stops at the same step, or the others wait for it forever
+            diverged = self.trainer.strategy.reduce_boolean_decision(diverged, all=False)
+        if diverged:
             return self._stop_diverged(loss)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def _stop_diverged(self, loss):
-        """A non-finite loss: stop training, keep the weights from before this step (no update from its gradients:
-        on one process the step is skipped; with several, whose steps must stay in lockstep, this last update
-        happens), and say so in one line; the run is then tested as usual and its result records the step."""
+        """A non-finite loss (on any process): stop training at this step, say so in one line; the run is then tested
+        as usual and its result records the step. One process skips the step's update (returns None); several,
+        which Lightning does not let skip, all return a loss of zero gradient, so DDP's all-reduce runs everywhere
+        and the weights stay finite (only the optimizer's momentum and weight decay move them, once)."""
         self.diverged_at_step = self.global_step
         self.trainer.should_stop = True
         if self.trainer.is_global_zero:
-            print(f"warning: the training loss became {loss.item()} at step {self.global_step}: training stopped there "
-                  f"(lower optim.lr, now {self.lr:g}); the test uses the weights from before it", file=sys.stderr,
-                  flush=True)
-        return None if self.trainer.world_size == 1 else loss
+            what = f"became {loss.item()}" if self.trainer.world_size == 1 else "was not finite on some process"
+            print(f"warning: the training loss {what} at step {self.global_step}: training stopped there (lower "
+                  f"optim.lr, now {self.lr:g}); the test uses the best checkpoint or the weights it stopped with",
+                  file=sys.stderr, flush=True)
+        if self.trainer.world_size == 1:
+            return None
+        return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
 
     def on_train_batch_start(self, batch, batch_idx):
         self._batch_started = time.perf_counter()
