@@ -188,13 +188,13 @@ class Co4(Mixer):
             rows.append(latent[:, i * D: (i + 1) * D] + (total * scale).to(x.dtype))
         return tuple(rows)
 
-    def modulate(self, x: torch.Tensor, cache: Cache | None = None, fused: bool = False):
+    def modulate(self, x: torch.Tensor, cache: Cache | None = None, rows_in_kernel: bool = False):
         """x (B, T, D) -> M_Q, M_K, M_V (B, T, D) and the latent rows' q, k, v, each (1 or B, 1 or T, L, D).
-        ``fused`` (the caller runs the fused CPU kernel, ``_fused_prefix``): in prefix mode without a cache the latents
-        come back as (projected, read weights, latent q|k|v), from which that kernel makes the rows itself."""
+        ``rows_in_kernel`` (the caller's fused CPU kernel makes the prefix latents' rows, ``_rows_in_kernel``): the
+        latents come back as (projected, read weights, latent q|k|v) instead."""
         projected = F.linear(x, self.qkv.weight)
         q_x, k_x, v_x = (projected + self.qkv.bias).chunk(3, dim=-1)
-        if self._fused_prefix(x, cache, fused):
+        if rows_in_kernel:
             # the statistics compiled, the rows left to the mix kernel: no (B, T, L, D) tensor at all
             base = self.latent_qkv(x.dtype)
             weight = self.read_weights(k_x, base)
@@ -212,11 +212,10 @@ class Co4(Mixer):
         m_v = v_x * v_x + 2 * v_x + c_v
         return (m_q, m_k, m_v), latent
 
-    def _fused_prefix(self, x: torch.Tensor, cache: Cache | None, fused: bool) -> bool:
-        """Prefix latents made inside the fused kernel: float32/float64 (16-bit models keep the rows rounded to their
-        dtype, as the PyTorch path does), no cache (which the PyTorch latent rows continue)."""
-        return (fused and self.latent_mode == "prefix" and cache is None and x.dtype in (torch.float32, torch.float64)
-                and ops.co4.cpu_mix_runs(self.backend, x))
+    def _rows_in_kernel(self, x: torch.Tensor, cache: Cache | None) -> bool:
+        """Whether the fused kernel (which runs) makes the prefix latents' rows itself: float32/float64 (16-bit models
+        keep the rows rounded to their dtype, as the PyTorch path does), no cache (the PyTorch rows continue one)."""
+        return self.latent_mode == "prefix" and cache is None and x.dtype in (torch.float32, torch.float64)
 
     # ---- the running top-k ---------------------------------------------------------------------------------------
     def _op_backend(self, x: torch.Tensor) -> str | None:
@@ -304,8 +303,8 @@ class Co4(Mixer):
         T = x.shape[1]
         op_backend = self._op_backend(x)  # before the cache changes: a bad backend fails with nothing written
         fused = op_backend == "auto" and self.latents + self.topk <= MAX_ROWS and ops.co4.cpu_mix_runs(self.backend, x)
-        prefix = self._fused_prefix(x, cache, fused)
-        streams, latent = self.modulate(x, cache, fused=fused)
+        prefix = fused and self._rows_in_kernel(x, cache)
+        streams, latent = self.modulate(x, cache, rows_in_kernel=prefix)
         carries, start = (None,) * 3, 0
         if cache is not None:
             carries, start = [cache[name].to(x.dtype) for name in CACHE_NAMES], cache.seen
