@@ -12,6 +12,13 @@ def skip_or_fail_without_native(reason: str):
     pytest.skip(reason, allow_module_level=True)
 
 
+def require_kernel(module, what: str):
+    """Skip (or, under ZOO_REQUIRE_NATIVE=1, fail) unless ``module``'s compiled kernel builds here; ``module`` is a
+    kernel wrapper with ``available()`` and ``unavailable_reason()`` (ops/_native.NativeKernel's)."""
+    if not module.available():
+        skip_or_fail_without_native(f"{what} is unavailable: {module.unavailable_reason()}")
+
+
 def spy_on(monkeypatch, module, name: str) -> list:
     """Wrap ``module.name`` (a kernel entry point) so that each call is recorded and then runs as before; returns
     the records, one a call, each the call's keyword arguments: tests count them to see which backend reached the

@@ -7,11 +7,10 @@ import torch
 
 from ops.dplr_delta_rule import cpu as dplr_cpu
 from tests.blocks.backend_parity import assert_backend_matches_reference
-from tests.native import skip_or_fail_without_native, spy_on
+from tests.native import require_kernel, spy_on
 from zoo.blocks.registry import build_mixer
 
-if not dplr_cpu.available():  # a skip elsewhere; CI sets ZOO_REQUIRE_NATIVE=1, so there a missing compiler fails
-    skip_or_fail_without_native(f"the CPU DPLR kernel is unavailable: {dplr_cpu.unavailable_reason()}")
+require_kernel(dplr_cpu, "the CPU DPLR kernel")
 
 # (registered name, constructor keywords, the cache entry holding the recurrent state)
 CASES = [("gla", {"num_heads": 2}, "state"), ("deltanet", {"num_heads": 2}, "recurrent"),

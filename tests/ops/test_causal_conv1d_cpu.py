@@ -10,12 +10,11 @@ import torch
 from ops.causal_conv1d import causal_conv1d
 from ops.causal_conv1d.reference import causal_conv1d as reference_conv
 from ops.testing import assert_close_everywhere
-from tests.native import skip_or_fail_without_native, spy_on
+from tests.native import require_kernel, spy_on
 
 cpu = importlib.import_module("ops.causal_conv1d.cpu")
 
-if not cpu.available():  # a skip elsewhere; CI sets ZOO_REQUIRE_NATIVE=1, so there a missing compiler fails
-    skip_or_fail_without_native(f"the CPU causal-conv1d kernel is unavailable: {cpu.unavailable_reason()}")
+require_kernel(cpu, "the CPU causal-conv1d kernel")
 
 
 def block_layout(batch, dim, length, generator):

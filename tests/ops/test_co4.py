@@ -237,9 +237,8 @@ def test_triton_backend_names_what_it_does_not_support(triton_device):
 def test_cpu_mix_kernel_gradients_are_the_derivatives(per_token, latent_mean):
     """gradcheck (float64) of the fused top-k + attention kernel: ragged T below and above k, 3 heads of 2."""
     from ops.co4 import cpu_mix
-    if not cpu_mix.available():
-        from tests.native import skip_or_fail_without_native
-        skip_or_fail_without_native(f"the fused Co4 CPU kernel is unavailable: {cpu_mix.unavailable_reason()}")
+    from tests.native import require_kernel
+    require_kernel(cpu_mix, "the fused Co4 CPU kernel")
     gen = torch.Generator().manual_seed(0)
     B, T, D, L, k = 2, 7, 6, 2, 4
     m = [torch.randn(B, T, D, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3)]
@@ -253,9 +252,8 @@ def test_cpu_mix_kernel_with_prefix_latents_is_the_two_kernels_composed(latent_m
     """``prefix=True`` (the mix kernel makes the latent rows from co4_latent_cpu's inputs) gives what the rows from
     co4_latent_cpu give the kernel, and gradcheck (float64) of its gradients to those inputs."""
     from ops.co4 import cpu_mix
-    if not cpu_mix.available():
-        from tests.native import skip_or_fail_without_native
-        skip_or_fail_without_native(f"the fused Co4 CPU kernel is unavailable: {cpu_mix.unavailable_reason()}")
+    from tests.native import require_kernel
+    require_kernel(cpu_mix, "the fused Co4 CPU kernel")
     gen = torch.Generator().manual_seed(3)
     B, T, D, L, k = 2, 7, 6, 2, 4
     m = [torch.randn(B, T, D, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3)]
@@ -282,9 +280,8 @@ def test_cpu_mix_kernel_with_prefix_latents_is_the_two_kernels_composed(latent_m
 
 def test_cpu_latent_kernel_gradients_are_the_derivatives():
     from ops.co4 import cpu_mix
-    if not cpu_mix.available():
-        from tests.native import skip_or_fail_without_native
-        skip_or_fail_without_native(f"the fused Co4 CPU kernel is unavailable: {cpu_mix.unavailable_reason()}")
+    from tests.native import require_kernel
+    require_kernel(cpu_mix, "the fused Co4 CPU kernel")
     gen = torch.Generator().manual_seed(1)
     B, T, D, L = 2, 5, 3, 2
     projected = torch.randn(B, T, 3 * D, generator=gen, dtype=torch.float64, requires_grad=True)

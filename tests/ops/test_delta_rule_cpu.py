@@ -7,12 +7,11 @@ import torch
 
 from ops.dplr_delta_rule import cpu as dplr_cpu
 from ops.testing import assert_close, packed_seq_idx
-from tests.native import skip_or_fail_without_native, spy_on
+from tests.native import require_kernel, spy_on
 from tests.ops.test_delta_rule import (GATED, assert_float32_gradients_finite, check_low_precision, compare,
                                        make_inputs, run, strong_decay_inputs)
 
-if not dplr_cpu.available():  # a skip elsewhere; CI sets ZOO_REQUIRE_NATIVE=1, so there a missing compiler fails
-    skip_or_fail_without_native(f"the CPU DPLR kernel is unavailable: {dplr_cpu.unavailable_reason()}")
+require_kernel(dplr_cpu, "the CPU DPLR kernel")
 
 
 @GATED

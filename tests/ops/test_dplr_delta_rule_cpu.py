@@ -10,14 +10,13 @@ import torch
 import ops
 from ops.testing import assert_close
 from tests.helpers import dplr_inputs
-from tests.native import skip_or_fail_without_native, spy_on
+from tests.native import require_kernel, spy_on
 from tests.ops.test_dplr_delta_rule import (check_low_precision, check_packed_documents, check_strong_decays, compare,
                                             loop)
 
 cpu = importlib.import_module("ops.dplr_delta_rule.cpu")
 
-if not cpu.available():  # a skip elsewhere; CI sets ZOO_REQUIRE_NATIVE=1, so there a missing compiler fails
-    skip_or_fail_without_native(f"the CPU DPLR kernel is unavailable: {cpu.unavailable_reason()}")
+require_kernel(cpu, "the CPU DPLR kernel")
 
 
 @pytest.mark.parametrize("T", [1, 15, 16, 17, 40])

@@ -8,12 +8,11 @@ import torch
 import ops
 from ops.dplr_delta_rule import cpu as dplr_cpu
 from ops.testing import assert_close
-from tests.native import skip_or_fail_without_native, spy_on
+from tests.native import require_kernel, spy_on
 from tests.ops.test_gla import ALL, make_inputs, results
 from tests.peers.grads import assert_same_outputs_and_grads
 
-if not dplr_cpu.available():  # a skip elsewhere; CI sets ZOO_REQUIRE_NATIVE=1, so there a missing compiler fails
-    skip_or_fail_without_native(f"the CPU DPLR kernel is unavailable: {dplr_cpu.unavailable_reason()}")
+require_kernel(dplr_cpu, "the CPU DPLR kernel")
 
 
 def compare(length, options, dtype, decay_scale=1.0):

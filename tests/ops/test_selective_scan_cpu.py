@@ -12,13 +12,12 @@ import torch
 import ops
 from ops.selective_scan.reference import selective_scan as reference_scan
 from ops.testing import assert_close, packed_seq_idx
-from tests.native import skip_or_fail_without_native, spy_on
+from tests.native import require_kernel, spy_on
 from zoo.blocks.mamba import Mamba
 
 cpu = importlib.import_module("ops.selective_scan.cpu")
 
-if not cpu.available():  # a skip elsewhere; CI sets ZOO_REQUIRE_NATIVE=1, so there a missing compiler fails
-    skip_or_fail_without_native(f"the CPU selective-scan kernel is unavailable: {cpu.unavailable_reason()}")
+require_kernel(cpu, "the CPU selective-scan kernel")
 
 FLOAT_INPUTS = ("u", "delta", "B", "C", "z")      # cast to the dtype under test; A, D, delta_bias, h0 stay fp32
 

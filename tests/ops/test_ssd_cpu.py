@@ -10,14 +10,13 @@ import torch
 import ops
 from ops.ssd.reference import chunk_scores, ssd_chunked
 from ops.testing import assert_close_everywhere
-from tests.native import skip_or_fail_without_native, spy_on
+from tests.native import require_kernel, spy_on
 from tests.ops.test_ssd import ALL, CASES, _case_id, case_inputs, check_strong_decays, loop_results, make_inputs
 from tests.peers.grads import assert_same_outputs_and_grads, outputs_and_grads
 
 cpu = importlib.import_module("ops.ssd.cpu")
 
-if not cpu.available():  # a skip elsewhere; CI sets ZOO_REQUIRE_NATIVE=1, so there a missing compiler fails
-    skip_or_fail_without_native(f"the CPU SSD kernel is unavailable: {cpu.unavailable_reason()}")
+require_kernel(cpu, "the CPU SSD kernel")
 
 # test_ssd's cases, and one chunk from a zero state (the block's CPU training path, no state passes)
 COMPILED_CASES = CASES + [(64, 64, 1, ("D", "dt_bias", "dt_softplus"))]
