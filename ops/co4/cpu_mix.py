@@ -15,8 +15,19 @@ rows and the (L + k)^2 scores of every token, dozens of full-size tensors per st
 row's tables and one token's rows in cache and computes only the rows that are read. The backward sweeps the
 tokens again (recomputing tables and weights) instead of storing them. float32 and float64 run as they are (one
 library each, built at first use by ops._native); 16-bit inputs run in float32, the results cast back.
+
+Threads: each kernel call loops over its batch rows on one thread; with ``torch.get_num_threads() > 1`` the batch
+is cut into min(threads, B) contiguous slices, one kernel call each at once (the first on the calling thread, the
+others on a module-level pool; ctypes drops the GIL).
+Gradients the kernels accumulate over batch rows (the latents' base, shared (L, D) rows) get a zero-filled buffer
+per slice, added up in slice order after, so results are deterministic for a given thread count; the (3, B, k, D)
+tables are copied per slice. One thread, B == 1 or fewer than MIN_THREADED_TOKENS tokens in all (decoding): one
+call over the whole batch.
 """
 import ctypes
+import os
+from concurrent.futures import ThreadPoolExecutor, wait
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,6 +38,7 @@ from ops._native import NativeKernel, pointer as _ptr
 KERNEL_SOURCE = Path(__file__).with_name("cpu_mix_kernel.c")
 LATENT_SOURCE = Path(__file__).with_name("cpu_latent_kernel.c")
 MAX_ROWS = 4096  # latents + k: the kernel's per-head row flags live on its stack
+MIN_THREADED_TOKENS = 256  # fewer batch rows x tokens run as one call: a thread's hand-off costs ~50-100 us
 _REAL = {torch.float32: "float", torch.float64: "double"}
 _p, _i = ctypes.c_void_p, ctypes.c_int64
 _ARGS = [_p] * 6 + [_i, _p, _i] + [_i] * 6 + [ctypes.c_double, _i] + [_p] * 15
@@ -34,6 +46,8 @@ _LATENT_ARGS = [_p] * 3 + [_i] * 4 + [_p] * 16
 # one library per floating type (-DREAL=float|double) of each source
 _MIX = NativeKernel(KERNEL_SOURCE, {"co4_mix": (_ARGS, ctypes.c_int)})
 _LATENT = NativeKernel(LATENT_SOURCE, {"co4_latent": (_LATENT_ARGS, ctypes.c_int)})
+_pool: ThreadPoolExecutor | None = None  # made at the first call that runs batch slices on several threads
+_pool_pid = 0
 
 
 def _library(dtype: torch.dtype):
@@ -54,17 +68,91 @@ def unavailable_reason() -> str | None:
                               for real in _REAL.values())), None)
 
 
+def _slices(B: int, T: int) -> list | None:
+    """The batch rows cut into min(torch's threads, B) contiguous (begin, end) ranges, or None for one call (one
+    thread, one batch row, or under MIN_THREADED_TOKENS tokens in all: decoding steps)."""
+    workers = min(torch.get_num_threads(), B)
+    if workers <= 1 or B * T < MIN_THREADED_TOKENS:
+        return None
+    bounds = [B * i // workers for i in range(workers + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _in_parallel(calls: list) -> list:
+    """Run zero-argument calls (kernel calls: ctypes drops the GIL) at once, the first on this thread and the others
+    on the module's pool; their results in order, once all have returned (none still writes when this returns, even
+    when one raised)."""
+    global _pool, _pool_pid
+    # a new pool when more workers are wanted, and after a fork (the child inherits the pool but not its threads)
+    if _pool is None or _pool._max_workers < len(calls) - 1 or _pool_pid != os.getpid():
+        _pool, _pool_pid = ThreadPoolExecutor(max_workers=len(calls) - 1, thread_name_prefix="co4-cpu"), os.getpid()
+    futures = [_pool.submit(call) for call in calls[1:]]
+    try:
+        first = calls[0]()
+    finally:
+        wait(futures)
+    return [first] + [future.result() for future in futures]
+
+
+def _cut(t, b0, b1):
+    return None if t is None else t[b0:b1]
+
+
+def _private(buffers, slices) -> list:
+    """Per slice, its own zero-filled copy of each buffer the kernel accumulates over batch rows (None stays None);
+    the first slice writes the caller's (zero-filled) buffer itself."""
+    return [buffers] + [[None if t is None else torch.zeros_like(t) for t in buffers] for _ in slices[1:]]
+
+
+def _sum_into(buffers, private) -> None:
+    """Add the other slices' buffers into the first's, in slice order (deterministic for a given thread count)."""
+    for own in private[1:]:
+        for total, part in zip(buffers, own):
+            if total is not None:
+                total.add_(part)
+
+
 def _run(dtype, m, lat, initial, initial_count, k, num_heads, scale, latent_mean, prefix, y=None, last=None,
          dy=None, d_m=(None,) * 3, d_lat=(None,) * 3):
-    """lat: the rows (q, k, v), or with ``prefix`` (projected, weight, base), their gradients d_lat alike."""
+    """lat: the rows (q, k, v), or with ``prefix`` (projected, weight, base), their gradients d_lat alike. With
+    several torch threads the batch rows run as contiguous slices, one kernel call each, on as many threads."""
     B, T, D = m[0].shape
     L = lat[1].shape[-1] if prefix else lat[0].shape[-2]
-    rows, sums = ((None,) * 3, lat) if prefix else (lat, (None,) * 3)
-    d_rows, d_sums = ((None,) * 3, d_lat) if prefix else (d_lat, (None,) * 3)
-    code = _library(dtype).co4_mix(*map(_ptr, m), *map(_ptr, rows), int(not prefix and lat[0].dim() == 4),
-                                   _ptr(initial), initial_count, B, T, D, L, k, num_heads, scale, int(latent_mean),
-                                   _ptr(y), _ptr(last), _ptr(dy), *map(_ptr, d_m), *map(_ptr, d_rows),
-                                   *map(_ptr, sums), *map(_ptr, d_sums))
+    per_token = int(not prefix and lat[0].dim() == 4)
+    library = _library(dtype)
+
+    def call(B, m, lat, initial, y, last, dy, d_m, d_lat):
+        rows, sums = ((None,) * 3, lat) if prefix else (lat, (None,) * 3)
+        d_rows, d_sums = ((None,) * 3, d_lat) if prefix else (d_lat, (None,) * 3)
+        return library.co4_mix(*map(_ptr, m), *map(_ptr, rows), per_token, _ptr(initial), initial_count, B, T, D,
+                               L, k, num_heads, scale, int(latent_mean), _ptr(y), _ptr(last), _ptr(dy),
+                               *map(_ptr, d_m), *map(_ptr, d_rows), *map(_ptr, sums), *map(_ptr, d_sums))
+
+    slices = _slices(B, T)
+    if slices is None:
+        codes = [call(B, m, lat, initial, y, last, dy, d_m, d_lat)]
+    else:
+        # per batch row: m, y, dy, d_m; prefix: lat_p, lat_w and d_p, d_w; per-token rows and their gradients.
+        # Shared: lat_base (read only) and (L, D) rows; what accumulates over batch rows (d_base, shared rows'
+        # gradients) gets a buffer per slice, summed after. initial, last (3, B, k, D): a contiguous copy each.
+        shared = (2,) if prefix else () if per_token else (0, 1, 2)
+        accumulated = [d_lat[i] if i in shared and d_lat[i] is not None else None for i in range(3)]
+        private = _private(accumulated, slices)
+        lasts = [None if last is None else last[:, b0:b1].contiguous() for b0, b1 in slices]
+        calls = []
+        for (b0, b1), own, own_last in zip(slices, private, lasts):
+            calls.append(partial(
+                call, b1 - b0, [t[b0:b1] for t in m],
+                [t if i in shared else t[b0:b1] for i, t in enumerate(lat)],
+                None if initial is None else initial[:, b0:b1].contiguous(), _cut(y, b0, b1), own_last,
+                _cut(dy, b0, b1), [_cut(t, b0, b1) for t in d_m],
+                [own[i] if i in shared else _cut(t, b0, b1) for i, t in enumerate(d_lat)]))
+        codes = _in_parallel(calls)
+        _sum_into(accumulated, private)
+        if last is not None:
+            for (b0, b1), own_last in zip(slices, lasts):
+                last[:, b0:b1] = own_last
+    code = next((c for c in codes if c), 0)
     if code:
         raise RuntimeError(f"co4_mix kernel failed (code {code}: {'out of memory' if code == 1 else 'L + k > 4096'})")
 
@@ -130,11 +218,28 @@ def co4_mix_cpu(m_q, m_k, m_v, lat_q, lat_k, lat_v, k: int, num_heads: int, scal
 # ---- the latent rows that read the prefix (cpu_latent_kernel.c) ---------------------------------------------------
 def _latent_run(projected, weight, base, outputs=(None,) * 6, grads=(None,) * 6, d_p=None, d_w=None, d_base=None,
                 scratch=None):
+    """With several torch threads the batch rows run as contiguous slices, as in ``_run``: d_base (accumulated over
+    batch rows) and the per-call scratch are each slice's own; base is shared, the rest per batch row."""
     B, T, W = projected.shape
-    code = _latent_library(projected.dtype).co4_latent(
-        _ptr(projected), _ptr(weight), _ptr(base), B, T, W // 3, weight.shape[-1], *map(_ptr, outputs),
-        *map(_ptr, grads), _ptr(d_p), _ptr(d_w), _ptr(d_base), _ptr(scratch))
-    if code:
+    library = _latent_library(projected.dtype)
+
+    def call(B, projected, weight, outputs, grads, d_p, d_w, d_base, scratch):
+        return library.co4_latent(_ptr(projected), _ptr(weight), _ptr(base), B, T, W // 3, weight.shape[-1],
+                                  *map(_ptr, outputs), *map(_ptr, grads), _ptr(d_p), _ptr(d_w), _ptr(d_base),
+                                  _ptr(scratch))
+
+    slices = _slices(B, T)
+    if slices is None:
+        codes = [call(B, projected, weight, outputs, grads, d_p, d_w, d_base, scratch)]
+    else:
+        private = _private([d_base], slices)
+        scratches = [scratch] + [None if scratch is None else torch.empty_like(scratch) for _ in slices[1:]]
+        codes = _in_parallel([
+            partial(call, b1 - b0, projected[b0:b1], weight[b0:b1], [_cut(t, b0, b1) for t in outputs],
+                    [_cut(t, b0, b1) for t in grads], _cut(d_p, b0, b1), _cut(d_w, b0, b1), own_base, own_scratch)
+            for (b0, b1), (own_base,), own_scratch in zip(slices, private, scratches)])
+        _sum_into([d_base], private)
+    if any(codes):
         raise RuntimeError("co4_latent kernel failed: out of memory")
 
 

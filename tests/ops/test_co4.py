@@ -290,3 +290,184 @@ def test_cpu_latent_kernel_gradients_are_the_derivatives():
     torch.autograd.gradcheck(lambda *a: cpu_mix.co4_latent_cpu(*a), (projected, weight, base))
     # gradients reaching only some outputs (the others None) are the same derivatives
     torch.autograd.gradcheck(lambda *a: cpu_mix.co4_latent_cpu(*a)[5], (projected, weight, base))
+
+
+# ---- the fused CPU kernels' batch rows on several threads (torch.get_num_threads() > 1) ---------------------------
+@pytest.fixture
+def torch_threads(monkeypatch):
+    """torch.set_num_threads, restored after the test; the small test shapes run threaded (no token threshold)."""
+    from ops.co4 import cpu_mix
+    monkeypatch.setattr(cpu_mix, "MIN_THREADED_TOKENS", 0)
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+# argument positions in the kernels' calls (ops/co4/cpu_mix.py's _ARGS, _LATENT_ARGS)
+MIX_B, MIX_DY, MIX_D_LAT, MIX_D_BASE = 9, 19, slice(23, 26), 31
+LATENT_B, LATENT_D_BASE, LATENT_SCRATCH = 3, 21, 22
+
+
+def _record_kernel_batches(monkeypatch, cpu_mix, fail_at_batch=None):
+    """Wrap both kernels' entry points: each call's arguments are recorded (the list per kernel name); a call of
+    ``fail_at_batch`` rows returns an error code (2 for co4_mix, 1 for co4_latent) without running."""
+    from types import SimpleNamespace
+    calls = {"co4_mix": [], "co4_latent": []}
+    for getter, name, batch_arg, code in (("_library", "co4_mix", MIX_B, 2),
+                                          ("_latent_library", "co4_latent", LATENT_B, 1)):
+        real = getattr(cpu_mix, getter)
+
+        def library(dtype, real=real, name=name, batch_arg=batch_arg, code=code):
+            kernel = getattr(real(dtype), name)
+
+            def spy(*args):
+                calls[name].append(args)
+                return code if args[batch_arg] == fail_at_batch else kernel(*args)
+            return SimpleNamespace(**{name: spy})
+        monkeypatch.setattr(cpu_mix, getter, library)
+    return calls
+
+
+def _mix_on_threads(cpu_mix, threads, set_threads, mode, B, cached, dtype=torch.float64):
+    """co4_mix_cpu's outputs (mix, last) and the gradients of every input for a random dy, on ``threads`` threads;
+    ``cached``: continuing from the tables of 5 earlier tokens (initial_count = 4 = k)."""
+    gen = torch.Generator().manual_seed(7)
+    T, D, L, k, heads = 9, 8, 3, 4, 2
+    m = [torch.randn(B, T, D, generator=gen, dtype=dtype, requires_grad=True) for _ in range(3)]
+    if mode == "prefix":
+        lat = [torch.randn(B, T, 3 * D, generator=gen, dtype=dtype), torch.rand(B, T, L, generator=gen, dtype=dtype)
+               + 0.1, torch.randn(L, 3 * D, generator=gen, dtype=dtype)]
+    else:
+        shape = (B, T, L, D) if mode == "per token" else (L, D)
+        lat = [torch.randn(*shape, generator=gen, dtype=dtype) for _ in range(3)]
+    lat = [t.requires_grad_() for t in lat]
+    dy = torch.randn(B, T, D, generator=gen, dtype=dtype)
+    initial, count = None, 0
+    if cached:  # the tables a cache holds after 5 earlier tokens (with per-token rows: rows of their own)
+        earlier = [torch.randn(B, 5, D, generator=gen, dtype=dtype) for _ in range(3)]
+        earlier_lat = [t[:, :5] if t.dim() > 2 else t for t in lat]  # static rows and the base are not per token
+        set_threads(1)
+        with torch.no_grad():
+            initial = cpu_mix.co4_mix_cpu(*earlier, *earlier_lat, k, heads, 0.6, True, prefix=mode == "prefix")[1]
+        count = min(5, k)
+    set_threads(threads)
+    y, last = cpu_mix.co4_mix_cpu(*m, *lat, k, heads, 0.6, True, initial, count, prefix=mode == "prefix")
+    grads = torch.autograd.grad(y, (*m, *lat), dy)
+    return y.detach(), last, grads
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["no cache", "continued cache"])
+@pytest.mark.parametrize("B", [4, 3, 1])
+@pytest.mark.parametrize("mode", ["prefix", "static", "per token"])
+def test_cpu_mix_kernel_on_two_threads_is_the_single_call(mode, B, cached, torch_threads, monkeypatch):
+    """Batch rows on 2 threads (two slices, one call each; B = 3 cut 1 + 2; B = 1 one call) give the outputs and
+    tables of the single call exactly and every gradient (the latents' sums, shared rows: each slice's buffer,
+    summed after) to float64 rounding."""
+    from ops.co4 import cpu_mix
+    from tests.native import require_kernel
+    require_kernel(cpu_mix, "the fused Co4 CPU kernel")
+    calls = _record_kernel_batches(monkeypatch, cpu_mix)
+    single = _mix_on_threads(cpu_mix, 1, torch_threads, mode, B, cached)
+    assert [a[MIX_B] for a in calls["co4_mix"][-2:]] == [B, B]  # forward, backward: one call each, whole batch
+    calls["co4_mix"].clear()
+    threaded = _mix_on_threads(cpu_mix, 2, torch_threads, mode, B, cached)
+    slices = [B // 2, B - B // 2] if B > 1 else [1]
+    recorded = calls["co4_mix"][-2 * len(slices):]  # the cache's tables (cached) were made before, on 1 thread
+    assert sorted(a[MIX_B] for a in recorded) == sorted(slices * 2)
+    backward = [a for a in recorded if a[MIX_DY] is not None]
+    # what the kernel accumulates over batch rows is each slice's own buffer (a shared one would race)
+    accumulated = [a[MIX_D_BASE] for a in backward] if mode == "prefix" else (
+        [p for a in backward for p in a[MIX_D_LAT]] if mode == "static" else [])
+    assert None not in accumulated and len(set(accumulated)) == len(accumulated)
+    assert torch.equal(threaded[0], single[0]), "mix differs"
+    assert torch.equal(threaded[1], single[1]), "last tables differ"
+    assert torch.isfinite(single[1][:, :, :4]).all()  # the tables are filled (not left at -inf)
+    names = ["d m_q", "d m_k", "d m_v"] + (["d projected", "d weight", "d base"] if mode == "prefix" else
+                                         ["d lat_q", "d lat_k", "d lat_v"])
+    for name, a, e in zip(names, threaded[2], single[2]):
+        assert e.abs().max() > 0, f"{name} is zero: the test would not see it"
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_cpu_mix_kernel_on_two_threads_in_float32_with_prefix_latents(torch_threads):
+    """The block's case (float32, prefix latents): the same outputs and tables, gradients to float32 rounding."""
+    from ops.co4 import cpu_mix
+    from tests.native import require_kernel
+    require_kernel(cpu_mix, "the fused Co4 CPU kernel")
+    single, threaded = (_mix_on_threads(cpu_mix, n, torch_threads, "prefix", 6, False, torch.float32) for n in (1, 2))
+    assert torch.equal(threaded[0], single[0]) and torch.equal(threaded[1], single[1])
+    for a, e in zip(threaded[2], single[2]):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [True, False], ids=["rows and statistics", "statistics only"])
+@pytest.mark.parametrize("B,threads", [(4, 2), (3, 2), (1, 2), (5, 3)])
+def test_cpu_latent_kernel_on_several_threads_is_the_single_call(B, threads, rows, torch_threads, monkeypatch):
+    """co4_latent_cpu with its batch rows on threads: the same outputs; the same gradients (d_base, summed over
+    the slices' own buffers, to float64 rounding; each slice its own scratch)."""
+    from ops.co4 import cpu_mix
+    from tests.native import require_kernel
+    require_kernel(cpu_mix, "the fused Co4 CPU kernel")
+    calls = _record_kernel_batches(monkeypatch, cpu_mix)
+    gen = torch.Generator().manual_seed(5)
+    T, D, L = 7, 4, 3
+    leaves = (torch.randn(B, T, 3 * D, generator=gen, dtype=torch.float64),
+              torch.rand(B, T, L, generator=gen, dtype=torch.float64) + 0.1,
+              torch.randn(L, 3 * D, generator=gen, dtype=torch.float64))
+    results = []
+    for n in (1, threads):
+        torch_threads(n)
+        calls["co4_latent"].clear()
+        inputs = [t.clone().requires_grad_() for t in leaves]
+        outputs = cpu_mix.co4_latent_cpu(*inputs, rows=rows)
+        weights = [torch.randn(t.shape, generator=torch.Generator().manual_seed(i), dtype=t.dtype)
+                   for i, t in enumerate(outputs)]
+        grads = torch.autograd.grad(sum((t * w).sum() for t, w in zip(outputs, weights)), inputs)
+        slices = min(n, B)
+        assert sorted(a[LATENT_B] for a in calls["co4_latent"]) == sorted(
+            [B * (i + 1) // slices - B * i // slices for i in range(slices)] * 2)
+        # backward: each slice its own d_base and scratch (shared, they would race)
+        for arg in (LATENT_D_BASE, LATENT_SCRATCH):
+            pointers = [a[arg] for a in calls["co4_latent"] if a[LATENT_SCRATCH] is not None]
+            assert len(pointers) == slices and len(set(pointers)) == slices
+        results.append(([t.detach() for t in outputs], grads))
+    (single_out, single_grads), (threaded_out, threaded_grads) = results
+    for a, e in zip(threaded_out, single_out):
+        assert torch.equal(a, e)
+    for name, a, e in zip(("d projected", "d weight", "d base"), threaded_grads, single_grads):
+        assert e.abs().max() > 0
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_a_failing_slice_raises_the_kernels_error(torch_threads, monkeypatch):
+    """An error code from one slice's call (here the second of B = 3 on 2 threads, 2 rows) is the same
+    RuntimeError as from the single call."""
+    from ops.co4 import cpu_mix
+    from tests.native import require_kernel
+    require_kernel(cpu_mix, "the fused Co4 CPU kernel")
+    _record_kernel_batches(monkeypatch, cpu_mix, fail_at_batch=2)
+    torch_threads(2)
+    m = [torch.randn(3, 5, 4) for _ in range(3)]
+    with pytest.raises(RuntimeError, match=r"co4_mix kernel failed \(code 2: L \+ k > 4096\)"):
+        cpu_mix.co4_mix_cpu(*m, *[torch.randn(2, 4) for _ in range(3)], 3, 2, 0.5, True)
+    with pytest.raises(RuntimeError, match="co4_latent kernel failed: out of memory"):
+        cpu_mix.co4_latent_cpu(torch.randn(3, 5, 12), torch.rand(3, 5, 2), torch.randn(2, 12))
+
+
+def test_small_calls_stay_one_kernel_call_on_several_threads(monkeypatch):
+    """Under MIN_THREADED_TOKENS batch rows x tokens (a decoding step) the batch runs as one call, whatever the
+    thread count; at the threshold it is cut."""
+    from ops.co4 import cpu_mix
+    from tests.native import require_kernel
+    require_kernel(cpu_mix, "the fused Co4 CPU kernel")
+    calls = _record_kernel_batches(monkeypatch, cpu_mix)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for T, expected in ((cpu_mix.MIN_THREADED_TOKENS // 4 - 1, [4]), (cpu_mix.MIN_THREADED_TOKENS // 4, [2, 2])):
+            calls["co4_mix"].clear()
+            m = [torch.randn(4, T, 4) for _ in range(3)]
+            cpu_mix.co4_mix_cpu(*m, *[torch.randn(2, 4) for _ in range(3)], 3, 2, 0.5, True)
+            assert [a[MIX_B] for a in calls["co4_mix"]] == expected
+    finally:
+        torch.set_num_threads(before)
