@@ -13,8 +13,11 @@ batch row's running sums, so no (B, T, L, D) rows or gradients exist. zoo/blocks
 Why fused: the PyTorch path materialises the (B, T, k, D) top-k rows of three streams, the (B, T, H, L + k, E)
 rows and the (L + k)^2 scores of every token, dozens of full-size tensors per step; the kernel keeps each batch
 row's tables and one token's rows in cache and computes only the rows that are read. The backward sweeps the
-tokens again (recomputing tables and weights) instead of storing them. float32 and float64 run as they are (one
-library each, built at first use by ops._native); 16-bit inputs run in float32, the results cast back.
+tokens again, recomputing the tables (their entries carry the gradients); the attention weights of the rows read
+the forward saves for it when a gradient is wanted and they take at most SAVED_WEIGHTS_MAX_BYTES (B T heads
+(L + k)^2 numbers: 13 MB a layer at the CPU preset), else the backward recomputes them (the same numbers, bit for
+bit). float32 and float64 run as they are (one library each, built at first use by ops._native); 16-bit inputs run
+in float32, the results cast back.
 
 Threads: each kernel call loops over its batch rows on one thread; with ``torch.get_num_threads() > 1`` the batch
 is cut into min(threads, B) contiguous slices, one kernel call each at once (the first on the calling thread, the
@@ -38,10 +41,13 @@ from ops._native import NativeKernel, pointer as _ptr
 KERNEL_SOURCE = Path(__file__).with_name("cpu_mix_kernel.c")
 LATENT_SOURCE = Path(__file__).with_name("cpu_latent_kernel.c")
 MAX_ROWS = 4096  # latents + k: the kernel's per-head row flags live on its stack
+# the forward keeps the attention weights for the backward up to this size (saves ~20% of the backward at the CPU
+# preset); past it the backward recomputes them
+SAVED_WEIGHTS_MAX_BYTES = 256 * 2 ** 20
 MIN_THREADED_TOKENS = 256  # fewer batch rows x tokens run as one call: a thread's hand-off costs ~50-100 us
 _REAL = {torch.float32: "float", torch.float64: "double"}
 _p, _i = ctypes.c_void_p, ctypes.c_int64
-_ARGS = [_p] * 6 + [_i, _p, _i] + [_i] * 6 + [ctypes.c_double, _i] + [_p] * 15
+_ARGS = [_p] * 6 + [_i, _p, _i] + [_i] * 6 + [ctypes.c_double, _i] + [_p] * 16
 _LATENT_ARGS = [_p] * 3 + [_i] * 4 + [_p] * 16
 # one library per floating type (-DREAL=float|double) of each source
 _MIX = NativeKernel(KERNEL_SOURCE, {"co4_mix": (_ARGS, ctypes.c_int)})
@@ -113,24 +119,26 @@ def _sum_into(buffers, private) -> None:
 
 
 def _run(dtype, m, lat, initial, initial_count, k, num_heads, scale, latent_mean, prefix, y=None, last=None,
-         dy=None, d_m=(None,) * 3, d_lat=(None,) * 3):
-    """lat: the rows (q, k, v), or with ``prefix`` (projected, weight, base), their gradients d_lat alike. With
+         dy=None, d_m=(None,) * 3, d_lat=(None,) * 3, weights=None):
+    """lat: the rows (q, k, v), or with ``prefix`` (projected, weight, base), their gradients d_lat alike;
+    weights (B, T * heads * (L + k)^2) or None: written by the forward, read by the backward. With
     several torch threads the batch rows run as contiguous slices, one kernel call each, on as many threads."""
     B, T, D = m[0].shape
     L = lat[1].shape[-1] if prefix else lat[0].shape[-2]
     per_token = int(not prefix and lat[0].dim() == 4)
     library = _library(dtype)
 
-    def call(B, m, lat, initial, y, last, dy, d_m, d_lat):
+    def call(B, m, lat, initial, y, last, dy, d_m, d_lat, weights):
         rows, sums = ((None,) * 3, lat) if prefix else (lat, (None,) * 3)
         d_rows, d_sums = ((None,) * 3, d_lat) if prefix else (d_lat, (None,) * 3)
         return library.co4_mix(*map(_ptr, m), *map(_ptr, rows), per_token, _ptr(initial), initial_count, B, T, D,
                                L, k, num_heads, scale, int(latent_mean), _ptr(y), _ptr(last), _ptr(dy),
-                               *map(_ptr, d_m), *map(_ptr, d_rows), *map(_ptr, sums), *map(_ptr, d_sums))
+                               *map(_ptr, d_m), *map(_ptr, d_rows), *map(_ptr, sums), *map(_ptr, d_sums),
+                               _ptr(weights))
 
     slices = _slices(B, T)
     if slices is None:
-        codes = [call(B, m, lat, initial, y, last, dy, d_m, d_lat)]
+        codes = [call(B, m, lat, initial, y, last, dy, d_m, d_lat, weights)]
     else:
         # per batch row: m, y, dy, d_m; prefix: lat_p, lat_w and d_p, d_w; per-token rows and their gradients.
         # Shared: lat_base (read only) and (L, D) rows; what accumulates over batch rows (d_base, shared rows'
@@ -146,7 +154,7 @@ def _run(dtype, m, lat, initial, initial_count, k, num_heads, scale, latent_mean
                 [t if i in shared else t[b0:b1] for i, t in enumerate(lat)],
                 None if initial is None else initial[:, b0:b1].contiguous(), _cut(y, b0, b1), own_last,
                 _cut(dy, b0, b1), [_cut(t, b0, b1) for t in d_m],
-                [own[i] if i in shared else _cut(t, b0, b1) for i, t in enumerate(d_lat)]))
+                [own[i] if i in shared else _cut(t, b0, b1) for i, t in enumerate(d_lat)], _cut(weights, b0, b1)))
         codes = _in_parallel(calls)
         _sum_into(accumulated, private)
         if last is not None:
@@ -164,9 +172,15 @@ class _Co4Mix(torch.autograd.Function):
         B, T, D = m_q.shape
         y = m_q.new_empty(B, T, D)
         last = m_q.new_full((3, B, k, D), float("-inf"))
+        R = (lat_k.shape[-1] if prefix else lat_q.shape[-2]) + k
+        size = B * T * num_heads * R * R
+        # only the used rows' weights are written: the buffer is a bound, mostly left untouched
+        weights = (m_q.new_empty(B, T * num_heads * R * R) if any(ctx.needs_input_grad)
+                   and size * m_q.element_size() <= SAVED_WEIGHTS_MAX_BYTES else None)
         _run(m_q.dtype, (m_q, m_k, m_v), (lat_q, lat_k, lat_v), initial, initial_count, k, num_heads, scale,
-             latent_mean, prefix, y=y, last=last)
+             latent_mean, prefix, y=y, last=last, weights=weights)
         ctx.save_for_backward(m_q, m_k, m_v, lat_q, lat_k, lat_v, initial)
+        ctx.weights = weights
         ctx.settings = (initial_count, k, num_heads, scale, latent_mean, prefix)
         ctx.mark_non_differentiable(last)
         return y, last
@@ -184,7 +198,8 @@ class _Co4Mix(torch.autograd.Function):
         fill = torch.empty_like if lat_q.dim() == 4 and not prefix else torch.zeros_like
         d_lat = [fill(t) for t in lat]
         _run(m_q.dtype, (m_q, m_k, m_v), lat, initial, initial_count, k, num_heads, scale, latent_mean, prefix,
-             dy=dy.to(m_q.dtype).contiguous(), d_m=d_m, d_lat=d_lat)
+             dy=dy.to(m_q.dtype).contiguous(), d_m=d_m, d_lat=d_lat, weights=ctx.weights)
+        ctx.weights = None
         return (*d_m, *d_lat) + (None,) * 7
 
 

@@ -5,9 +5,13 @@
  * zoo/blocks/co4.py (``_running_topk`` then ``_attend``) is the definition; nothing of size (T, k, D) is stored.
  *
  * One entry point does both directions. Forward (dy == NULL): writes y (B, T, D) and the tables after the last
- * token. Backward (dy != NULL): sweeps the tokens again (recomputing the tables and each token's attention; cheaper
- * than storing them) and accumulates the gradients: each table row's gradient goes to the token that filled it
- * (rows from the initial table get none: it is a cache, never differentiated), the latent rows' to d_lq/d_lk/d_lv.
+ * token. Backward (dy != NULL): sweeps the tokens again (recomputing the tables, which carry the gradients, and
+ * each token's attention weights unless the forward saved them) and accumulates the gradients: each table row's
+ * gradient goes to the token that filled it (rows from the initial table get none: it is a cache, never
+ * differentiated), the latent rows' to d_lq/d_lk/d_lv.
+ * weights (B, T * H * (L + k)^2) or NULL: the forward writes there each used query row's softmax weights (its
+ * n = L + filled rows, in the order it computes them), and the backward reads them back instead of recomputing the
+ * scores and the softmax (the same numbers, bit for bit); NULL recomputes them.
  *
  * Layouts (C-contiguous, REAL is float or double, chosen at build time): m_q, m_k, m_v, y, dy, d_mq, d_mk, d_mv
  * (B, T, D); latent rows lq, lk, lv (B, T, L, D) when lat_per_token, else (L, D) shared by every token, their
@@ -131,9 +135,9 @@ static inline __attribute__((always_inline)) void axpy(real *restrict out, real 
     int64_t lat_per_token, const real *initial, int64_t initial_count, int64_t B, int64_t T, int64_t D, int64_t L, \
     int64_t k, int64_t H, double scale_d, int64_t latent_mean, real *y, real *last, const real *dy, real *d_mq, \
     real *d_mk, real *d_mv, real *d_lq, real *d_lk, real *d_lv, const real *lat_p, const real *lat_w, \
-    const real *lat_base, real *d_p, real *d_w, real *d_base
+    const real *lat_base, real *d_p, real *d_w, real *d_base, real *weights
 #define MIX_NAMES m_q, m_k, m_v, lq, lk, lv, lat_per_token, initial, initial_count, B, T, D, L, k, H, scale_d, \
-    latent_mean, y, last, dy, d_mq, d_mk, d_mv, d_lq, d_lk, d_lv, lat_p, lat_w, lat_base, d_p, d_w, d_base
+    latent_mean, y, last, dy, d_mq, d_mk, d_mv, d_lq, d_lk, d_lv, lat_p, lat_w, lat_base, d_p, d_w, d_base, weights
 
 /* the body, inlined once per common head size: with E a constant the short dot products and axpys unroll */
 static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_t E) {
@@ -177,6 +181,7 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
 
     for (int64_t b = 0; b < B; b++) {
         int64_t count = initial_count;
+        real *saved = weights ? weights + b * T * H * R * R : NULL;  /* this batch row's weights, used rows only */
         if (backward) memset(tgrad, 0, 3 * k * D * sizeof(real));
         if (prefix) memset(S, 0, (size_t)(L * W + L) * sizeof(real));
         for (int s = 0; s < 3; s++) {
@@ -242,6 +247,12 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
                 for (int64_t i = 0; i < n; i++) {
                     if (!used_rows[i]) continue;
                     real *p = P + i * NP, top, sum = 0;
+                    if (weights && backward) {  /* the forward's weights, in the order it wrote them */
+                        memcpy(p, saved, n * sizeof(real));
+                        for (int64_t j = n; j < NP; j++) p[j] = 0;
+                        saved += n;
+                        continue;
+                    }
                     for (int64_t j = 0; j < n; j++) p[j] = dot(Qh + i * E, Kh + j * E, E) * scale;
                     top = p[0];  /* no infinities: built with -ffast-math */
                     for (int64_t j = 1; j < n; j++) top = p[j] > top ? p[j] : top;
@@ -251,6 +262,7 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
                     for (int64_t j = 0; j < NP; j++) sum += p[j];
                     const real inv = 1 / sum;
                     for (int64_t j = 0; j < NP; j++) p[j] *= inv;
+                    if (weights) memcpy(saved, p, n * sizeof(real)), saved += n;
                 }
                 if (latent_mean) {
                     for (int64_t j = 0; j < NP; j++) pbar[j] = 0;

@@ -471,3 +471,36 @@ def test_small_calls_stay_one_kernel_call_on_several_threads(monkeypatch):
             assert [a[MIX_B] for a in calls["co4_mix"]] == expected
     finally:
         torch.set_num_threads(before)
+
+
+MIX_WEIGHTS = 32  # the saved attention weights' argument (ops/co4/cpu_mix.py's _ARGS)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("cached", [False, True], ids=["no cache", "continued cache"])
+@pytest.mark.parametrize("mode", ["prefix", "static", "per token"])
+def test_cpu_mix_kernel_backward_from_saved_weights_is_the_recomputing_one(mode, cached, dtype, torch_threads,
+                                                                          monkeypatch):
+    """When a gradient is wanted and the weights fit SAVED_WEIGHTS_MAX_BYTES the forward saves the attention weights
+    and the backward reads them instead of recomputing them: outputs, tables and every gradient are those of the
+    recomputing backward (SAVED_WEIGHTS_MAX_BYTES = 0) bit for bit; without a gradient nothing is saved."""
+    from ops.co4 import cpu_mix
+    from tests.native import require_kernel
+    require_kernel(cpu_mix, "the fused Co4 CPU kernel")
+    calls = _record_kernel_batches(monkeypatch, cpu_mix)
+    saved = _mix_on_threads(cpu_mix, 1, torch_threads, mode, 3, cached, dtype)
+    forward, backward = calls["co4_mix"][-2:]
+    assert forward[MIX_DY] is None and backward[MIX_DY] is not None
+    assert forward[MIX_WEIGHTS] is not None and backward[MIX_WEIGHTS] == forward[MIX_WEIGHTS]
+    monkeypatch.setattr(cpu_mix, "SAVED_WEIGHTS_MAX_BYTES", 0)
+    recomputed = _mix_on_threads(cpu_mix, 1, torch_threads, mode, 3, cached, dtype)
+    assert [a[MIX_WEIGHTS] for a in calls["co4_mix"][-2:]] == [None, None]
+    assert torch.equal(saved[0], recomputed[0]) and torch.equal(saved[1], recomputed[1])
+    for a, e in zip(saved[2], recomputed[2]):
+        assert e.abs().max() > 0
+        assert torch.equal(a, e)
+    monkeypatch.setattr(cpu_mix, "SAVED_WEIGHTS_MAX_BYTES", 2 ** 30)
+    m = [torch.randn(2, 5, 4, dtype=dtype) for _ in range(3)]
+    with torch.no_grad():
+        cpu_mix.co4_mix_cpu(*m, *[torch.randn(2, 4, dtype=dtype) for _ in range(3)], 3, 2, 0.5, True)
+    assert calls["co4_mix"][-1][MIX_WEIGHTS] is None
