@@ -148,7 +148,7 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
     real *d_m[3] = {d_mq, d_mk, d_mv};
     /* scratch: the three tables, the token's keys and ranks, per-head rows and their weights/gradients */
     size_t bytes = 3 * k * D * (sizeof(real) + sizeof(float) + sizeof(int32_t)) + D * (sizeof(float) + sizeof(int64_t))
-                   + (size_t)(3 * k * D + 2 * R * NP + 8 * R * E + 2 * NP) * sizeof(real);
+                   + (size_t)(3 * k * D + 2 * R * NP + 7 * R * E + 2 * NP) * sizeof(real);
     char *mem = malloc(bytes);
     if (!mem) return 1;
     /* int64 first, then reals, then 4-byte types: every part stays aligned */
@@ -159,8 +159,7 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
     real *dP = P + R * NP;                 /* (R, NP) their gradients */
     real *out = dP + R * NP;                /* (R, E) used rows' outputs (forward) */
     real *dQ = out + R * E, *dK = dQ + R * E, *dV = dK + R * E;   /* (R, E) each */
-    real *gmask = dV + R * E;              /* (R, E): dy of the channels whose own row is this row */
-    real *Qh = gmask + R * E, *Kh = Qh + R * E, *Vh = Kh + R * E;  /* (R, E) one head's rows */
+    real *Qh = dV + R * E, *Kh = Qh + R * E, *Vh = Kh + R * E;  /* (R, E) one head's rows */
     real *pbar = Vh + R * E;            /* (R) the latent rows' mean weights */
     real *dpbar = pbar + NP;
     float *tkey = (float *)(dpbar + NP);
@@ -297,13 +296,19 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
                     memset(dK + j * E, 0, E * sizeof(real));
                     memset(dV + j * E, 0, E * sizeof(real));
                 }
-                for (int64_t i = L; i < n; i++) {
-                    if (!used_rows[i]) continue;
-                    real *gm = gmask + i * E;
-                    for (int64_t e = 0; e < E; e++) gm[e] = rank[c0 + e] == i - L ? g[e] : 0;
+                /* a channel's gradient reaches only the row of its own rank: per channel in the table, n
+                 * multiply-adds into that row's dP and into its own column of dV (per row, dot products and axpys
+                 * over all E channels, almost all of them 0 past the first tokens) */
+                for (int64_t i = L; i < n; i++)
+                    if (used_rows[i]) memset(dP + i * NP, 0, n * sizeof(real));
+                for (int64_t e = 0; e < E; e++) {
+                    const int64_t r = rank[c0 + e];
+                    if (r >= k) continue;
+                    const real ge = g[e], *p = P + (L + r) * NP;
+                    real *dp = dP + (L + r) * NP;
                     for (int64_t j = 0; j < n; j++) {
-                        dP[i * NP + j] = dot(gm, Vh + j * E, E);
-                        axpy(dV + j * E, P[i * NP + j], gm, E);
+                        dp[j] += ge * Vh[j * E + e];
+                        dV[j * E + e] += p[j] * ge;
                     }
                 }
                 if (latent_mean) {
