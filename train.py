@@ -4,6 +4,10 @@ import os
 import sys
 from pathlib import Path
 
+from zoo.openmp import shorten_openmp_busy_wait
+
+shorten_openmp_busy_wait()  # before anything imports torch
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig

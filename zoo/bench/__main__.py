@@ -4,6 +4,10 @@ import importlib
 import shlex
 import sys
 
+from zoo.openmp import shorten_openmp_busy_wait
+
+shorten_openmp_busy_wait()  # before anything imports torch
+
 from zoo.bench.environment import set_command
 
 # command -> module with add_arguments(parser) and run(args)
