@@ -148,7 +148,7 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
     real *d_m[3] = {d_mq, d_mk, d_mv};
     /* scratch: the three tables, the token's keys and ranks, per-head rows and their weights/gradients */
     size_t bytes = 3 * k * D * (sizeof(real) + sizeof(float) + sizeof(int32_t)) + D * (sizeof(float) + sizeof(int64_t))
-                   + (size_t)(3 * k * D + 2 * R * NP + 7 * R * E + 2 * NP) * sizeof(real);
+                   + (size_t)(3 * k * D + 2 * R * NP + 6 * R * E + 2 * NP) * sizeof(real);
     char *mem = malloc(bytes);
     if (!mem) return 1;
     /* int64 first, then reals, then 4-byte types: every part stays aligned */
@@ -157,8 +157,7 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
     real *tgrad = tval + 3 * k * D;        /* (3, k, D) the gradient each table entry carries (backward) */
     real *P = tgrad + 3 * k * D;           /* (R, NP) attention weights of the used query rows */
     real *dP = P + R * NP;                 /* (R, NP) their gradients */
-    real *out = dP + R * NP;                /* (R, E) used rows' outputs (forward) */
-    real *dQ = out + R * E, *dK = dQ + R * E, *dV = dK + R * E;   /* (R, E) each */
+    real *dQ = dP + R * NP, *dK = dQ + R * E, *dV = dK + R * E;   /* (R, E) each */
     real *Qh = dV + R * E, *Kh = Qh + R * E, *Vh = Kh + R * E;  /* (R, E) one head's rows */
     real *pbar = Vh + R * E;            /* (R) the latent rows' mean weights */
     real *dpbar = pbar + NP;
@@ -272,15 +271,14 @@ static inline __attribute__((always_inline)) int mix_body(MIX_ARGS, const int64_
                 if (!backward) {
                     real *yt = y + (b * T + t) * D + c0;
                     for (int64_t e = 0; e < E; e++) yt[e] = 0;
-                    for (int64_t i = L; i < n; i++) {
-                        if (!used_rows[i]) continue;
-                        real acc[E];
-                        for (int64_t e = 0; e < E; e++) acc[e] = 0;
-                        for (int64_t j = 0; j < n; j++) axpy(acc, P[i * NP + j], Vh + j * E, E);
-                        memcpy(out + i * E, acc, E * sizeof(real));
+                    for (int64_t e = 0; e < E; e++) {  /* each channel in the table reads its own row's output */
+                        const int64_t r = rank[c0 + e];
+                        if (r >= k) continue;
+                        const real *p = P + (L + r) * NP;
+                        real acc = 0;
+                        for (int64_t j = 0; j < n; j++) acc += p[j] * Vh[j * E + e];
+                        yt[e] = acc;
                     }
-                    for (int64_t e = 0; e < E; e++)
-                        if (rank[c0 + e] < k) yt[e] = out[(L + rank[c0 + e]) * E + e];
                     if (latent_mean) {
                         real acc[E];
                         for (int64_t e = 0; e < E; e++) acc[e] = 0;
