@@ -118,13 +118,18 @@ def _sum_into(buffers, private) -> None:
                 total.add_(part)
 
 
+def _latent_count(lat, prefix: bool) -> int:
+    """L: the read weights' last size with ``prefix`` (lat = projected, weight, base), else the rows' second-last."""
+    return lat[1].shape[-1] if prefix else lat[0].shape[-2]
+
+
 def _run(dtype, m, lat, initial, initial_count, k, num_heads, scale, latent_mean, prefix, y=None, last=None,
          dy=None, d_m=(None,) * 3, d_lat=(None,) * 3, weights=None):
     """lat: the rows (q, k, v), or with ``prefix`` (projected, weight, base), their gradients d_lat alike;
     weights (B, T * heads * (L + k)^2) or None: written by the forward, read by the backward. With
     several torch threads the batch rows run as contiguous slices, one kernel call each, on as many threads."""
     B, T, D = m[0].shape
-    L = lat[1].shape[-1] if prefix else lat[0].shape[-2]
+    L = _latent_count(lat, prefix)
     per_token = int(not prefix and lat[0].dim() == 4)
     library = _library(dtype)
 
@@ -172,10 +177,9 @@ class _Co4Mix(torch.autograd.Function):
         B, T, D = m_q.shape
         y = m_q.new_empty(B, T, D)
         last = m_q.new_full((3, B, k, D), float("-inf"))
-        R = (lat_k.shape[-1] if prefix else lat_q.shape[-2]) + k
-        size = B * T * num_heads * R * R
-        # only the used rows' weights are written: the buffer is a bound, mostly left untouched
-        weights = (m_q.new_empty(B, T * num_heads * R * R) if any(ctx.needs_input_grad)
+        R = _latent_count((lat_q, lat_k, lat_v), prefix) + k
+        size = B * T * num_heads * R * R  # a bound: only the used rows' n <= R weights are written
+        weights = (m_q.new_empty(B, size // B) if any(ctx.needs_input_grad)
                    and size * m_q.element_size() <= SAVED_WEIGHTS_MAX_BYTES else None)
         _run(m_q.dtype, (m_q, m_k, m_v), (lat_q, lat_k, lat_v), initial, initial_count, k, num_heads, scale,
              latent_mean, prefix, y=y, last=last, weights=weights)
@@ -211,7 +215,7 @@ def co4_mix_cpu(m_q, m_k, m_v, lat_q, lat_k, lat_v, k: int, num_heads: int, scal
     dtype = m_q.dtype
     compute = dtype if dtype in _REAL else torch.float32
     B, T, D = m_q.shape
-    L = lat_k.shape[-1] if prefix else lat_q.shape[-2]
+    L = _latent_count((lat_q, lat_k, lat_v), prefix)
     if D % num_heads:
         raise ValueError(f"co4_mix_cpu: num_heads={num_heads} must divide D={D}")
     if L + k > MAX_ROWS:
